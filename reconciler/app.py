@@ -1,0 +1,46 @@
+"""From settings to a connected :class:`~reconciler.db.Database`: the one place that decides
+which server the reconciler talks to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reconciler.db import Database, normalise_url, redact
+from reconciler.embedded import embedded_url
+from reconciler.settings import Settings
+
+__all__ = ["Target", "open_database"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the database is, in words safe to print."""
+
+    url: str  # password redacted
+    embedded: bool
+    data_dir: str | None = None
+
+    def describe(self) -> str:
+        if self.embedded:
+            return f"embedded PostgreSQL in {self.data_dir}"
+        return self.url
+
+
+def open_database(
+    settings: Settings, *, application_name: str = "reconciler"
+) -> tuple[Database, Target]:
+    """Connect as configured. Raises ValueError (bad URL), EmbeddedUnavailable."""
+    if settings.database_url is not None:
+        url = normalise_url(settings.database_url.get_secret_value())
+        target = Target(url=redact(url), embedded=False)
+    else:
+        url = normalise_url(embedded_url(settings.embedded_data_dir))
+        target = Target(url=redact(url), embedded=True, data_dir=str(settings.embedded_data_dir))
+    db = Database.connect(
+        url,
+        schema=settings.schema_name,
+        lock_timeout=settings.lock_timeout,
+        statement_timeout=settings.statement_timeout,
+        application_name=application_name,
+    )
+    return db, target

@@ -1,0 +1,381 @@
+"""The ``reconciler`` command line: ``run``, ``migrate``, ``tasks``, ``policies``.
+
+Exit codes: 0 ok, 1 a task failed, 2 usage or configuration error. A user's
+mistake gets one line on stderr saying what is wrong and how to fix it, never
+a traceback. Human output is short and readable; ``--json`` prints one JSON
+object for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from reconciler import __version__
+from reconciler.app import Target, open_database
+from reconciler.db import Database, DatabaseUnavailable, first_line
+from reconciler.durations import format_duration, parse_duration
+from reconciler.embedded import EmbeddedUnavailable
+from reconciler.logs import configure_logging
+from reconciler.migrate import MigrationError, migrate, pending
+from reconciler.runner import run_task
+from reconciler.settings import Settings, describe_error, load_settings
+from reconciler.sqlfiles import query
+from reconciler.tasks import TASKS, TaskResult
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for; exit 2 with this one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see: {self.prog} --help)")
+
+
+def _duration(value: str) -> Any:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return number
+
+
+def _fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="reconciler",
+        description="Keeps a PostgreSQL job queue healthy: stale jobs, retries, dead letters, "
+        "retention and vacuum. Configuration: RECONCILER_* environment variables (see README).",
+    )
+    parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    run = sub.add_parser("run", help="run one task now, exactly as the daemon would")
+    run.add_argument("task", metavar="TASK", help=f"one of: {', '.join(TASKS)}")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show what would change (counts and sample job ids); write nothing",
+    )
+    run.add_argument("--json", action="store_true", help="print one JSON object")
+    run.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        metavar="N",
+        help="rows per transaction (default: RECONCILER_BATCH_SIZE)",
+    )
+    run.add_argument(
+        "--time-budget",
+        type=_duration,
+        metavar="DURATION",
+        help="stop starting batches after this long, e.g. 20s",
+    )
+    run.add_argument("--actor", help="who to record in job_events (default: reconciler:TASK)")
+
+    mig = sub.add_parser("migrate", help="create or upgrade the schema (idempotent)")
+    mig.add_argument("--json", action="store_true", help="print one JSON object")
+    mig.add_argument(
+        "--check", action="store_true", help="apply nothing; exit 1 when migrations are pending"
+    )
+
+    tasks = sub.add_parser("tasks", help="list the tasks, a line each")
+    tasks.add_argument("--json", action="store_true", help="print one JSON object")
+
+    pol = sub.add_parser("policies", help="show or change retry policies")
+    pol.add_argument("--json", action="store_true", help="print one JSON object")
+    pol_sub = pol.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    pol_set = pol_sub.add_parser("set", help="change a priority's policy, or add/change a kind's")
+    who = pol_set.add_mutually_exclusive_group(required=True)
+    who.add_argument("--priority", type=int, choices=range(5), help="0 critical .. 4 bulk")
+    who.add_argument("--kind", help="a job kind; its policy wins over its priority's")
+    pol_set.add_argument("--max-attempts", type=_positive_int, metavar="N")
+    pol_set.add_argument("--initial-delay", type=_duration, metavar="DURATION")
+    pol_set.add_argument("--max-delay", type=_duration, metavar="DURATION")
+    pol_set.add_argument("--multiplier", type=_fraction, metavar="X", help="1 or more")
+    pol_set.add_argument("--jitter", type=_fraction, metavar="F", help="0 <= F < 1, e.g. 0.1")
+    pol_set.add_argument("--json", action="store_true", help="print one JSON object")
+    pol_del = pol_sub.add_parser("delete", help="remove a kind's policy (its priority's applies)")
+    pol_del.add_argument("--kind", required=True)
+    pol_del.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+# --- output -----------------------------------------------------------------------------
+
+
+def _out() -> Console:
+    return Console(soft_wrap=True, highlight=False)
+
+
+def _emit_json(payload: Any) -> None:
+    sys.stdout.write(json.dumps(payload, default=str) + "\n")
+
+
+def _print_result(result: TaskResult, target: Target) -> None:
+    out = _out()
+    batches = f"{result.batches} batch{'es' if result.batches != 1 else ''}"
+    if result.dry_run:
+        head = f"{result.task} (dry run, nothing written): would change {result.changed} job(s)"
+    else:
+        head = f"{result.task}: changed {result.changed} job(s) in {batches}"
+    out.print(f"{head} ({result.duration_ms} ms) on {target.describe()}")
+    for transition, count in sorted(result.transitions.items()):
+        out.print(f"  {transition.replace('->', ' -> '):<24} {count}")
+    if result.sample_ids:
+        out.print(f"  e.g. job ids {', '.join(map(str, result.sample_ids))}")
+    if result.stopped == "time_budget":
+        out.print("  stopped at the time budget; the rest is left for the next run")
+    if result.stopped == "dry_run_limit":
+        out.print(f"  (the preview stops at {result.changed}; there are more)")
+    tables = result.details.get("tables")
+    if isinstance(tables, dict):
+        for name, info in tables.items():
+            line = f"  {name:<12} dead rows {info.get('dead_rows_before', 0)}"
+            if "dead_rows_after" in info:
+                line += f" -> {info['dead_rows_after']}"
+            if info.get("not_removable"):
+                line += f" ({info['not_removable']} not removable yet)"
+            out.print(line)
+        for holder in result.details.get("xmin_holders", []):
+            out.print(
+                f"  held back by pid {holder['pid']} ({holder['application_name'] or '?'}, "
+                f"{holder['state']}, transaction open {holder['xact_age_s']} s)"
+            )
+    if result.details.get("runs_deleted"):
+        out.print(f"  old run records deleted: {result.details['runs_deleted']}")
+    if result.error:
+        out.print(f"  failed: {result.error}")
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+def _require_schema(db: Database, target: Target) -> None:
+    """Refuse to run against a schema that is missing or behind; migrate the embedded one."""
+    missing = pending(db)
+    if not missing:
+        return
+    if target.embedded:
+        migrate(db)
+        return
+    raise UsageError(
+        f"schema {db.schema!r} is not up to date ({len(missing)} migration(s) pending); "
+        "run: reconciler migrate"
+    )
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings, db: Database, target: Target) -> int:
+    if args.task not in TASKS:
+        raise UsageError(f"unknown task {args.task!r}; known tasks: {', '.join(TASKS)}")
+    _require_schema(db, target)
+    actor = args.actor or None
+    result = run_task(
+        db,
+        settings,
+        args.task,
+        dry_run=args.dry_run,
+        batch_size=args.batch_size,
+        time_budget=args.time_budget,
+        actor=actor,
+    )
+    if args.json:
+        _emit_json(result.to_dict())
+    else:
+        _print_result(result, target)
+    return EXIT_OK if result.status == "ok" else EXIT_FAILED
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings, db: Database, target: Target) -> int:
+    if args.check:
+        missing = pending(db)
+        if args.json:
+            _emit_json({"schema": db.schema, "pending": missing})
+        else:
+            _out().print(
+                f"schema {db.schema!r}: "
+                + (f"{len(missing)} pending: {', '.join(missing)}" if missing else "up to date")
+            )
+        return EXIT_FAILED if missing else EXIT_OK
+    result = migrate(db)
+    if args.json:
+        _emit_json(
+            {
+                "schema": result.schema,
+                "applied": list(result.applied),
+                "version": result.current_version,
+            }
+        )
+    elif result.applied:
+        _out().print(
+            f"schema {result.schema!r} on {target.describe()}: applied "
+            f"{', '.join(result.applied)}; now at version {result.current_version}"
+        )
+    else:
+        _out().print(
+            f"schema {result.schema!r} on {target.describe()}: already up to date "
+            f"at version {result.current_version}"
+        )
+    return EXIT_OK
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    if args.json:
+        _emit_json({"tasks": [{"name": t.name, "summary": t.summary} for t in TASKS.values()]})
+        return EXIT_OK
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column("task", style="bold")
+    table.add_column("what it does")
+    for task in TASKS.values():
+        table.add_row(task.name, task.summary)
+    _out().print(table)
+    return EXIT_OK
+
+
+def _policy_rows(db: Database) -> list[dict[str, Any]]:
+    with db.transaction() as conn:
+        return [dict(row._mapping) for row in conn.execute(text(query("policies", "list")))]
+
+
+def cmd_policies(args: argparse.Namespace, settings: Settings, db: Database, target: Target) -> int:
+    _require_schema(db, target)
+    if args.action == "set":
+        values = {
+            "max_attempts": args.max_attempts,
+            "initial_delay_s": args.initial_delay.total_seconds() if args.initial_delay else None,
+            "max_delay_s": args.max_delay.total_seconds() if args.max_delay else None,
+            "multiplier": args.multiplier,
+            "jitter": args.jitter,
+        }
+        try:
+            with db.transaction() as conn:
+                if args.kind is not None:
+                    conn.execute(text(query("policies", "set_kind")), {"kind": args.kind, **values})
+                else:
+                    conn.execute(
+                        text(query("policies", "set_priority")),
+                        {"priority": args.priority, **values},
+                    )
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) == "23514":  # check_violation
+                raise UsageError(
+                    "rejected: max-attempts >= 1, initial-delay >= 0, max-delay >= initial-delay, "
+                    "multiplier >= 1 and 0 <= jitter < 1"
+                ) from None
+            raise
+    elif args.action == "delete":
+        with db.transaction() as conn:
+            gone = conn.execute(text(query("policies", "delete_kind")), {"kind": args.kind}).all()
+        if not gone:
+            raise UsageError(f"no policy for kind {args.kind!r}; see: reconciler policies")
+    rows = _policy_rows(db)
+    if args.json:
+        _emit_json({"policies": rows})
+        return EXIT_OK
+    names = ["critical", "high", "default", "low", "bulk"]
+    table = Table(title="retry policies (a kind's row wins over its priority's)")
+    for column in (
+        "applies to",
+        "max attempts",
+        "initial delay",
+        "max delay",
+        "multiplier",
+        "jitter",
+    ):
+        table.add_column(column, justify="left" if column == "applies to" else "right")
+    for row in rows:
+        scope = (
+            f"kind {row['kind']}"
+            if row["kind"]
+            else (f"priority {row['priority']} ({names[row['priority']]})")
+        )
+        table.add_row(
+            scope,
+            str(row["max_attempts"]),
+            format_duration(timedelta(seconds=row["initial_delay_s"])),
+            format_duration(timedelta(seconds=row["max_delay_s"])),
+            f"x{row['multiplier']:g}",
+            f"{row['jitter']:g}",
+        )
+    _out().print(table)
+    return EXIT_OK
+
+
+_DB_COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, Database, Target], int]] = {
+    "run": cmd_run,
+    "migrate": cmd_migrate,
+    "policies": cmd_policies,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``reconciler`` and ``python -m reconciler``."""
+    try:
+        return _main(argv)
+    except UsageError as exc:
+        sys.stderr.write(f"reconciler: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("reconciler: interrupted\n")
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "tasks":
+        return cmd_tasks(args)
+    try:
+        settings = load_settings()
+    except ValidationError as exc:
+        raise UsageError(describe_error(exc)) from None
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        db, target = open_database(settings)
+    except (ValueError, EmbeddedUnavailable) as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        db.ping()
+        return _DB_COMMANDS[args.command](args, settings, db, target)
+    except DatabaseUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    except MigrationError as exc:
+        raise UsageError(str(exc)) from None
+    except OperationalError as exc:
+        raise UsageError(f"database error on {target.describe()}: {first_line(exc.orig)}") from None
+    finally:
+        db.dispose()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Connections: the engine, short transactions with timeouts, and the DB clock.
+
+Every unit of work is a transaction that starts by pinning ``search_path`` to
+the reconciler's schema and setting ``lock_timeout`` and
+``statement_timeout`` with ``SET LOCAL`` semantics (``set_config(..., true)``).
+Nothing is set per session, so the same code works through PgBouncer in
+transaction pooling mode, where a session's settings would leak to, or be
+lost from, whatever client gets the server connection next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from sqlalchemy import Connection, Engine, create_engine, make_url, text
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+
+__all__ = [
+    "Database",
+    "DatabaseUnavailable",
+    "normalise_url",
+    "quote_ident",
+    "redact",
+]
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached; the message is safe to print (no password)."""
+
+
+def normalise_url(raw: str) -> URL:
+    """Accept postgres://, postgresql:// or postgresql+psycopg:// and use psycopg 3."""
+    try:
+        url = make_url(raw.strip())
+    except ArgumentError as exc:
+        raise ValueError(
+            "cannot read the database URL; write it like postgresql://user:password@host:5432/db"
+        ) from exc
+    if url.get_backend_name() not in ("postgres", "postgresql"):
+        raise ValueError(f"the database URL must be postgresql://..., not {url.drivername}://...")
+    return url.set(drivername="postgresql+psycopg")
+
+
+def redact(url: URL) -> str:
+    """The URL as it may be shown to people and logs: password replaced by ***."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=True)
+
+
+def quote_ident(name: str) -> str:
+    """Quote an identifier the way the driver does (for search_path values)."""
+    return sql.Identifier(name).as_string(None)
+
+
+def _ms(value: timedelta) -> str:
+    return f"{max(1, round(value.total_seconds() * 1000))}ms"
+
+
+@dataclass
+class Database:
+    """An engine plus the schema and timeouts every transaction uses."""
+
+    engine: Engine
+    schema: str
+    lock_timeout: timedelta
+    statement_timeout: timedelta
+
+    @classmethod
+    def connect(
+        cls,
+        url: URL,
+        *,
+        schema: str,
+        lock_timeout: timedelta,
+        statement_timeout: timedelta,
+        application_name: str = "reconciler",
+        pool_size: int = 2,
+    ) -> Database:
+        connect_args: dict[str, Any] = {
+            "application_name": application_name,
+            "connect_timeout": 10,
+            # Notice a dead peer (a black-holed connection) instead of hanging forever.
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+        }
+        engine = create_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=2,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+            connect_args=connect_args,
+        )
+        return cls(engine, schema, lock_timeout, statement_timeout)
+
+    @property
+    def qualified_schema(self) -> str:
+        return quote_ident(self.schema)
+
+    def ping(self) -> None:
+        """Connect once, or raise DatabaseUnavailable with a printable message."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except OperationalError as exc:
+            raise DatabaseUnavailable(
+                f"cannot connect to {redact(self.engine.url)}: {first_line(exc.orig)}"
+            ) from None
+
+    @contextmanager
+    def transaction(
+        self,
+        *,
+        statement_timeout: timedelta | None = None,
+        rollback: bool = False,
+    ) -> Iterator[Connection]:
+        """A short transaction with pinned search_path and this database's timeouts.
+
+        ``rollback=True`` undoes everything at the end (dry runs).
+        """
+        with self.engine.connect() as conn, conn.begin() as tx:
+            self.pin(conn, statement_timeout=statement_timeout)
+            yield conn
+            if rollback:
+                tx.rollback()
+
+    def pin(self, conn: Connection, *, statement_timeout: timedelta | None = None) -> None:
+        """Set search_path and timeouts for the current transaction only."""
+        conn.execute(
+            text(
+                "SELECT set_config('search_path', :sp, true),"
+                " set_config('lock_timeout', :lt, true),"
+                " set_config('statement_timeout', :st, true)"
+            ),
+            {
+                "sp": self.qualified_schema,
+                "lt": _ms(self.lock_timeout),
+                "st": _ms(statement_timeout or self.statement_timeout),
+            },
+        )
+
+    def now(self) -> datetime:
+        """The database's clock: the one clock every decision follows."""
+        with self.engine.connect() as conn:
+            value = conn.execute(text("SELECT statement_timestamp()")).scalar_one()
+        assert isinstance(value, datetime)
+        return value
+
+    @contextmanager
+    def autocommit(self) -> Iterator[psycopg.Connection[Any]]:
+        """A raw psycopg connection in autocommit mode (VACUUM cannot run in a transaction).
+
+        Nothing is set on the session: callers qualify names with the schema.
+        """
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            raw = conn.connection.driver_connection
+            assert isinstance(raw, psycopg.Connection)
+            yield raw
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def first_line(error: BaseException | None) -> str:
+    """The first line of a driver error, which carries the useful part."""
+    if error is None:
+        return "unknown error"
+    message = str(error).strip().splitlines()
+    return message[0] if message else type(error).__name__
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True when the error means the connection was lost, not that the SQL was wrong."""
+    return (isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)) or isinstance(
+        exc, OperationalError
+    )

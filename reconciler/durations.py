@@ -1,0 +1,66 @@
+"""Durations as operators write them: ``500ms``, ``90s``, ``5m``, ``2h``, ``30d``.
+
+One parser for settings, CLI flags and schedule files, so ``5m`` means the same
+thing everywhere. A bare number is rejected on purpose: ``300`` could be
+seconds or milliseconds, and a wrong guess moves jobs at the wrong time.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+__all__ = ["format_duration", "parse_duration"]
+
+_UNITS = {
+    "ms": timedelta(milliseconds=1),
+    "s": timedelta(seconds=1),
+    "m": timedelta(minutes=1),
+    "h": timedelta(hours=1),
+    "d": timedelta(days=1),
+    "w": timedelta(weeks=1),
+}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+# Far beyond any sensible timeout or retention, and well inside what both
+# Python's timedelta and PostgreSQL's interval can hold.
+_MAX = timedelta(days=3650)
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``90s``, ``5m``, ``1h30m`` or ``30d`` into a timedelta.
+
+    Raises ValueError with a message that says what a valid value looks like.
+    """
+    raw = text.strip().lower().replace(" ", "")
+    hint = "write a number with a unit, e.g. 500ms, 90s, 5m, 2h, 30d or 1h30m"
+    if not raw:
+        raise ValueError(f"empty duration; {hint}")
+    pos = 0
+    total = timedelta(0)
+    for match in _PART.finditer(raw):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(raw) or pos == 0:
+        raise ValueError(f"cannot read duration {text!r}; {hint}")
+    if total > _MAX:
+        raise ValueError(f"duration {text!r} is longer than 3650d; {hint}")
+    return total
+
+
+def format_duration(value: timedelta) -> str:
+    """The shortest exact spelling of ``value`` in the units parse_duration reads."""
+    ms = round(value.total_seconds() * 1000)
+    if ms == 0:
+        return "0s"
+    sign = "-" if ms < 0 else ""
+    ms = abs(ms)
+    parts = []
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms >= size:
+            count, ms = divmod(ms, size)
+            parts.append(f"{count}{unit}")
+    if ms:
+        parts.append(f"{ms}ms")
+    return sign + "".join(parts)

@@ -1,0 +1,101 @@
+"""``reconciler migrate``: create or upgrade the schema, idempotently.
+
+All pending migrations run in one transaction under a transaction-level
+advisory lock keyed by the schema name, so two processes migrating at once
+serialise: the second waits, then finds nothing left to do. A migration file
+that changed after it was applied is refused (its checksum is recorded).
+Safe to re-run at any time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from sqlalchemy import text
+
+from reconciler.db import Database, quote_ident
+from reconciler.sqlfiles import migration_files
+
+__all__ = ["MigrationError", "MigrationResult", "migrate", "pending"]
+
+
+class MigrationError(Exception):
+    """The schema cannot be brought up to date; the message says why."""
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    schema: str
+    applied: tuple[str, ...]
+    current_version: int
+
+
+def _checksum(body: str) -> str:
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def migrate(db: Database) -> MigrationResult:
+    """Apply every pending migration; return what was applied."""
+    applied: list[str] = []
+    schema = quote_ident(db.schema)
+    with db.engine.begin() as conn:
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            {"key": f"reconciler.migrate:{db.schema}"},
+        )
+        conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        conn.execute(text("SELECT set_config('search_path', :sp, true)"), {"sp": schema})
+        conn.exec_driver_sql(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {
+            row.version: row.checksum
+            for row in conn.execute(text("SELECT version, checksum FROM schema_migrations"))
+        }
+        current = max(done, default=0)
+        for version, name, path in migration_files():
+            body = path.read_text(encoding="utf-8")
+            if version in done:
+                if done[version] != _checksum(body):
+                    raise MigrationError(
+                        f"migration {path.name} changed after it was applied to schema "
+                        f"{db.schema!r}; restore the file and add a new migration instead"
+                    )
+                continue
+            # The raw driver executes the file as one script; no parameters, so a
+            # plpgsql RAISE '%' is not mistaken for a placeholder.
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            raw.execute(body)
+            conn.execute(
+                text("INSERT INTO schema_migrations (version, name, checksum) VALUES (:v, :n, :c)"),
+                {"v": version, "n": name, "c": _checksum(body)},
+            )
+            applied.append(path.name)
+            current = version
+        if max(done, default=0) > max((v for v, _, _ in migration_files()), default=0):
+            raise MigrationError(
+                f"schema {db.schema!r} is at version {max(done)}, newer than this reconciler "
+                "knows; upgrade the reconciler"
+            )
+    return MigrationResult(db.schema, tuple(applied), current)
+
+
+def pending(db: Database) -> list[str]:
+    """Migrations not yet applied (empty when the schema is up to date)."""
+    with db.engine.connect() as conn:
+        exists = conn.execute(
+            text("SELECT to_regclass(:t) IS NOT NULL"),
+            {"t": f"{quote_ident(db.schema)}.schema_migrations"},
+        ).scalar_one()
+        done: set[int] = set()
+        if exists:
+            done = set(
+                conn.execute(
+                    text(f"SELECT version FROM {quote_ident(db.schema)}.schema_migrations")
+                ).scalars()
+            )
+    return [path.name for version, _, path in migration_files() if version not in done]

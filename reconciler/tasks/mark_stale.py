@@ -1,0 +1,52 @@
+"""mark-stale: running jobs whose worker stopped heartbeating become ``stale``.
+
+What it changes: ``running -> stale`` for jobs whose last heartbeat (or
+``locked_at`` when the worker never sent one) is older than the heartbeat
+timeout of the job's kind, else its queue, else the default. The lock is
+cleared and the event's reason records the worker, its last heartbeat and
+the heartbeat's age, so an operator can tell a crash from a slow worker.
+
+Why: a worker that crashed never reports; without this its job stays
+``running`` forever. ``stale`` is not a retry by itself: requeue or
+dead-letter decide next, by the job's attempts and retry policy.
+
+Safe to re-run: yes. A second run finds nothing (the rows are no longer
+running), and a job whose heartbeat lands while the run is under way is never
+marked stale (see sql/tasks/mark_stale.sql). The late worker's
+heartbeat/complete/fail then return false: it has been fenced out.
+"""
+
+from __future__ import annotations
+
+from reconciler.sqlfiles import query
+from reconciler.tasks.base import Task, TaskContext
+
+__all__ = ["TASK"]
+
+
+def execute(ctx: TaskContext) -> None:
+    settings = ctx.settings
+    default = settings.heartbeat_timeout.total_seconds()
+    kinds: dict[str, float] = {}
+    queues: dict[str, float] = {}
+    for key, timeout in settings.heartbeat_timeout_overrides.items():
+        scope, _, name = key.partition(":")
+        (kinds if scope == "kind" else queues)[name] = timeout.total_seconds()
+    ctx.run_batches(
+        query("tasks/mark_stale", "apply"),
+        {
+            "default_timeout_s": default,
+            "min_timeout_s": min([default, *kinds.values(), *queues.values()]),
+            "kind_names": list(kinds),
+            "kind_timeouts_s": list(kinds.values()),
+            "queue_names": list(queues),
+            "queue_timeouts_s": list(queues.values()),
+        },
+    )
+
+
+TASK = Task(
+    name="mark-stale",
+    summary="running jobs with no heartbeat within the timeout become stale",
+    execute=execute,
+)

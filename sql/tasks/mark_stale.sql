@@ -1,0 +1,61 @@
+-- mark-stale: running jobs with no sign of life within their heartbeat timeout
+-- become stale, and lose their lock.
+--
+-- Binds: :now (the run's database clock), :batch_size, :actor, :run_id,
+-- :default_timeout_s, :min_timeout_s (the smallest timeout of any queue or
+-- kind, so the index on the last sign of life can narrow the scan),
+-- :kind_names/:kind_timeouts_s and :queue_names/:queue_timeouts_s (overrides;
+-- a kind's wins over its queue's).
+--
+-- Concurrency: FOR UPDATE SKIP LOCKED skips a row a worker is changing at this
+-- moment (heartbeat, complete, fail), and for every row it does lock,
+-- PostgreSQL re-evaluates this WHERE clause against the newest committed
+-- version. A heartbeat that commits before the lock keeps its job; one that
+-- arrives after waits, then finds the job no longer its own and returns false.
+
+-- name: apply
+WITH candidates AS (
+    SELECT j.id, j.locked_by, j.attempt,
+           coalesce(j.heartbeat_at, j.locked_at, j.updated_at) AS last_seen,
+           t.timeout_s
+    FROM jobs j
+    CROSS JOIN LATERAL (
+        SELECT coalesce(
+            (SELECT k.s FROM unnest(CAST(:kind_names AS text[]),
+                                    CAST(:kind_timeouts_s AS double precision[])) AS k (n, s)
+             WHERE k.n = j.kind),
+            (SELECT q.s FROM unnest(CAST(:queue_names AS text[]),
+                                    CAST(:queue_timeouts_s AS double precision[])) AS q (n, s)
+             WHERE q.n = j.queue),
+            CAST(:default_timeout_s AS double precision)
+        ) AS timeout_s
+    ) t
+    WHERE j.status = 'running'
+      AND coalesce(j.heartbeat_at, j.locked_at, j.updated_at)
+          < CAST(:now AS timestamptz) - make_interval(secs => CAST(:min_timeout_s AS double precision))
+      AND coalesce(j.heartbeat_at, j.locked_at, j.updated_at)
+          < CAST(:now AS timestamptz) - make_interval(secs => t.timeout_s)
+    ORDER BY coalesce(j.heartbeat_at, j.locked_at, j.updated_at), j.id
+    LIMIT :batch_size
+    FOR UPDATE OF j SKIP LOCKED
+), moved AS (
+    UPDATE jobs j
+    SET status = 'stale', locked_by = NULL, locked_at = NULL,
+        finished_at = CAST(:now AS timestamptz)
+    FROM candidates c
+    WHERE j.id = c.id
+    RETURNING j.id, c.locked_by AS worker, c.attempt, c.last_seen, c.timeout_s
+), events AS (
+    INSERT INTO job_events (job_id, from_status, to_status, at, actor, reason, run_id)
+    SELECT m.id, 'running', 'stale', CAST(:now AS timestamptz), :actor,
+           jsonb_build_object(
+               'worker', m.worker,
+               'attempt', m.attempt,
+               'last_heartbeat_at', m.last_seen,
+               'heartbeat_age_s',
+                   round(extract(epoch FROM CAST(:now AS timestamptz) - m.last_seen)::numeric, 3),
+               'timeout_s', m.timeout_s),
+           CAST(:run_id AS bigint)
+    FROM moved m
+)
+SELECT id, 'running' AS from_status, 'stale' AS to_status FROM moved

@@ -1,0 +1,42 @@
+-- requeue: failed or stale jobs with attempts left go back to queued once
+-- their backoff has elapsed, due at once (run_at = the run's now).
+--
+-- Binds: :now, :batch_size, :actor, :run_id.
+--
+-- Backoff comes from the job's retry policy (its kind's row in retry_policies,
+-- else its priority's; see backoff() in the migrations), counted from when the
+-- attempt ended (finished_at). A job with no policy at all is requeued at once
+-- rather than left behind. attempt < max_attempts is what separates this task
+-- from dead-letter: no job can be eligible for both.
+
+-- name: apply
+WITH candidates AS (
+    SELECT j.id, j.status AS from_status, j.attempt, b.delay
+    FROM jobs j
+    CROSS JOIN LATERAL (
+        SELECT coalesce(
+            (SELECT backoff(j.attempt, p.initial_delay, p.max_delay, p.multiplier, p.jitter, j.id)
+             FROM policy_for(j.kind, j.priority) p),
+            interval '0') AS delay
+    ) b
+    WHERE j.status IN ('failed', 'stale')
+      AND j.attempt < j.max_attempts
+      AND coalesce(j.finished_at, j.updated_at) + b.delay <= CAST(:now AS timestamptz)
+    ORDER BY j.finished_at, j.id
+    LIMIT :batch_size
+    FOR UPDATE OF j SKIP LOCKED
+), moved AS (
+    UPDATE jobs j
+    SET status = 'queued', run_at = CAST(:now AS timestamptz), finished_at = NULL
+    FROM candidates c
+    WHERE j.id = c.id
+    RETURNING j.id, c.from_status, c.attempt, c.delay
+), events AS (
+    INSERT INTO job_events (job_id, from_status, to_status, at, actor, reason, run_id)
+    SELECT m.id, m.from_status, 'queued', CAST(:now AS timestamptz), :actor,
+           jsonb_build_object('attempt', m.attempt,
+                              'backoff_s', round(extract(epoch FROM m.delay)::numeric, 3)),
+           CAST(:run_id AS bigint)
+    FROM moved m
+)
+SELECT id, from_status, 'queued' AS to_status FROM moved

@@ -1,0 +1,78 @@
+"""Small helpers to place rows and read them back in tests."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+
+from reconciler.db import Database
+
+__all__ = ["events_of", "insert_job", "job", "jobs_by_status"]
+
+_COLUMNS = (
+    "queue",
+    "kind",
+    "tenant_id",
+    "priority",
+    "payload",
+    "status",
+    "attempt",
+    "max_attempts",
+    "run_at",
+    "locked_by",
+    "locked_at",
+    "heartbeat_at",
+    "started_at",
+    "finished_at",
+    "created_at",
+    "last_error",
+    "idempotency_key",
+)
+
+
+def insert_job(db: Database, **values: Any) -> int:
+    """Insert one job row as it would look at some point of its life; returns its id."""
+    values.setdefault("kind", "test")
+    values.setdefault("max_attempts", 3)
+    if values.get("status") == "running":
+        values.setdefault("locked_by", "w1")
+    unknown = set(values) - set(_COLUMNS)
+    assert not unknown, f"unknown columns {unknown}"
+    cols = ", ".join(values)
+    binds = ", ".join(
+        f"CAST(:{k} AS jsonb)" if k in ("payload", "last_error") else f":{k}" for k in values
+    )
+    with db.transaction() as conn:
+        job_id = conn.execute(
+            text(f"INSERT INTO jobs ({cols}) VALUES ({binds}) RETURNING id"), values
+        ).scalar_one()
+    assert isinstance(job_id, int)
+    return job_id
+
+
+def job(db: Database, job_id: int) -> dict[str, Any]:
+    with db.transaction() as conn:
+        row = conn.execute(text("SELECT * FROM jobs WHERE id = :id"), {"id": job_id}).one()
+    return dict(row._mapping)
+
+
+def events_of(db: Database, job_id: int) -> list[dict[str, Any]]:
+    with db.transaction() as conn:
+        rows = conn.execute(
+            text("SELECT * FROM job_events WHERE job_id = :id ORDER BY id"), {"id": job_id}
+        ).all()
+    return [dict(r._mapping) for r in rows]
+
+
+def jobs_by_status(db: Database) -> dict[str, int]:
+    with db.transaction() as conn:
+        rows = conn.execute(text("SELECT status, count(*) FROM jobs GROUP BY status")).all()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def at(base: datetime, **delta: float) -> datetime:
+    from datetime import timedelta
+
+    return base + timedelta(**delta)
