@@ -28,6 +28,7 @@ from reconciler.durations import format_duration, parse_duration
 from reconciler.embedded import EmbeddedUnavailable
 from reconciler.logs import configure_logging
 from reconciler.migrate import MigrationError, migrate, pending
+from reconciler.ops.cli import OPS_COMMANDS, OpsError, add_ops_commands
 from reconciler.runner import run_task
 from reconciler.settings import Settings, describe_error, load_settings
 from reconciler.sqlfiles import query
@@ -129,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     pol_del = pol_sub.add_parser("delete", help="remove a kind's policy (its priority's applies)")
     pol_del.add_argument("--kind", required=True)
     pol_del.add_argument("--json", action="store_true", help="print one JSON object")
+
+    add_ops_commands(sub)  # the operator's toolkit: reconciler/ops/
     return parser
 
 
@@ -332,10 +335,20 @@ def cmd_policies(args: argparse.Namespace, settings: Settings, db: Database, tar
     return EXIT_OK
 
 
+def cmd_ops(args: argparse.Namespace, settings: Settings, db: Database, target: Target) -> int:
+    _require_schema(db, target)
+    try:
+        return OPS_COMMANDS[args.command](args, settings, db)
+    except OpsError as exc:
+        sys.stderr.write(f"reconciler: {exc}\n")
+        return exc.code
+
+
 _DB_COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, Database, Target], int]] = {
     "run": cmd_run,
     "migrate": cmd_migrate,
     "policies": cmd_policies,
+    **dict.fromkeys(OPS_COMMANDS, cmd_ops),
 }
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from reconciler.db import Database, first_line
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query
-from reconciler.tasks import TaskContext, TaskFailed, TaskResult, get_task
+from reconciler.tasks import Task, TaskContext, TaskFailed, TaskResult, get_task
 
 __all__ = ["default_actor", "run_task"]
 
@@ -44,7 +44,7 @@ def _error_text(exc: BaseException) -> str:
 def run_task(
     db: Database,
     settings: Settings,
-    name: str,
+    name: str | Task,
     *,
     dry_run: bool = False,
     now: datetime | None = None,
@@ -58,9 +58,10 @@ def run_task(
     ``now`` defaults to the database's clock, read once here; tests pass a
     fixed one. A dry run writes nothing, not even a ``runs`` row. Database
     errors do not raise: they end the run with status ``failed`` (what earlier
-    batches committed stays committed and counted).
+    batches committed stays committed and counted). ``name`` may also be a
+    :class:`Task` built on the spot (an operator's command, see reconciler.ops).
     """
-    task = get_task(name)
+    task = name if isinstance(name, Task) else get_task(name)
     started = time.monotonic()
     actor = actor or f"reconciler:{task.name}"
     if now is None:
