@@ -49,8 +49,15 @@ def emit_json_lines(rows: Iterable[Mapping[str, Any]]) -> None:
         sys.stdout.write(json.dumps(jsonable(row)) + "\n")
 
 
+# Off a terminal (a pipe, a file, a test) rich would squeeze tables into 80
+# columns and cut values short; grep and less deserve whole values.
+_PIPE_WIDTH = 200
+
+
 def console() -> Console:
-    return Console(soft_wrap=True, highlight=False)
+    return Console(
+        soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else _PIPE_WIDTH
+    )
 
 
 def age(value: timedelta | float | None) -> str:
