@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TextIO
@@ -344,6 +344,8 @@ class Change:
     verb: str
     sql: str
     params: Mapping[str, Any] = field(default_factory=dict)
+    # Kept in the run's record (runs.details), e.g. the filter as the operator gave it.
+    details: Mapping[str, Any] = field(default_factory=dict)
 
     def task(self) -> Task:
         return Task(
@@ -354,6 +356,7 @@ class Change:
 
 
 def _run_change(change: Change, ctx: TaskContext) -> None:
+    ctx.progress.details.update(change.details)
     ctx.run_batches(change.sql, {"command": change.name, **change.params})
 
 
@@ -372,7 +375,7 @@ def apply_change(
     """Preview ``change`` (rolled back); unless a dry run, confirm and apply it in batches."""
     preview = run_task(db, settings, change.task(), dry_run=True, now=now, actor=actor)
     if dry_run or preview.status != "ok" or preview.changed == 0:
-        return preview
+        return replace(preview, dry_run=dry_run)
     confirm(
         change.verb,
         preview.changed,
@@ -408,7 +411,7 @@ def run_reused_task(
     """Like :func:`apply_change`, for a registered maintenance task run with parameters."""
     preview = run_task(db, settings, task, dry_run=True, now=now, actor=actor, params=params)
     if dry_run or preview.status != "ok" or preview.changed == 0:
-        return preview
+        return replace(preview, dry_run=dry_run)
     confirm(
         verb,
         preview.changed,
@@ -442,7 +445,9 @@ def report_change(
         emit_json(payload)
     else:
         out = console()
-        if result.dry_run:
+        if result.changed == 0 and result.status == "ok":
+            out.print(f"{result.task}: no job matches; nothing changed")
+        elif result.dry_run:
             more = "at least " if result.stopped == "dry_run_limit" else ""
             out.print(f"dry run, nothing written: would {verb} {more}{result.changed} job(s)")
         else:

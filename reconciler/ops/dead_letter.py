@@ -241,7 +241,7 @@ def cmd_purge(args: argparse.Namespace, settings: Settings, db: Database) -> int
     job_filter = job_filter.with_statuses(DEAD)
     check_ids(db, job_filter.ids, allowed=DEAD, verb="dead-letter purge")
     now = db.now()
-    job_filter = resolve_limit(db, job_filter, now, DEAD)
+    given, job_filter = job_filter, resolve_limit(db, job_filter, now, DEAD)
     if not args.no_backup:
         with db.transaction() as conn:
             missing = conn.execute(
@@ -256,6 +256,7 @@ def cmd_purge(args: argparse.Namespace, settings: Settings, db: Database) -> int
     change = Change(
         name="dead-letter purge",
         verb="purge",
+        details={"filter": given.describe()},
         sql=filtered_query("ops/dead_letter", "purge"),
         params={**job_filter.binds(now), "no_backup": bool(args.no_backup)},
     )
@@ -269,4 +270,4 @@ def cmd_purge(args: argparse.Namespace, settings: Settings, db: Database) -> int
         yes=args.yes,
         batch_size=args.batch_size,
     )
-    return report_change(result, verb="purge", job_filter=job_filter, as_json=args.json)
+    return report_change(result, verb="purge", job_filter=given, as_json=args.json)

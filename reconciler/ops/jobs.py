@@ -145,10 +145,11 @@ def requeue(
     check_statuses(job_filter, eligible, name)
     check_ids(db, job_filter.ids, allowed=eligible, verb=name)
     now = db.now()
-    job_filter = resolve_limit(db, job_filter, now, eligible)
+    given, job_filter = job_filter, resolve_limit(db, job_filter, now, eligible)
     change = Change(
         name=name,
         verb="requeue",
+        details={"filter": given.describe()},
         sql=filtered_query("ops/jobs", "requeue"),
         params={
             **job_filter.binds(now),
@@ -167,7 +168,7 @@ def requeue(
         yes=args.yes,
         batch_size=args.batch_size,
     )
-    return report_change(result, verb="requeue", job_filter=job_filter, as_json=args.json)
+    return report_change(result, verb="requeue", job_filter=given, as_json=args.json)
 
 
 def cmd_requeue(args: argparse.Namespace, settings: Settings, db: Database) -> int:
@@ -197,10 +198,11 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings, db: Database) -> in
     check_statuses(job_filter, CANCELLABLE, "jobs cancel")
     check_ids(db, job_filter.ids, allowed=CANCELLABLE, verb="jobs cancel")
     now = db.now()
-    job_filter = resolve_limit(db, job_filter, now, CANCELLABLE)
+    given, job_filter = job_filter, resolve_limit(db, job_filter, now, CANCELLABLE)
     change = Change(
         name="jobs cancel",
         verb="cancel",
+        details={"filter": given.describe()},
         sql=filtered_query("ops/jobs", "cancel"),
         params={
             **job_filter.binds(now),
@@ -218,7 +220,7 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings, db: Database) -> in
         yes=args.yes,
         batch_size=args.batch_size,
     )
-    return report_change(result, verb="cancel", job_filter=job_filter, as_json=args.json)
+    return report_change(result, verb="cancel", job_filter=given, as_json=args.json)
 
 
 def cmd_reset_stuck(args: argparse.Namespace, settings: Settings, db: Database) -> int:

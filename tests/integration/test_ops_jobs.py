@@ -117,9 +117,10 @@ def test_requeue_resets_attempts_and_records_who(
     }
     with db.transaction() as conn:
         run = conn.execute(
-            text("SELECT task, actor, status FROM runs WHERE id = :id"), {"id": result["run_id"]}
+            text("SELECT task, actor, status, details FROM runs WHERE id = :id"),
+            {"id": result["run_id"]},
         ).one()
-    assert tuple(run) == ("jobs requeue", "cli:alice", "ok")
+    assert tuple(run) == ("jobs requeue", "cli:alice", "ok", {"filter": {"ids": [job_id]}})
 
 
 def test_requeue_keep_attempts(cli: CliRun, db: Database, ids: dict[str, list[int]]) -> None:
@@ -244,3 +245,13 @@ def test_scheduled_mark_stale_unchanged(db: Database, settings: Settings, db_now
     """Without the operator's parameters, mark-stale still uses the settings' timeout."""
     insert_job(db, status="running", heartbeat_at=db_now - timedelta(minutes=4), attempt=1)
     assert run_task(db, settings, "mark-stale", now=db_now).changed == 0
+
+
+def test_nothing_matches_is_not_a_dry_run(
+    cli: CliRun, db: Database, ids: dict[str, list[int]]
+) -> None:
+    """A change that matches nothing says so, and is not reported as a dry run."""
+    result = cli.json("jobs", "retry-failed", "--queue", "nowhere")
+    assert (result["changed"], result["dry_run"], result["run_id"]) == (0, False, None)
+    code, out, _ = cli("jobs", "retry-failed", "--queue", "nowhere")
+    assert code == 0 and "no job matches; nothing changed" in out
