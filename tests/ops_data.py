@@ -64,7 +64,7 @@ def seed(db: Database, now: datetime) -> dict[str, list[int]]:
         ids.setdefault(label, []).append(job_id)
         return job_id
 
-    # email: three attempts failed ten minutes ago (SMTP timeout), two waiting.
+    # email: three attempts failed ten minutes ago (SMTP timeout), two just due.
     for _ in range(3):
         error = {"message": "SMTP timeout"}
         job_id = add(
@@ -89,8 +89,8 @@ def seed(db: Database, now: datetime) -> dict[str, list[int]]:
             tenant_id="globex",
             priority=1,
             status="queued",
-            run_at=ago(seconds=3),
-            created_at=ago(seconds=3),
+            run_at=ago(seconds=1),
+            created_at=ago(seconds=1),
         )
     # reports: dead letters of two errors and two tenants.
     for tenant, message in (

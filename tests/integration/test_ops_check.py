@@ -172,8 +172,8 @@ def test_task_overdue(cli: CliRun, db: Database, db_now: datetime) -> None:
 @pytest.mark.parametrize(
     ("priority", "waited", "code"),
     [
-        (1, timedelta(seconds=3), 0),
-        (1, timedelta(seconds=10), 1),
+        (1, timedelta(seconds=1), 0),
+        (1, timedelta(seconds=20), 1),
         (1, timedelta(minutes=1), 2),
         (4, timedelta(minutes=4), 0),
     ],

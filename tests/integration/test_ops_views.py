@@ -36,7 +36,8 @@ def test_stats_numbers(cli: CliRun, ids: dict[str, list[int]]) -> None:
     assert depth[("reports", 2, "dead")] == 3
     (email,) = [r for r in stats["oldest_due"] if r["queue"] == "email"]
     assert (email["priority_name"], email["due"], email["target_s"]) == ("high", 2, 5.0)
-    assert email["oldest_wait"] >= 3 and email["late"] is False
+    assert email["oldest_wait"] >= 1
+    assert email["late"] is (email["oldest_wait"] > 5)
     (build,) = stats["durations"]
     assert (build["kind"], build["succeeded"], build["avg_s"], build["p95_s"]) == (
         "report.build",
