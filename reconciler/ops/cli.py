@@ -18,6 +18,8 @@ from reconciler.ops.common import (
     OpsError,
     add_filter_arguments,
     duration_arg,
+    names_arg,
+    statuses_arg,
 )
 from reconciler.settings import Settings
 
@@ -155,9 +157,9 @@ def add_ops_commands(sub: Any) -> None:
         metavar="DURATION",
         help="heartbeat age, e.g. 10m",
     )
-    p.add_argument("--queue", action="append", type=lambda v: v.split(","), metavar="QUEUE")
-    p.add_argument("--kind", action="append", type=lambda v: v.split(","), metavar="KIND")
-    p.add_argument("--tenant", action="append", type=lambda v: v.split(","), metavar="TENANT")
+    p.add_argument("--queue", action="append", type=names_arg, metavar="QUEUE")
+    p.add_argument("--kind", action="append", type=names_arg, metavar="KIND")
+    p.add_argument("--tenant", action="append", type=names_arg, metavar="TENANT")
     _change_options(p)
 
     # dead-letter -----------------------------------------------------------------------
@@ -255,7 +257,7 @@ def add_ops_commands(sub: Any) -> None:
     p.add_argument(
         "--status",
         action="append",
-        type=lambda v: [s.strip() for s in v.split(",") if s.strip()],
+        type=statuses_arg,
         metavar="STATUS",
         help="succeeded, cancelled or dead (default: succeeded and cancelled)",
     )

@@ -48,9 +48,11 @@ __all__ = [
     "confirm",
     "duration_arg",
     "filtered_query",
+    "names_arg",
     "report_change",
     "resolve_limit",
     "run_reused_task",
+    "statuses_arg",
 ]
 
 STATUSES = ("queued", "running", "succeeded", "failed", "stale", "dead", "cancelled")
@@ -79,7 +81,7 @@ def duration_arg(value: str) -> timedelta:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _statuses_arg(value: str) -> list[str]:
+def statuses_arg(value: str) -> list[str]:
     names = [part.strip().lower() for part in value.split(",") if part.strip()]
     for name in names:
         if name not in STATUSES:
@@ -89,7 +91,7 @@ def _statuses_arg(value: str) -> list[str]:
     return names
 
 
-def _names_arg(value: str) -> list[str]:
+def names_arg(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
@@ -209,13 +211,13 @@ def add_filter_arguments(
         group.add_argument(
             "--status",
             action="append",
-            type=_statuses_arg,
+            type=statuses_arg,
             metavar="STATUS",
             help=f"one of {', '.join(STATUSES)}",
         )
-    group.add_argument("--queue", action="append", type=_names_arg, metavar="QUEUE")
-    group.add_argument("--kind", action="append", type=_names_arg, metavar="KIND")
-    group.add_argument("--tenant", action="append", type=_names_arg, metavar="TENANT")
+    group.add_argument("--queue", action="append", type=names_arg, metavar="QUEUE")
+    group.add_argument("--kind", action="append", type=names_arg, metavar="KIND")
+    group.add_argument("--tenant", action="append", type=names_arg, metavar="TENANT")
     group.add_argument(
         "--created-since",
         type=duration_arg,
