@@ -13,7 +13,7 @@ import socket
 import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -21,7 +21,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from reconciler.db import Database, first_line
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query
-from reconciler.tasks import Task, TaskContext, TaskFailed, TaskResult, get_task
+from reconciler.tasks import TaskContext, TaskFailed, TaskResult, get_task
+
+if TYPE_CHECKING:
+    from reconciler.tasks import Task
 
 __all__ = ["default_actor", "run_task"]
 
@@ -58,10 +61,10 @@ def run_task(
     ``now`` defaults to the database's clock, read once here; tests pass a
     fixed one. A dry run writes nothing, not even a ``runs`` row. Database
     errors do not raise: they end the run with status ``failed`` (what earlier
-    batches committed stays committed and counted). ``name`` may also be a
-    :class:`Task` built on the spot (an operator's command, see reconciler.ops).
+    batches committed stays committed and counted).
     """
-    task = name if isinstance(name, Task) else get_task(name)
+    # ``name`` may also be a Task built on the spot: an operator's change (reconciler.ops).
+    task = get_task(name) if isinstance(name, str) else name
     started = time.monotonic()
     actor = actor or f"reconciler:{task.name}"
     if now is None:

@@ -113,6 +113,14 @@ class Settings(BaseSettings):
         default=timedelta(days=30),
         description="purge deletes the reconciler's own run records older than this.",
     )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto",
+        description="auto: JSON lines when stdout is not a terminal, readable console otherwise.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Idle runs log at debug; every run that changed rows at info."
+    )
+
     # --- operations: the operator's toolkit (issue 4) ------------------------------------
     ops_confirm_threshold: int = Field(
         default=20,
@@ -217,13 +225,6 @@ class Settings(BaseSettings):
         return value
 
     # --- end of operations settings ---------------------------------------------------------
-    log_format: Literal["auto", "json", "console"] = Field(
-        default="auto",
-        description="auto: JSON lines when stdout is not a terminal, readable console otherwise.",
-    )
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        default="info", description="Idle runs log at debug; every run that changed rows at info."
-    )
 
     @field_validator(
         "heartbeat_timeout",
