@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     tasks = sub.add_parser("tasks", help="list the tasks, a line each")
     tasks.add_argument("--json", action="store_true", help="print one JSON object")
 
+    add_ops_commands(sub)  # the operator's toolkit: stats, jobs, dead-letter, ... (reconciler/ops/)
+
     pol = sub.add_parser("policies", help="show or change retry policies")
     pol.add_argument("--json", action="store_true", help="print one JSON object")
     pol_sub = pol.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
@@ -130,8 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
     pol_del = pol_sub.add_parser("delete", help="remove a kind's policy (its priority's applies)")
     pol_del.add_argument("--kind", required=True)
     pol_del.add_argument("--json", action="store_true", help="print one JSON object")
-
-    add_ops_commands(sub)  # the operator's toolkit: reconciler/ops/
     return parser
 
 
@@ -197,6 +197,12 @@ def _require_schema(db: Database, target: Target) -> None:
         f"schema {db.schema!r} is not up to date ({len(missing)} migration(s) pending); "
         "run: reconciler migrate"
     )
+
+
+def cmd_ops(args: argparse.Namespace, settings: Settings, db: Database, target: Target) -> int:
+    """The operator's commands (reconciler/ops/): a current schema, then the command."""
+    _require_schema(db, target)
+    return OPS_COMMANDS[args.command](args, settings, db)
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings, db: Database, target: Target) -> int:
@@ -335,20 +341,10 @@ def cmd_policies(args: argparse.Namespace, settings: Settings, db: Database, tar
     return EXIT_OK
 
 
-def cmd_ops(args: argparse.Namespace, settings: Settings, db: Database, target: Target) -> int:
-    _require_schema(db, target)
-    try:
-        return OPS_COMMANDS[args.command](args, settings, db)
-    except OpsError as exc:
-        sys.stderr.write(f"reconciler: {exc}\n")
-        return exc.code
-
-
 _DB_COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, Database, Target], int]] = {
     "run": cmd_run,
     "migrate": cmd_migrate,
     "policies": cmd_policies,
-    **dict.fromkeys(OPS_COMMANDS, cmd_ops),
 }
 
 
@@ -359,9 +355,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         sys.stderr.write(f"reconciler: {exc}\n")
         return EXIT_USAGE
+    except OpsError as exc:  # an operator's command refused, or was not confirmed
+        sys.stderr.write(f"reconciler: {exc}\n")
+        return exc.code
     except KeyboardInterrupt:
         sys.stderr.write("reconciler: interrupted\n")
         return 130
+
+
+# The operator's toolkit needs the database like the commands above.
+_DB_COMMANDS.update(dict.fromkeys(OPS_COMMANDS, cmd_ops))
 
 
 def _main(argv: Sequence[str] | None) -> int:
