@@ -188,7 +188,11 @@ def _require_schema(db: Database, target: Target) -> None:
     if not missing:
         return
     if target.embedded:
-        migrate(db)
+        result = migrate(db)
+        sys.stderr.write(
+            f"reconciler: set up schema {db.schema!r} in the {target.describe()} "
+            f"({', '.join(result.applied)})\n"
+        )
         return
     raise UsageError(
         f"schema {db.schema!r} is not up to date ({len(missing)} migration(s) pending); "
