@@ -35,6 +35,8 @@ def parse_duration(text: str) -> timedelta:
     hint = "write a number with a unit, e.g. 500ms, 90s, 5m, 2h, 30d or 1h30m"
     if not raw:
         raise ValueError(f"empty duration; {hint}")
+    if re.fullmatch(r"\d+(\.\d+)?", raw):
+        raise ValueError(f"a bare number ({text!r}) is ambiguous; {hint}")
     pos = 0
     total = timedelta(0)
     for match in _PART.finditer(raw):

@@ -24,7 +24,9 @@ def _to_timedelta(value: Any) -> Any:
     if isinstance(value, str):
         return parse_duration(value)
     if isinstance(value, int | float) and not isinstance(value, bool):
-        raise ValueError("a bare number is ambiguous; write a unit, e.g. 90s, 5m or 30d")
+        raise ValueError(
+            f"a bare number ({value!r}) is ambiguous; write a unit, e.g. 90s, 5m or 30d"
+        )
     return value
 
 
