@@ -178,7 +178,7 @@ CREATE FUNCTION enqueue(
     kind            text,
     payload         jsonb       DEFAULT '{}',
     queue           text        DEFAULT 'default',
-    priority        smallint    DEFAULT 2,
+    priority        integer     DEFAULT 2,  -- integer, so `priority => 1` needs no cast
     run_at          timestamptz DEFAULT NULL,
     max_attempts    integer     DEFAULT NULL,
     idempotency_key text        DEFAULT NULL,
@@ -190,8 +190,13 @@ DECLARE
     v_id bigint;
     v_max integer := enqueue.max_attempts;
 BEGIN
+    IF enqueue.priority IS NOT NULL AND enqueue.priority NOT BETWEEN 0 AND 4 THEN
+        RAISE EXCEPTION 'priority % is out of range', enqueue.priority
+            USING ERRCODE = 'check_violation',
+                  HINT = 'use 0 (critical), 1 (high), 2 (default), 3 (low) or 4 (bulk)';
+    END IF;
     IF v_max IS NULL THEN
-        v_max := (policy_for(enqueue.kind, enqueue.priority)).max_attempts;
+        v_max := (policy_for(enqueue.kind, enqueue.priority::smallint)).max_attempts;
     END IF;
     WITH inserted AS (
         INSERT INTO jobs AS j (queue, kind, tenant_id, priority, payload, run_at,
