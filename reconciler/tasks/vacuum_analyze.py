@@ -98,10 +98,7 @@ def execute(ctx: TaskContext) -> None:
     ctx.progress.details["tables"] = details
     ctx.progress.details["reclaimed_all"] = not blocked
     if blocked:
-        ctx.progress.details["xmin_holders"] = [
-            {k: (str(v) if v is not None and k == "xact_age_s" else v) for k, v in h.items()}
-            for h in holders
-        ]
+        ctx.progress.details["xmin_holders"] = holders
 
 
 TASK = Task(
