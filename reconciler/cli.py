@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any, NoReturn
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import text
@@ -361,7 +362,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return cmd_tasks(args)
     try:
         settings = load_settings()
-    except ValidationError as exc:
+    except (ValidationError, SettingsError) as exc:
         raise UsageError(describe_error(exc)) from None
     configure_logging(settings.log_format, settings.log_level)
     try:

@@ -20,7 +20,7 @@ _UNITS = {
     "d": timedelta(days=1),
     "w": timedelta(weeks=1),
 }
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
 # Far beyond any sensible timeout or retention, and well inside what both
 # Python's timedelta and PostgreSQL's interval can hold.
 _MAX = timedelta(days=3650)
@@ -42,7 +42,10 @@ def parse_duration(text: str) -> timedelta:
     for match in _PART.finditer(raw):
         if match.start() != pos:
             break
-        total += float(match.group(1)) * _UNITS[match.group(2)]
+        try:
+            total += float(match.group(1)) * _UNITS[match.group(2)]
+        except OverflowError:  # beyond what a timedelta holds, so far beyond _MAX
+            raise ValueError(f"duration {text!r} is longer than 3650d; {hint}") from None
         pos = match.end()
     if pos != len(raw) or pos == 0:
         raise ValueError(f"cannot read duration {text!r}; {hint}")

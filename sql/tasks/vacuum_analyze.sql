@@ -25,5 +25,8 @@ SELECT a.pid, a.usename AS user_name, a.application_name, a.state,
 FROM pg_stat_activity a
 WHERE a.backend_xmin IS NOT NULL
   AND a.pid <> pg_backend_pid()
+  -- Snapshots in other databases do not hold back this database's tables
+  -- (a walsender, with no database, does).
+  AND (a.datname = current_database() OR a.datname IS NULL)
 ORDER BY age(a.backend_xmin) DESC
 LIMIT 3
