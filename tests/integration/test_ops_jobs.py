@@ -57,7 +57,7 @@ def test_list_table_for_people(cli: CliRun, ids: dict[str, list[int]]) -> None:
     ("argv", "message"),
     [
         (("jobs", "list", "--status", "done"), "unknown status 'done'"),
-        (("jobs", "list", "--created-since", "5"), "cannot read duration"),
+        (("jobs", "list", "--created-since", "5x"), "cannot read duration"),
         (("jobs", "list", "--limit", "0"), "limit '0'"),
         (("jobs", "show", "999999"), "no job with id 999999"),
         (("jobs", "requeue", "999999"), "no job with id 999999"),

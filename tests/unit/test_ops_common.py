@@ -10,7 +10,6 @@ import pytest
 from reconciler.cli import build_parser
 from reconciler.ops.common import JobFilter, OpsError, confirm
 from reconciler.ops.output import age, jsonable
-from reconciler.settings import Settings
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -103,28 +102,6 @@ def test_age_and_jsonable() -> None:
     assert jsonable({"t": NOW, "d": timedelta(seconds=1.5)}) == {
         "t": "2026-01-01T12:00:00+00:00",
         "d": 1.5,
-    }
-
-
-def test_ops_setting_defaults() -> None:
-    """The operator's defaults, pinned: changing one is a decision, not an accident."""
-    s = Settings(_env_file=None)  # type: ignore[call-arg]
-    assert s.ops_confirm_threshold == 20
-    assert s.ops_heartbeat_interval == timedelta(seconds=30)
-    assert s.check_window == timedelta(hours=1)
-    assert (s.check_failure_rate_warning, s.check_failure_rate_critical) == (0.10, 0.50)
-    assert s.check_failure_min_attempts == 20
-    assert s.check_backlog_age == timedelta(minutes=5)
-    assert (s.check_backlog_warning, s.check_backlog_critical) == (1000, 10_000)
-    assert (s.check_dead_letter_warning, s.check_dead_letter_critical) == (100, 1000)
-    assert s.check_slow_job_age == timedelta(hours=1)
-    assert s.check_latency_critical_factor == 10
-    assert s.check_task_max_age == {
-        "mark-stale": timedelta(minutes=10),
-        "requeue": timedelta(minutes=10),
-        "dead-letter": timedelta(minutes=10),
-        "purge": timedelta(hours=25),
-        "vacuum-analyze": timedelta(hours=25),
     }
 
 
