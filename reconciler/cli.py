@@ -26,6 +26,7 @@ from reconciler.app import Target, open_database
 from reconciler.db import Database, DatabaseUnavailable, first_line
 from reconciler.durations import format_duration, parse_duration
 from reconciler.embedded import EmbeddedUnavailable
+from reconciler.leases import TaskBusy
 from reconciler.logs import configure_logging
 from reconciler.migrate import MigrationError, migrate, pending
 from reconciler.runner import run_task
@@ -201,15 +202,31 @@ def cmd_run(args: argparse.Namespace, settings: Settings, db: Database, target: 
         raise UsageError(f"unknown task {args.task!r}; known tasks: {', '.join(TASKS)}")
     _require_schema(db, target)
     actor = args.actor or None
-    result = run_task(
-        db,
-        settings,
-        args.task,
-        dry_run=args.dry_run,
-        batch_size=args.batch_size,
-        time_budget=args.time_budget,
-        actor=actor,
-    )
+    try:
+        result = run_task(
+            db,
+            settings,
+            args.task,
+            dry_run=args.dry_run,
+            batch_size=args.batch_size,
+            time_budget=args.time_budget,
+            actor=actor,
+        )
+    except TaskBusy as busy:
+        # Not waiting is deliberate: the other run does the same work, and a
+        # script can retry; exit 1 like any run that did not do its job.
+        if args.json:
+            _emit_json(
+                {
+                    "task": busy.task,
+                    "status": "busy",
+                    "holder": busy.holder,
+                    "lease_expires_at": busy.expires_at.isoformat(),
+                }
+            )
+        else:
+            sys.stderr.write(f"reconciler: {busy}\n")
+        return EXIT_FAILED
     if args.json:
         _emit_json(result.to_dict())
     else:

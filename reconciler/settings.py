@@ -12,10 +12,17 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from reconciler.durations import parse_duration
+from reconciler.durations import format_duration, parse_duration
 
 __all__ = ["Duration", "Settings", "default_embedded_dir", "describe_error", "load_settings"]
 
@@ -113,6 +120,37 @@ class Settings(BaseSettings):
         default=timedelta(days=30),
         description="purge deletes the reconciler's own run records older than this.",
     )
+    lease_ttl: Duration = Field(
+        default=timedelta(seconds=60),
+        description="A task's lease lasts this long after its last renewal (every batch renews "
+        "it). It is how long a killed replica keeps its tasks from the others. Must be at least "
+        "twice RECONCILER_STATEMENT_TIMEOUT: a batch may take the whole statement timeout, and "
+        "its renewal must still land before the lease runs out.",
+    )
+    schedule_file: Path | None = Field(
+        default=None,
+        description="TOML schedule of the daemon. Unset: schedules/default.toml shipped with "
+        "the package.",
+    )
+    shutdown_grace: Duration = Field(
+        default=timedelta(seconds=30),
+        description="On SIGTERM the daemon lets running batches finish and records their runs; "
+        "after this long it exits anyway (an unfinished batch rolls back whole). 30s: well "
+        "under systemd's and Kubernetes' default stop timeouts, well over one batch.",
+    )
+    retry_max_delay: Duration = Field(
+        default=timedelta(seconds=60),
+        description="When a task's run fails (the database is down, say), the daemon retries it "
+        "after 1s, 2s, 4s, ... up to this long, instead of hammering a server that is coming "
+        "back. A success resets the backoff.",
+    )
+    sentry_dsn: SecretStr | None = Field(
+        default=None,
+        description="Report errors and send Cron check-ins to Sentry. Unset: Sentry is off.",
+    )
+    sentry_environment: str | None = Field(
+        default=None, description="Sentry's environment tag, e.g. production."
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto",
         description="auto: JSON lines when stdout is not a terminal, readable console otherwise.",
@@ -130,6 +168,9 @@ class Settings(BaseSettings):
         "retention_cancelled",
         "retention_dead",
         "retention_runs",
+        "lease_ttl",
+        "shutdown_grace",
+        "retry_max_delay",
     )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
@@ -160,6 +201,16 @@ class Settings(BaseSettings):
             )
         return value
 
+    @model_validator(mode="after")
+    def _lease_outlasts_a_batch(self) -> Settings:
+        if self.lease_ttl < 2 * self.statement_timeout:
+            raise ValueError(
+                f"RECONCILER_LEASE_TTL ({format_duration(self.lease_ttl)}) must be at least twice "
+                f"RECONCILER_STATEMENT_TIMEOUT ({format_duration(self.statement_timeout)}), or a "
+                "slow batch could outlive its task's lease"
+            )
+        return self
+
     def retention(self) -> dict[str, timedelta]:
         """Retention per terminal status, for the purge task."""
         return {
@@ -178,10 +229,12 @@ def describe_error(error: ValidationError) -> str:
     """One line for a settings error: the variable, what is wrong, how to fix it."""
     first = error.errors()[0]
     loc = first.get("loc", ())
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if not loc:  # a rule across settings; its message names the variables
+        return f"configuration error: {message}"
     field = str(loc[0]) if loc else "settings"
     env = field if field.startswith("RECONCILER_") else f"RECONCILER_{field.upper()}"
     if field == "schema_name":
         env = "RECONCILER_SCHEMA"
-    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     extra = f" (key {loc[1]})" if len(loc) > 1 else ""
     return f"configuration error: {env}{extra}: {message}"
