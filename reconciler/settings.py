@@ -11,6 +11,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlsplit
 
 from pydantic import (
     BeforeValidator,
@@ -21,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
 
 from reconciler.durations import format_duration, parse_duration
 
@@ -210,6 +213,26 @@ class Settings(BaseSettings):
                 "slow batch could outlive its task's lease"
             )
         return self
+
+    def secrets(self) -> list[str]:
+        """Values that must never be printed or logged: the DB password, the Sentry DSN."""
+        found: list[str] = []
+        if self.database_url is not None:
+            raw = self.database_url.get_secret_value()
+            found.append(raw)
+            try:
+                password = make_url(raw.strip()).password
+            except ArgumentError:
+                password = None
+            if password:
+                found.extend({str(password), quote(str(password), safe="")})
+        if self.sentry_dsn is not None:
+            dsn = self.sentry_dsn.get_secret_value()
+            found.append(dsn)
+            key = urlsplit(dsn).username
+            if key:
+                found.append(key)
+        return found
 
     def retention(self) -> dict[str, timedelta]:
         """Retention per terminal status, for the purge task."""
