@@ -25,6 +25,7 @@ from reconciler.leases import Lease, LeaseLost, acquire, new_holder
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query
 from reconciler.tasks import TaskContext, TaskFailed, TaskResult, get_task
+from reconciler.tasks.base import Progress
 
 __all__ = ["default_actor", "run_task"]
 
@@ -114,25 +115,18 @@ def run_task(
     progress = ctx.progress
     if run_id is not None:
         try:
-            with db.transaction() as conn:
-                conn.execute(
-                    text(query("runs", "finish")),
-                    {
-                        "id": run_id,
-                        "status": status,
-                        "transitions": json.dumps(dict(progress.transitions)),
-                        "batches": progress.batches,
-                        "details": json.dumps(progress.details, default=str),
-                        "error": error,
-                    },
-                )
-                if lease is not None:
-                    lease.release(conn)
+            _finish(db, run_id, lease, status, error, progress)
         except SQLAlchemyError as exc:
             # The work is done and committed; only its record could not be closed.
-            # The lease expires by itself after RECONCILER_LEASE_TTL.
-            status = "failed"
-            error = f"{error + '; ' if error else ''}could not record the run: {_error_text(exc)}"
+            # Once more on a fresh connection (the pool replaces a killed one); if
+            # that fails too, the lease expires by itself after RECONCILER_LEASE_TTL.
+            try:
+                _finish(db, run_id, lease, status, error, progress)
+            except SQLAlchemyError:
+                status = "failed"
+                error = (
+                    f"{error + '; ' if error else ''}could not record the run: {_error_text(exc)}"
+                )
     return TaskResult(
         task=task.name,
         status=status,
@@ -147,3 +141,28 @@ def run_task(
         run_id=run_id,
         error=error,
     )
+
+
+def _finish(
+    db: Database,
+    run_id: int,
+    lease: Lease | None,
+    status: str,
+    error: str | None,
+    progress: Progress,
+) -> None:
+    """Record the run's outcome and release its lease, in one transaction."""
+    with db.transaction() as conn:
+        conn.execute(
+            text(query("runs", "finish")),
+            {
+                "id": run_id,
+                "status": status,
+                "transitions": json.dumps(dict(progress.transitions)),
+                "batches": progress.batches,
+                "details": json.dumps(progress.details, default=str),
+                "error": error,
+            },
+        )
+        if lease is not None:
+            lease.release(conn)
