@@ -43,7 +43,7 @@ from reconciler import sentry
 from reconciler.app import Target, open_database
 from reconciler.db import Database, first_line
 from reconciler.durations import format_duration
-from reconciler.leases import TaskBusy
+from reconciler.leases import TaskBusy, new_holder
 from reconciler.logs import get_logger
 from reconciler.migrate import migrate, pending
 from reconciler.runner import run_task
@@ -112,6 +112,9 @@ class Daemon:
         self.db = db
         self.sentry_enabled = sentry_enabled
         self.stopping = threading.Event()
+        # One lease holder name for the process: APScheduler never runs a task twice at
+        # once here, so a lease left behind by a run cut off mid-way is ours to take back.
+        self.holder = new_holder()
         self._failures: dict[str, int] = {}
         self._active = 0
         self._idle = threading.Condition()
@@ -201,6 +204,7 @@ class Daemon:
                 time_budget=entry.time_budget,
                 should_stop=self.stopping.is_set,
                 on_start=monitor.started if monitor else None,
+                holder=self.holder,
             )
         except TaskBusy as busy:
             log.debug(
@@ -352,6 +356,7 @@ def _serve(
         schedule_file=str(schedule.path),
         tasks={e.task: e.describe() for e in schedule.enabled()},
         sentry=sentry_enabled,
+        lease_holder=daemon.holder,
         systemd_watchdog_s=watchdog.total_seconds() if watchdog else None,
     )
     notify("READY=1", f"STATUS=running {len(schedule.enabled())} task(s)")

@@ -58,6 +58,7 @@ def run_task(
     params: Mapping[str, Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_start: Callable[[int], None] | None = None,
+    holder: str | None = None,
 ) -> TaskResult:
     """Run task ``name`` once and return what it did.
 
@@ -70,6 +71,9 @@ def run_task(
     the run; :class:`~reconciler.leases.TaskBusy` when another process holds
     it. ``should_stop`` is asked between batches (the daemon's shutdown);
     ``on_start(run_id)`` is called once the run is recorded (Sentry check-ins).
+    ``holder`` names the lease's holder, by default unique to this run; the
+    daemon, which never runs a task twice at once by itself, passes one name
+    for its whole life, so it can take back a lease it could not release.
     """
     task = get_task(name)
     started = time.monotonic()
@@ -80,7 +84,7 @@ def run_task(
     lease: Lease | None = None
     if not dry_run:
         with db.transaction() as conn:
-            lease = acquire(conn, task.name, new_holder(), settings.lease_ttl)
+            lease = acquire(conn, task.name, holder or new_holder(), settings.lease_ttl)
             run_id = conn.execute(
                 text(query("runs", "start")),
                 {

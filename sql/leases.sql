@@ -4,10 +4,12 @@
 -- real time has passed, even inside a longer statement or transaction.
 
 -- name: acquire
--- Succeeds (returns a row) only when no lease exists or the existing one has
--- expired. Two processes racing for it serialise on the row: the second
--- re-checks the WHERE clause against the first one's committed lease, and
--- gets nothing back.
+-- Succeeds (returns a row) only when no lease exists, the existing one has
+-- expired, or it is the caller's own (a daemon, which runs a task once at a
+-- time by itself, taking back a lease it could not release because the
+-- database went away mid-run). Two processes racing for it serialise on the
+-- row: the second re-checks the WHERE clause against the first one's
+-- committed lease, and gets nothing back.
 INSERT INTO task_leases AS l (task, holder, run_id, acquired_at, expires_at)
 VALUES (:task, :holder, NULL, clock_timestamp(),
         clock_timestamp() + make_interval(secs => CAST(:ttl_s AS double precision)))
@@ -16,7 +18,7 @@ SET holder = EXCLUDED.holder,
     run_id = NULL,
     acquired_at = EXCLUDED.acquired_at,
     expires_at = EXCLUDED.expires_at
-WHERE l.expires_at <= clock_timestamp()
+WHERE l.expires_at <= clock_timestamp() OR l.holder = EXCLUDED.holder
 RETURNING expires_at
 
 -- name: current
