@@ -11,7 +11,7 @@ cannot show, because nothing is logged.
 A replica that finds the task running elsewhere sends nothing: one check-in
 per run, whichever replica ran it.
 
-Privacy: ``send_default_pii`` is off, local variables are not attached to
+Privacy: ``send_default_pii`` is off (the default), local variables are not attached to
 stack traces (a frame may hold the database URL), and stdlib log lines are
 breadcrumbs only; events are sent explicitly, so each carries its task tag.
 """
@@ -48,7 +48,8 @@ def init_sentry(settings: Settings, *, transport: Any = None) -> bool:
         dsn=settings.sentry_dsn.get_secret_value(),
         release=f"reconciler@{__version__}",
         environment=settings.sentry_environment,
-        send_default_pii=False,
+        # send_default_pii stays unset, which means off: newer 2.x releases deprecate
+        # passing it, and its successor (data_collection) unset keeps PII off too.
         include_local_variables=False,
         # Only what we configure: no automatic SQL breadcrumbs with query text.
         auto_enabling_integrations=False,
