@@ -46,6 +46,12 @@ def test_every_default_is_pinned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         "retention_cancelled": timedelta(days=30),
         "retention_dead": timedelta(days=90),
         "retention_runs": timedelta(days=30),
+        "lease_ttl": timedelta(seconds=60),
+        "schedule_file": None,
+        "shutdown_grace": timedelta(seconds=30),
+        "retry_max_delay": timedelta(seconds=60),
+        "sentry_dsn": None,
+        "sentry_environment": None,
         "log_format": "auto",
         "log_level": "info",
     }
