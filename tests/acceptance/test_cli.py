@@ -13,7 +13,6 @@ from reconciler.sqlfiles import migration_files
 from tests.acceptance.conftest import CLI
 from tests.helpers import insert_job, job
 
-
 ALL_MIGRATIONS = [path.name for _, _, path in migration_files()]
 
 
