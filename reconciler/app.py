@@ -27,7 +27,7 @@ class Target:
 
 
 def open_database(
-    settings: Settings, *, application_name: str = "reconciler"
+    settings: Settings, *, application_name: str = "reconciler", pool_size: int = 2
 ) -> tuple[Database, Target]:
     """Connect as configured. Raises ValueError (bad URL), EmbeddedUnavailable."""
     if settings.database_url is not None:
@@ -42,5 +42,6 @@ def open_database(
         lock_timeout=settings.lock_timeout,
         statement_timeout=settings.statement_timeout,
         application_name=application_name,
+        pool_size=pool_size,
     )
     return db, target

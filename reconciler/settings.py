@@ -12,11 +12,21 @@ import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlsplit
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
 
-from reconciler.durations import parse_duration
+from reconciler.durations import format_duration, parse_duration
 
 __all__ = ["Duration", "Settings", "default_embedded_dir", "describe_error", "load_settings"]
 
@@ -117,6 +127,37 @@ class Settings(BaseSettings):
         default=timedelta(days=30),
         description="purge deletes the reconciler's own run records older than this.",
     )
+    lease_ttl: Duration = Field(
+        default=timedelta(seconds=60),
+        description="A task's lease lasts this long after its last renewal (every batch renews "
+        "it). It is how long a killed replica keeps its tasks from the others. Must be at least "
+        "twice RECONCILER_STATEMENT_TIMEOUT: a batch may take the whole statement timeout, and "
+        "its renewal must still land before the lease runs out.",
+    )
+    schedule_file: Path | None = Field(
+        default=None,
+        description="TOML schedule of the daemon. Unset: schedules/default.toml shipped with "
+        "the package.",
+    )
+    shutdown_grace: Duration = Field(
+        default=timedelta(seconds=30),
+        description="On SIGTERM the daemon lets running batches finish and records their runs; "
+        "after this long it exits anyway (an unfinished batch rolls back whole). 30s: well "
+        "under systemd's and Kubernetes' default stop timeouts, well over one batch.",
+    )
+    retry_max_delay: Duration = Field(
+        default=timedelta(seconds=60),
+        description="When a task's run fails (the database is down, say), the daemon retries it "
+        "after 1s, 2s, 4s, ... up to this long, instead of hammering a server that is coming "
+        "back. A success resets the backoff.",
+    )
+    sentry_dsn: SecretStr | None = Field(
+        default=None,
+        description="Report errors and send Cron check-ins to Sentry. Unset: Sentry is off.",
+    )
+    sentry_environment: str | None = Field(
+        default=None, description="Sentry's environment tag, e.g. production."
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto",
         description="auto: JSON lines when stdout is not a terminal, readable console otherwise.",
@@ -198,18 +239,6 @@ class Settings(BaseSettings):
         description="The oldest due job of a priority past its latency target is a warning; "
         "past this many times the target it is critical (bulk has no target).",
     )
-    check_task_max_age: dict[str, Duration] = Field(
-        default_factory=lambda: {
-            "mark-stale": timedelta(minutes=10),
-            "requeue": timedelta(minutes=10),
-            "dead-letter": timedelta(minutes=10),
-            "purge": timedelta(hours=25),
-            "vacuum-analyze": timedelta(hours=25),
-        },
-        description='Per task, as JSON: {"mark-stale": "10m"}. `check` warns when a task\'s '
-        "last successful run is older (or it never ran). Defaults: a few missed ticks of a "
-        "minutely task; a day and an hour for the daily ones.",
-    )
 
     @field_validator(
         "ops_heartbeat_interval", "check_window", "check_backlog_age", "check_slow_job_age"
@@ -218,14 +247,6 @@ class Settings(BaseSettings):
     def _ops_positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):
             raise ValueError("must be longer than zero")
-        return value
-
-    @field_validator("check_task_max_age")
-    @classmethod
-    def _task_ages(cls, value: dict[str, timedelta]) -> dict[str, timedelta]:
-        for task, age in value.items():
-            if age <= timedelta(0):
-                raise ValueError(f"maximum age for {task!r} must be longer than zero")
         return value
 
     # --- end of operations settings ---------------------------------------------------------
@@ -239,6 +260,9 @@ class Settings(BaseSettings):
         "retention_cancelled",
         "retention_dead",
         "retention_runs",
+        "lease_ttl",
+        "shutdown_grace",
+        "retry_max_delay",
     )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
@@ -268,6 +292,36 @@ class Settings(BaseSettings):
                 f"case, so psql users would reach another schema. Use {value.lower()!r}"
             )
         return value
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_batch(self) -> Settings:
+        if self.lease_ttl < 2 * self.statement_timeout:
+            raise ValueError(
+                f"RECONCILER_LEASE_TTL ({format_duration(self.lease_ttl)}) must be at least twice "
+                f"RECONCILER_STATEMENT_TIMEOUT ({format_duration(self.statement_timeout)}), or a "
+                "slow batch could outlive its task's lease"
+            )
+        return self
+
+    def secrets(self) -> list[str]:
+        """Values that must never be printed or logged: the DB password, the Sentry DSN."""
+        found: list[str] = []
+        if self.database_url is not None:
+            raw = self.database_url.get_secret_value()
+            found.append(raw)
+            try:
+                password = make_url(raw.strip()).password
+            except ArgumentError:
+                password = None
+            if password:
+                found.extend({str(password), quote(str(password), safe="")})
+        if self.sentry_dsn is not None:
+            dsn = self.sentry_dsn.get_secret_value()
+            found.append(dsn)
+            key = urlsplit(dsn).username
+            if key:
+                found.append(key)
+        return found
 
     def retention(self) -> dict[str, timedelta]:
         """Retention per terminal status, for the purge task."""
@@ -301,7 +355,9 @@ def describe_error(error: ValidationError | SettingsError) -> str:
         return f"configuration error: {env}: not valid JSON; write it like {_OVERRIDES_EXAMPLE}"
     first = error.errors()[0]
     loc = first.get("loc", ())
-    env = _env_name(str(loc[0])) if loc else "settings"
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if not loc:  # a rule across settings; its message names the variables
+        return f"configuration error: {message}"
+    env = _env_name(str(loc[0]))
     extra = f" (key {loc[1]})" if len(loc) > 1 else ""
     return f"configuration error: {env}{extra}: {message}"

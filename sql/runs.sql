@@ -15,3 +15,4 @@ SET finished_at = statement_timestamp(),
     details = CAST(:details AS jsonb),
     error = :error
 WHERE id = :id
+  AND status = 'running'  -- a run closed as interrupted by the lease's next holder stays so

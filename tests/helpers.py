@@ -76,3 +76,9 @@ def at(base: datetime, **delta: float) -> datetime:
     from datetime import timedelta
 
     return base + timedelta(**delta)
+
+
+def scalar(db: Database, sql: str, **params: Any) -> Any:
+    """One value from one query, in the test schema."""
+    with db.transaction() as conn:
+        return conn.execute(text(sql), params).scalar_one()

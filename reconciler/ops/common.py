@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -29,6 +30,7 @@ from sqlalchemy import text
 
 from reconciler.db import Database
 from reconciler.durations import format_duration, parse_duration
+from reconciler.leases import TaskBusy
 from reconciler.ops.output import console, emit_json, table
 from reconciler.runner import run_task
 from reconciler.settings import Settings
@@ -362,6 +364,16 @@ def _run_change(change: Change, ctx: TaskContext) -> None:
     ctx.run_batches(change.sql, {"command": change.name, **change.params})
 
 
+@contextmanager
+def _not_busy() -> Iterator[None]:
+    """A change runs under its task's lease, like every run; when another process holds it
+    (the daemon's own run of the same task, or a colleague's), say so and change nothing."""
+    try:
+        yield
+    except TaskBusy as busy:
+        raise OpsError(f"{busy}; nothing was changed, try again when it is done", 1) from None
+
+
 def apply_change(
     db: Database,
     settings: Settings,
@@ -385,15 +397,16 @@ def apply_change(
         yes=yes,
         stdin=stdin,
     )
-    return run_task(
-        db,
-        settings,
-        change.task(),
-        now=now,
-        actor=actor,
-        batch_size=batch_size,
-        time_budget=_NO_BUDGET,
-    )
+    with _not_busy():
+        return run_task(
+            db,
+            settings,
+            change.task(),
+            now=now,
+            actor=actor,
+            batch_size=batch_size,
+            time_budget=_NO_BUDGET,
+        )
 
 
 def run_reused_task(
@@ -421,16 +434,17 @@ def run_reused_task(
         yes=yes,
         stdin=stdin,
     )
-    return run_task(
-        db,
-        settings,
-        task,
-        now=now,
-        actor=actor,
-        params=params,
-        batch_size=batch_size,
-        time_budget=_NO_BUDGET,
-    )
+    with _not_busy():
+        return run_task(
+            db,
+            settings,
+            task,
+            now=now,
+            actor=actor,
+            params=params,
+            batch_size=batch_size,
+            time_budget=_NO_BUDGET,
+        )
 
 
 # --- reporting a change -------------------------------------------------------------------

@@ -7,6 +7,10 @@ statement, and returns ``(id, from_status, to_status)`` per row. The loop
 runs that statement, one short transaction per batch, until a batch comes
 back short (nothing left) or the run's time budget is spent.
 
+Each batch transaction also renews the run's task lease after its statement
+(:mod:`reconciler.leases`); when the lease was lost the batch rolls back whole.
+Between batches the loop also stops when the daemon is shutting down.
+
 A dry run executes the very same statement once, with a larger limit, in a
 transaction that is rolled back: the preview is exactly what the task would
 do, and nothing is written.
@@ -21,9 +25,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from reconciler.db import Database
+from reconciler.leases import Lease
 from reconciler.settings import Settings
 
 __all__ = [
@@ -55,7 +60,7 @@ class Progress:
     batches: int = 0
     sample_ids: list[int] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
-    stopped: str = "done"
+    stopped: str = "done"  # or "time_budget", "shutdown", "dry_run_limit", "error"
 
     def add(self, rows: Sequence[Any]) -> None:
         for row in rows:
@@ -78,10 +83,23 @@ class TaskContext:
     run_id: int | None
     params: Mapping[str, Any] = field(default_factory=dict)
     progress: Progress = field(default_factory=Progress)
+    lease: Lease | None = None  # None for dry runs, which write nothing
+    should_stop: Callable[[], bool] | None = None
     _started: float = field(default_factory=time.monotonic)
 
     def out_of_time(self) -> bool:
         return time.monotonic() - self._started >= self.time_budget.total_seconds()
+
+    def stop_reason(self) -> str | None:
+        """Why no further batch should start: ``shutdown``, ``time_budget``, or None."""
+        if self.should_stop is not None and self.should_stop():
+            return "shutdown"
+        return "time_budget" if self.out_of_time() else None
+
+    def renew_lease(self, conn: Connection) -> None:
+        """Renew the task's lease in ``conn``'s transaction; LeaseLost rolls it back."""
+        if self.lease is not None:
+            self.lease.renew(conn)
 
     def run_batches(self, sql: str, params: Mapping[str, Any]) -> None:
         """Run ``sql`` batch by batch until a short batch or the time budget."""
@@ -97,12 +115,14 @@ class TaskContext:
         while True:
             with self.db.transaction() as conn:
                 rows = conn.execute(text(sql), {**base, "batch_size": self.batch_size}).all()
+                self.renew_lease(conn)
             self.progress.add(rows)
             self.progress.batches += 1
             if len(rows) < self.batch_size:
                 return
-            if self.out_of_time():
-                self.progress.stopped = "time_budget"
+            reason = self.stop_reason()
+            if reason is not None:
+                self.progress.stopped = reason
                 return
 
 
@@ -126,7 +146,7 @@ class TaskResult:
     transitions: Mapping[str, int]
     batches: int
     duration_ms: int
-    stopped: str  # "done", "time_budget", "dry_run_limit" or "error"
+    stopped: str  # "done", "time_budget", "shutdown", "dry_run_limit" or "error"
     sample_ids: tuple[int, ...]
     details: Mapping[str, Any]
     run_id: int | None

@@ -30,8 +30,9 @@ def execute(ctx: TaskContext) -> None:
     retention = ctx.settings.retention()
     statuses = ctx.params.get("statuses") or list(retention)
     for status in statuses:
-        if ctx.out_of_time() and not ctx.dry_run:
-            ctx.progress.stopped = "time_budget"
+        reason = ctx.stop_reason()
+        if reason is not None and not ctx.dry_run:
+            ctx.progress.stopped = reason
             return
         horizon = ctx.now - ctx.params.get("older_than", retention[status])
         ctx.run_batches(query("tasks/purge", "apply"), {"status": status, "horizon": horizon})
@@ -47,8 +48,9 @@ def execute(ctx: TaskContext) -> None:
                     {"runs_horizon": runs_horizon, "batch_size": ctx.batch_size},
                 ).all()
             )
+            ctx.renew_lease(conn)
         removed += batch
-        if batch < ctx.batch_size or ctx.dry_run or ctx.out_of_time():
+        if batch < ctx.batch_size or ctx.dry_run or ctx.stop_reason() is not None:
             break
     ctx.progress.details["runs_deleted"] = removed
 

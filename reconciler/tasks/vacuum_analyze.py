@@ -14,7 +14,10 @@ run says so and names the backends that hold it, instead of claiming success.
 When PostgreSQL skips a table (the role may not vacuum it), the run fails.
 
 Safe to re-run: yes; VACUUM takes no lock that blocks workers' reads or
-writes. A dry run only reports the dead rows it would try to reclaim.
+writes. The task's lease is renewed before each table; a VACUUM that outlasts
+the lease's TTL lets another replica start one, which then waits for the
+first one's lock on the table: slower, never wrong. A dry run only reports
+the dead rows it would try to reclaim.
 """
 
 from __future__ import annotations
@@ -78,6 +81,11 @@ def execute(ctx: TaskContext) -> None:
             }
             return
         for name in tables:
+            if ctx.stop_reason() == "shutdown":
+                ctx.progress.stopped = "shutdown"
+                break
+            with ctx.db.transaction() as lease_tx:
+                ctx.renew_lease(lease_tx)
             notices = _vacuum(conn, schema, name)
             skipped = [
                 message
@@ -98,7 +106,7 @@ def execute(ctx: TaskContext) -> None:
             with conn.cursor(row_factory=dict_row) as cur:
                 cur.execute(query("tasks/vacuum_analyze", "xmin_holders"))
                 holders = cur.fetchall()
-    for name in tables:
+    for name in details:  # the tables vacuumed (all, unless shutdown came first)
         details[name].update(
             dead_rows_before=before.get(name, {}).get("dead_rows", 0),
             dead_rows_after=after.get(name, {}).get("dead_rows", 0),

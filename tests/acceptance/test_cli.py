@@ -36,7 +36,7 @@ def test_migrate_then_migrate_again(cli: CLI) -> None:
 
 
 def test_migrate_check_reports_pending(cli: CLI) -> None:
-    """migrate --check on a fresh schema exits 1 and names the pending file."""
+    """migrate --check on a fresh schema exits 1 and names the pending files."""
     result = cli("migrate", "--check", "--json")
     assert result.returncode == 1
     assert json.loads(result.stdout)["pending"] == ALL_MIGRATIONS

@@ -255,3 +255,18 @@ def test_nothing_matches_is_not_a_dry_run(
     assert (result["changed"], result["dry_run"], result["run_id"]) == (0, False, None)
     code, out, _ = cli("jobs", "retry-failed", "--queue", "nowhere")
     assert code == 0 and "no job matches; nothing changed" in out
+
+
+def test_a_change_waits_for_no_one(cli: CliRun, db: Database, ids: dict[str, list[int]]) -> None:
+    """While another process holds the task's lease, reset-stuck changes nothing: exit 1."""
+    with db.transaction() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO task_leases (task, holder, acquired_at, expires_at)"
+                " VALUES ('mark-stale', 'daemon:other', now(), now() + interval '1 minute')"
+            )
+        )
+    code, _, err = cli("jobs", "reset-stuck", "--older-than", "10m")
+    assert code == 1
+    assert "running elsewhere" in err and "nothing was changed" in err
+    assert job(db, ids["stuck"][0])["status"] == "running"

@@ -46,6 +46,12 @@ def test_every_default_is_pinned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         "retention_cancelled": timedelta(days=30),
         "retention_dead": timedelta(days=90),
         "retention_runs": timedelta(days=30),
+        "lease_ttl": timedelta(seconds=60),
+        "schedule_file": None,
+        "shutdown_grace": timedelta(seconds=30),
+        "retry_max_delay": timedelta(seconds=60),
+        "sentry_dsn": None,
+        "sentry_environment": None,
         "log_format": "auto",
         "log_level": "info",
         # the operator's toolkit (issue 4)
@@ -62,13 +68,6 @@ def test_every_default_is_pinned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         "check_dead_letter_critical": 1000,
         "check_slow_job_age": timedelta(hours=1),
         "check_latency_critical_factor": 10.0,
-        "check_task_max_age": {
-            "mark-stale": timedelta(minutes=10),
-            "requeue": timedelta(minutes=10),
-            "dead-letter": timedelta(minutes=10),
-            "purge": timedelta(hours=25),
-            "vacuum-analyze": timedelta(hours=25),
-        },
     }
 
 

@@ -1,0 +1,385 @@
+"""``reconciler daemon``: every task on its schedule, for months, unattended.
+
+An APScheduler 3 ``BackgroundScheduler`` fires each enabled entry of the
+schedule file; a firing calls :func:`reconciler.runner.run_task`, the same
+function as ``reconciler run``. APScheduler keeps one run per task in this
+process (``max_instances=1``) and folds missed firings into one
+(``coalesce``); the task's lease keeps one run per task across processes.
+First runs of interval tasks are staggered and every firing has a little
+jitter, so replicas started together do not fire together.
+
+Faults: nothing a task does stops the daemon. A run that fails (the
+database restarted, a connection was killed, a lock timed out) is logged and
+retried after 1 s, 2 s, 4 s ... up to ``RECONCILER_RETRY_MAX_DELAY``; the
+engine's pre-ping replaces dead connections, so the next run reconnects.
+
+Shutdown: SIGTERM or SIGINT stops the scheduling; running tasks finish their
+current batch (they check between batches), record their runs and release
+their leases; the process exits 0. After ``RECONCILER_SHUTDOWN_GRACE`` it
+exits anyway; an unfinished batch then rolls back whole with its connection.
+
+Under systemd (``Type=notify``) it reports READY, STOPPING and watchdog pings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import SQLAlchemyError
+
+from reconciler import sentry
+from reconciler.app import Target, open_database
+from reconciler.db import Database, first_line
+from reconciler.durations import format_duration
+from reconciler.leases import TaskBusy, new_holder
+from reconciler.logs import get_logger
+from reconciler.migrate import migrate, pending
+from reconciler.runner import run_task
+from reconciler.schedule import Entry, Schedule
+from reconciler.sdnotify import notify, watchdog_interval
+from reconciler.settings import Settings
+from reconciler.tasks import TaskResult
+
+__all__ = ["Daemon", "DaemonConfigError", "retry_delay", "serve", "stagger_offsets"]
+
+log = get_logger("reconciler.daemon")
+
+# Interval tasks' first runs start this far apart at most (see stagger_offsets).
+STAGGER_STEP = timedelta(seconds=2)
+# The first retry after a failed run; doubled per consecutive failure.
+FIRST_RETRY = timedelta(seconds=1)
+
+
+class DaemonConfigError(Exception):
+    """The daemon cannot start as configured; the message says how to fix it."""
+
+
+def retry_delay(failures: int, cap: timedelta) -> timedelta:
+    """1 s after the first consecutive failure, then 2 s, 4 s, ... at most ``cap``."""
+    doubled: timedelta = FIRST_RETRY * 2 ** min(max(failures - 1, 0), 30)
+    return min(cap, doubled)
+
+
+def stagger_offsets(entries: list[Entry]) -> dict[str, timedelta]:
+    """First-run offsets of interval tasks: the k-th of n starts k * min(every/n, 2 s) late,
+    so they do not all hit the database at once, and none waits longer than its interval."""
+    intervals = [e for e in entries if e.every is not None]
+    n = max(len(intervals), 1)
+    return {
+        e.task: k * min(e.every / n, STAGGER_STEP)
+        for k, e in enumerate(intervals)
+        if e.every is not None
+    }
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, SQLAlchemyError) and getattr(exc, "orig", None) is not None:
+        return first_line(exc.orig)  # type: ignore[attr-defined]
+    return first_line(exc) if str(exc) else type(exc).__name__
+
+
+def _did_work(result: TaskResult) -> bool:
+    return bool(
+        result.changed or result.details.get("tables") or result.details.get("runs_deleted")
+    )
+
+
+class Daemon:
+    """The scheduler and what each firing does; ``serve`` adds signals and systemd."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        schedule: Schedule,
+        db: Database,
+        *,
+        sentry_enabled: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.schedule = schedule
+        self.db = db
+        self.sentry_enabled = sentry_enabled
+        self.stopping = threading.Event()
+        # One lease holder name for the process: APScheduler never runs a task twice at
+        # once here, so a lease left behind by a run cut off mid-way is ours to take back.
+        self.holder = new_holder()
+        self._failures: dict[str, int] = {}
+        self._active = 0
+        self._idle = threading.Condition()
+        entries = schedule.enabled()
+        self.scheduler = BackgroundScheduler(
+            timezone=UTC,
+            executors={"default": ThreadPoolExecutor(max_workers=max(len(entries), 1))},
+            job_defaults={"coalesce": True, "max_instances": 1},
+        )
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        entries = self.schedule.enabled()
+        offsets = stagger_offsets(entries)
+        now = datetime.now(UTC)
+        for entry in entries:
+            first = now + offsets[entry.task] if entry.every is not None else None
+            self.scheduler.add_job(
+                self.tick,
+                entry.trigger(first_run=first),
+                args=[entry],
+                id=entry.task,
+                name=entry.task,
+                misfire_grace_time=max(1, round(entry.misfire_grace.total_seconds())),
+            )
+        self.scheduler.start()
+
+    def stop(self, grace: timedelta) -> bool:
+        """Stop scheduling, let running tasks end their batch; True when all ended in time."""
+        self.stopping.set()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        deadline = time.monotonic() + grace.total_seconds()
+        with self._idle:
+            while self._active:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def next_runs(self) -> dict[str, datetime | None]:
+        return {job.id: job.next_run_time for job in self.scheduler.get_jobs()}
+
+    @contextmanager
+    def _running(self) -> Iterator[None]:
+        with self._idle:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
+    # --- one firing -------------------------------------------------------------------
+
+    def tick(self, entry: Entry) -> TaskResult | None:
+        """Run ``entry``'s task once; log, report and schedule a retry. Never raises."""
+        if self.stopping.is_set():
+            return None
+        with self._running():
+            try:
+                return self._tick(entry)
+            except Exception as exc:  # a bug, not the database: report it and keep going
+                log.exception("task.crashed", task=entry.task, error=_error_text(exc))
+                if self.sentry_enabled:
+                    sentry.report_exception(entry.task, exc)
+                self._retry_later(entry)
+                return None
+
+    def _tick(self, entry: Entry) -> TaskResult | None:
+        time_budget = entry.time_budget or self.settings.run_time_budget
+        monitor = (
+            sentry.CronMonitor(entry, time_budget + self.settings.statement_timeout)
+            if self.sentry_enabled
+            else None
+        )
+        started = time.monotonic()
+        try:
+            result = run_task(
+                self.db,
+                self.settings,
+                entry.task,
+                batch_size=entry.batch_size,
+                time_budget=entry.time_budget,
+                should_stop=self.stopping.is_set,
+                on_start=monitor.started if monitor else None,
+                holder=self.holder,
+            )
+        except TaskBusy as busy:
+            log.debug(
+                "task.skipped",
+                task=entry.task,
+                reason="running elsewhere",
+                holder=busy.holder,
+                lease_expires_at=busy.expires_at.isoformat(),
+            )
+            return None
+        except SQLAlchemyError as exc:
+            # The run could not even start: the database is down or unreachable.
+            error = _error_text(exc)
+            retry_in = self._retry_later(entry)
+            log.warning(
+                "task.error",
+                task=entry.task,
+                error=error,
+                failures=self._failures[entry.task],
+                retry_in_s=retry_in.total_seconds(),
+            )
+            if monitor is not None:
+                monitor.finished(False, timedelta(seconds=time.monotonic() - started))
+                sentry.report_failure(entry.task, f"could not start: {error}")
+            return None
+        self._log_result(entry, result)
+        if monitor is not None:
+            monitor.finished(result.status == "ok", timedelta(milliseconds=result.duration_ms))
+            if result.status != "ok":
+                sentry.report_failure(entry.task, result.error or "failed", run_id=result.run_id)
+        return result
+
+    def _log_result(self, entry: Entry, result: TaskResult) -> None:
+        fields: dict[str, Any] = {
+            "task": result.task,
+            "run_id": result.run_id,
+            "status": result.status,
+            "transitions": dict(result.transitions),
+            "changed": result.changed,
+            "batches": result.batches,
+            "duration_ms": result.duration_ms,
+            "stopped": result.stopped,
+        }
+        if result.status != "ok":
+            retry_in = self._retry_later(entry)
+            log.error(
+                "task.finished",
+                **fields,
+                error=result.error,
+                failures=self._failures[entry.task],
+                retry_in_s=retry_in.total_seconds(),
+            )
+            return
+        failures = self._failures.pop(entry.task, 0)
+        if failures:
+            log.info("task.recovered", task=entry.task, after_failures=failures)
+        level = logging.INFO if _did_work(result) or result.stopped != "done" else logging.DEBUG
+        log.log(level, "task.finished", **fields)
+
+    def _retry_later(self, entry: Entry) -> timedelta:
+        """Count a failure and move the task's next run to now + backoff."""
+        failures = self._failures.get(entry.task, 0) + 1
+        self._failures[entry.task] = failures
+        delay = retry_delay(failures, self.settings.retry_max_delay)
+        if not self.stopping.is_set():
+            # JobLookupError: the scheduler is shutting down, or runs without this job.
+            with suppress(JobLookupError):
+                self.scheduler.modify_job(entry.task, next_run_time=datetime.now(UTC) + delay)
+        return delay
+
+
+# --- the process ----------------------------------------------------------------------
+
+
+def _check_schema(db: Database, target: Target) -> None:
+    """Start-up check: an old schema is a configuration error (exit 2); the embedded
+    server's is upgraded; an unreachable database is not fatal (the tasks retry)."""
+    try:
+        missing = pending(db)
+        if missing and target.embedded:
+            applied = migrate(db).applied
+            log.info("schema.migrated", schema=db.schema, applied=list(applied))
+            return
+    except SQLAlchemyError as exc:
+        log.warning(
+            "db.unavailable",
+            database=target.describe(),
+            error=_error_text(exc),
+            note="starting anyway; each task retries with backoff",
+        )
+        return
+    if missing:
+        raise DaemonConfigError(
+            f"schema {db.schema!r} is not up to date ({len(missing)} migration(s) pending); "
+            "run: reconciler migrate"
+        )
+
+
+def serve(settings: Settings, schedule: Schedule) -> int:
+    """Run the daemon until SIGTERM or SIGINT; the exit code. Raises DaemonConfigError,
+    ValueError (bad URL) and EmbeddedUnavailable before it starts, never after."""
+    stop = threading.Event()
+    signals: list[str] = []
+
+    def on_signal(signum: int, _: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if stop.is_set():  # a second signal: the operator does not want to wait
+            log.warning("daemon.forced_exit", signal=name)
+            logging.shutdown()
+            os._exit(1)
+        signals.append(name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+
+    entries = schedule.enabled()
+    db, target = open_database(
+        settings,
+        application_name=f"reconciler daemon {os.getpid()}",
+        pool_size=len(entries) + 1,
+    )
+    try:
+        _check_schema(db, target)
+        sentry_enabled = sentry.init_sentry(settings)
+        with sentry.flushed(sentry_enabled):
+            return _serve(settings, schedule, db, target, stop, signals, sentry_enabled)
+    finally:
+        db.dispose()
+
+
+def _serve(
+    settings: Settings,
+    schedule: Schedule,
+    db: Database,
+    target: Target,
+    stop: threading.Event,
+    signals: list[str],
+    sentry_enabled: bool,
+) -> int:
+    daemon = Daemon(settings, schedule, db, sentry_enabled=sentry_enabled)
+    daemon.start()
+    watchdog = watchdog_interval()
+    log.info(
+        "daemon.started",
+        pid=os.getpid(),
+        database=target.describe(),
+        schema=db.schema,
+        schedule_file=str(schedule.path),
+        tasks={e.task: e.describe() for e in schedule.enabled()},
+        sentry=sentry_enabled,
+        lease_holder=daemon.holder,
+        systemd_watchdog_s=watchdog.total_seconds() if watchdog else None,
+    )
+    notify("READY=1", f"STATUS=running {len(schedule.enabled())} task(s)")
+    tick = min(watchdog or timedelta(seconds=1), timedelta(seconds=1))
+    while not stop.wait(tick.total_seconds()):
+        if watchdog is not None and daemon.scheduler.running:
+            notify("WATCHDOG=1")
+    grace = settings.shutdown_grace
+    notify("STOPPING=1", "STATUS=finishing the current batches")
+    log.info(
+        "daemon.stopping",
+        signal=signals[0] if signals else None,
+        grace_s=grace.total_seconds(),
+    )
+    if daemon.stop(grace):
+        log.info("daemon.stopped", clean=True)
+        return 0
+    # Threads still in a batch would keep the interpreter alive; their transactions
+    # roll back when the process's connections close.
+    log.warning(
+        "daemon.stopped",
+        clean=False,
+        note=f"a batch was still running after {format_duration(grace)}; it rolls back",
+    )
+    logging.shutdown()
+    os._exit(0)

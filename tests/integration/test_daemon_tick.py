@@ -1,0 +1,151 @@
+"""One firing of the daemon, in process: its log line, its Sentry check-ins and reports."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sentry_sdk
+from pydantic import SecretStr
+from sentry_sdk.envelope import Envelope
+from sentry_sdk.transport import Transport
+
+from reconciler.daemon import Daemon
+from reconciler.db import Database
+from reconciler.logs import configure_logging
+from reconciler.schedule import Entry, Schedule
+from reconciler.sentry import init_sentry
+from reconciler.settings import Settings
+from tests.conftest import connect, make_settings
+from tests.helpers import insert_job
+
+DSN = "https://0f1e2d3c4b5a69788796a5b4c3d2e1f0@o1.ingest.example.invalid/42"
+EVERY_30S = Entry("mark-stale", every=timedelta(seconds=30))
+
+
+class Recorder(Transport):
+    """A Sentry transport that keeps every envelope instead of sending it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.envelopes: list[Envelope] = []
+
+    def capture_envelope(self, envelope: Envelope) -> None:
+        self.envelopes.append(envelope)
+
+    def items(self, kind: str) -> list[dict[str, Any]]:
+        return [
+            item.payload.json
+            for envelope in self.envelopes
+            for item in envelope.items
+            if item.type == kind and item.payload.json is not None
+        ]
+
+
+@pytest.fixture
+def sentry(settings: Settings) -> Iterator[Recorder]:
+    recorder = Recorder()
+    with_dsn = settings.model_copy(update={"sentry_dsn": SecretStr(DSN)})
+    assert init_sentry(with_dsn, transport=recorder)
+    try:
+        yield recorder
+    finally:
+        sentry_sdk.get_client().close()
+        sentry_sdk.get_global_scope().set_client(None)
+
+
+@pytest.fixture
+def log_lines() -> Iterator[io.StringIO]:
+    """Logging into a buffer, as JSON at debug level; the test runner's handlers restored."""
+    loggers = [logging.getLogger(n) for n in ("", "sqlalchemy", "apscheduler", "sentry_sdk")]
+    saved = [(lg, lg.handlers[:], lg.level) for lg in loggers]
+    buffer = io.StringIO()
+    configure_logging("json", "debug", stream=buffer)
+    try:
+        yield buffer
+    finally:
+        for lg, handlers, level in saved:
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+
+
+def _events(buffer: io.StringIO, name: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines() if line.startswith("{")]
+    return [e for e in lines if e.get("event") == name]
+
+
+def _daemon(db: Database, settings: Settings, *, sentry_enabled: bool = False) -> Daemon:
+    return Daemon(
+        settings, Schedule(Path("test.toml"), (EVERY_30S,)), db, sentry_enabled=sentry_enabled
+    )
+
+
+def test_one_task_finished_line_per_run(
+    db: Database, settings: Settings, db_now: datetime, log_lines: io.StringIO
+) -> None:
+    """A run that changed rows: one info line with task, run id, counts, batches, duration."""
+    insert_job(db, status="running", attempt=1, heartbeat_at=db_now - timedelta(hours=1))
+    result = _daemon(db, settings).tick(EVERY_30S)
+    idle = _daemon(db, settings).tick(EVERY_30S)
+
+    assert result is not None and idle is not None
+    busy_line, idle_line = _events(log_lines, "task.finished")
+    assert busy_line["level"] == "info"
+    assert {k: busy_line[k] for k in ("task", "run_id", "transitions", "batches", "status")} == {
+        "task": "mark-stale",
+        "run_id": result.run_id,
+        "transitions": {"running->stale": 1},
+        "batches": 1,
+        "status": "ok",
+    }
+    assert isinstance(busy_line["duration_ms"], int)
+    assert idle_line["level"] == "debug" and idle_line["run_id"] == idle.run_id
+
+
+def test_run_checks_in_progress_then_ok_with_its_schedule(
+    db: Database, settings: Settings, sentry: Recorder
+) -> None:
+    """Sentry Crons: in_progress once the run holds its lease, then ok with the duration."""
+    _daemon(db, settings, sentry_enabled=True).tick(EVERY_30S)
+    sentry_sdk.flush()
+
+    started, finished = sentry.items("check_in")
+    assert started["monitor_slug"] == finished["monitor_slug"] == "reconciler-mark-stale"
+    assert (started["status"], finished["status"]) == ("in_progress", "ok")
+    assert started["check_in_id"] == finished["check_in_id"]
+    assert started["monitor_config"]["schedule"] == {
+        "type": "interval",
+        "value": 1,
+        "unit": "minute",
+    }
+    assert finished["duration"] >= 0
+    assert sentry.items("event") == []
+
+
+def test_run_that_cannot_start_reports_error_tagged_with_its_task(
+    pg_url: str, schema: str, sentry: Recorder, log_lines: io.StringIO
+) -> None:
+    """No schema (or no database): an error check-in, an event tagged task, a log line."""
+    unmigrated = make_settings(pg_url, schema)
+    db = connect(pg_url, schema, unmigrated)
+    try:
+        assert _daemon(db, unmigrated, sentry_enabled=True).tick(EVERY_30S) is None
+    finally:
+        db.dispose()
+    sentry_sdk.flush()
+
+    (check_in,) = sentry.items("check_in")
+    assert check_in["status"] == "error"
+    (event,) = sentry.items("event")
+    assert event["tags"]["task"] == "mark-stale"
+    assert "does not exist" in event["message"]
+    assert "user" not in event  # send_default_pii is off
+    (error,) = _events(log_lines, "task.error")
+    assert error["task"] == "mark-stale" and error["retry_in_s"] == 1.0
+    assert sentry_sdk.get_client().should_send_default_pii() is False
