@@ -31,6 +31,7 @@ from sqlalchemy import text
 from reconciler.db import Database
 from reconciler.durations import format_duration, parse_duration
 from reconciler.leases import TaskBusy
+from reconciler.logs import get_logger
 from reconciler.ops.output import console, emit_json, table
 from reconciler.runner import run_task
 from reconciler.settings import Settings
@@ -56,6 +57,8 @@ __all__ = [
     "run_reused_task",
     "statuses_arg",
 ]
+
+log = get_logger("reconciler.ops")
 
 STATUSES = ("queued", "running", "succeeded", "failed", "stale", "dead", "cancelled")
 PRIORITIES = ("critical", "high", "default", "low", "bulk")
@@ -364,6 +367,22 @@ def _run_change(change: Change, ctx: TaskContext) -> None:
     ctx.run_batches(change.sql, {"command": change.name, **change.params})
 
 
+def _logged(result: TaskResult, actor: str, details: Mapping[str, Any]) -> TaskResult:
+    """One event per operator's change that ran: who, what, how many."""
+    log.info(
+        "ops.change",
+        command=result.task,
+        actor=actor,
+        status=result.status,
+        changed=result.changed,
+        transitions=dict(result.transitions),
+        run_id=result.run_id,
+        duration_ms=result.duration_ms,
+        **details,
+    )
+    return result
+
+
 @contextmanager
 def _not_busy() -> Iterator[None]:
     """A change runs under its task's lease, like every run; when another process holds it
@@ -398,7 +417,7 @@ def apply_change(
         stdin=stdin,
     )
     with _not_busy():
-        return run_task(
+        result = run_task(
             db,
             settings,
             change.task(),
@@ -407,6 +426,7 @@ def apply_change(
             batch_size=batch_size,
             time_budget=_NO_BUDGET,
         )
+    return _logged(result, actor, change.details)
 
 
 def run_reused_task(
@@ -435,7 +455,7 @@ def run_reused_task(
         stdin=stdin,
     )
     with _not_busy():
-        return run_task(
+        result = run_task(
             db,
             settings,
             task,
@@ -445,6 +465,7 @@ def run_reused_task(
             batch_size=batch_size,
             time_budget=_NO_BUDGET,
         )
+    return _logged(result, actor, {})
 
 
 # --- reporting a change -------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 
 import pytest
@@ -270,3 +271,17 @@ def test_a_change_waits_for_no_one(cli: CliRun, db: Database, ids: dict[str, lis
     assert code == 1
     assert "running elsewhere" in err and "nothing was changed" in err
     assert job(db, ids["stuck"][0])["status"] == "running"
+
+
+def test_a_change_logs_one_event(cli: CliRun, ids: dict[str, list[int]]) -> None:
+    """A change that ran logs one ops.change event with who, what and how many; a dry run none."""
+    code, _, err = cli("jobs", "retry-failed", "--dry-run")
+    assert code == 0 and "ops.change" not in err
+    code, _, err = cli("jobs", "retry-failed", "--actor", "cli:carol")
+    (line,) = [json.loads(x) for x in err.splitlines() if "ops.change" in x]
+    assert (line["command"], line["actor"], line["changed"]) == (
+        "jobs retry-failed",
+        "cli:carol",
+        3,
+    )
+    assert line["filter"] == {"statuses": ["failed"]}
