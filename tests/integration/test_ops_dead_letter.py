@@ -182,3 +182,14 @@ def test_adhoc_purge_refuses_unfinished_and_unexported(
     assert code == 2 and "no export" in err
     code, _, err = cli("purge", "--older-than", "1d", "--status", "dead", "--no-backup")
     assert code == 0
+
+
+def test_export_records_go_with_their_jobs(
+    cli: CliRun, db: Database, ids: dict[str, list[int]], tmp_path: Path
+) -> None:
+    """When the purge task deletes an exported job, its export record row goes too."""
+    cli.json("dead-letter", "export", "--output", str(tmp_path / "a.jsonl"))
+    cli.json("purge", "--older-than", "1d", "--status", "dead")
+    with db.transaction() as conn:
+        assert conn.execute(text("SELECT count(*) FROM ops_exported_jobs")).scalar_one() == 0
+        assert conn.execute(text("SELECT job_count FROM ops_exports")).scalar_one() == 3
