@@ -66,6 +66,7 @@ def snapshot(db: Database) -> list[tuple[object, ...]]:
     [
         (("jobs", "list", "--status", "done"), "unknown status 'done'"),
         (("jobs", "list", "--created-since", "5x"), "cannot read duration"),
+        (("jobs", "list", "--created-since", "5"), "a bare number ('5') is ambiguous"),
         (("jobs", "list", "--limit", "0"), "limit '0'"),
         (("jobs", "show", "999999"), "no job with id 999999"),
         (("jobs", "requeue", "999999"), "no job with id 999999"),

@@ -10,6 +10,7 @@ import pytest
 from reconciler.cli import build_parser
 from reconciler.ops.common import JobFilter, OpsError, confirm
 from reconciler.ops.output import age, jsonable
+from reconciler.settings import Settings
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -102,6 +103,26 @@ def test_age_and_jsonable() -> None:
     assert jsonable({"t": NOW, "d": timedelta(seconds=1.5)}) == {
         "t": "2026-01-01T12:00:00+00:00",
         "d": 1.5,
+    }
+
+
+def test_ops_setting_defaults() -> None:
+    """The operator's defaults, every one pinned: a new or changed one must change this test."""
+    defaults = Settings(_env_file=None).model_dump()  # type: ignore[call-arg]
+    assert {k: v for k, v in defaults.items() if k.startswith(("ops_", "check_"))} == {
+        "ops_confirm_threshold": 20,
+        "ops_heartbeat_interval": timedelta(seconds=30),
+        "check_window": timedelta(hours=1),
+        "check_failure_rate_warning": 0.10,
+        "check_failure_rate_critical": 0.50,
+        "check_failure_min_attempts": 20,
+        "check_backlog_age": timedelta(minutes=5),
+        "check_backlog_warning": 1000,
+        "check_backlog_critical": 10_000,
+        "check_dead_letter_warning": 100,
+        "check_dead_letter_critical": 1000,
+        "check_slow_job_age": timedelta(hours=1),
+        "check_latency_critical_factor": 10.0,
     }
 
 
