@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import select
+import subprocess
+import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -96,3 +101,52 @@ def test_help_lists_the_commands(cli: CLI) -> None:
     for name in ("stats", "jobs", "dead-letter", "errors", "workers", "pause", "resume", "purge"):
         assert name in done.stdout
     assert "check" in done.stdout
+
+
+def _answer_prompt(argv: list[str], env: dict[str, str], answer: bytes) -> tuple[int, str]:
+    """Run the CLI with a terminal on stdin and stderr; answer its prompt; return (code, output)."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", *argv],
+        env=env,
+        stdin=slave,
+        stderr=slave,
+        stdout=subprocess.PIPE,
+        text=False,
+    )
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 30
+    while b"[y/N]" not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            seen += os.read(master, 4096)
+    assert b"[y/N]" in seen, seen
+    os.write(master, answer)
+    out, _ = proc.communicate(timeout=30)
+    os.close(master)
+    return proc.returncode, seen.decode() + out.decode()
+
+
+@pytest.mark.parametrize(("answer", "code", "cancelled"), [(b"y\n", 0, 1 + 5), (b"n\n", 1, 1)])
+def test_confirmation_on_a_terminal(
+    pg_url: str,
+    schema: str,
+    db: Database,
+    seeded: dict[str, list[int]],
+    answer: bytes,
+    code: int,
+    cancelled: int,
+) -> None:
+    """On a terminal the command asks; y goes ahead, anything else changes nothing (exit 1)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
+    env.update(
+        RECONCILER_DATABASE_URL=pg_url,
+        RECONCILER_SCHEMA=schema,
+        RECONCILER_LOG_FORMAT="json",
+        RECONCILER_OPS_CONFIRM_THRESHOLD="4",
+    )
+    got, output = _answer_prompt(["jobs", "cancel", "--queue", "email"], env, answer)
+    assert got == code, output
+    assert "Cancel 5 jobs? [y/N]" in output
+    assert jobs_by_status(db)["cancelled"] == cancelled
