@@ -19,8 +19,7 @@ CREATE TABLE ops_exports (
 
 CREATE TABLE ops_exported_jobs (
     export_id      bigint      NOT NULL REFERENCES ops_exports (id) ON DELETE CASCADE,
-    -- Gone with the job, whoever deletes it (dead-letter purge, the purge task).
-    job_id         bigint      NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    job_id         bigint      NOT NULL,
     job_updated_at timestamptz NOT NULL,
     PRIMARY KEY (job_id, export_id)
 );
