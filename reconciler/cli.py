@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import text
@@ -221,7 +222,11 @@ def _require_schema(db: Database, target: Target) -> None:
     if not missing:
         return
     if target.embedded:
-        migrate(db)
+        result = migrate(db)
+        sys.stderr.write(
+            f"reconciler: set up schema {db.schema!r} in the {target.describe()} "
+            f"({', '.join(result.applied)})\n"
+        )
         return
     raise UsageError(
         f"schema {db.schema!r} is not up to date ({len(missing)} migration(s) pending); "
@@ -461,7 +466,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return cmd_tasks(args)
     try:
         settings = load_settings()
-    except ValidationError as exc:
+    except (ValidationError, SettingsError) as exc:
         raise UsageError(describe_error(exc)) from None
     configure_logging(settings.log_format, settings.log_level, secrets=settings.secrets())
     if args.command in _SETTINGS_COMMANDS:

@@ -20,7 +20,7 @@ _UNITS = {
     "d": timedelta(days=1),
     "w": timedelta(weeks=1),
 }
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
 # Far beyond any sensible timeout or retention, and well inside what both
 # Python's timedelta and PostgreSQL's interval can hold.
 _MAX = timedelta(days=3650)
@@ -35,12 +35,17 @@ def parse_duration(text: str) -> timedelta:
     hint = "write a number with a unit, e.g. 500ms, 90s, 5m, 2h, 30d or 1h30m"
     if not raw:
         raise ValueError(f"empty duration; {hint}")
+    if re.fullmatch(r"\d+(\.\d+)?", raw):
+        raise ValueError(f"a bare number ({text!r}) is ambiguous; {hint}")
     pos = 0
     total = timedelta(0)
     for match in _PART.finditer(raw):
         if match.start() != pos:
             break
-        total += float(match.group(1)) * _UNITS[match.group(2)]
+        try:
+            total += float(match.group(1)) * _UNITS[match.group(2)]
+        except OverflowError:  # beyond what a timedelta holds, so far beyond _MAX
+            raise ValueError(f"duration {text!r} is longer than 3650d; {hint}") from None
         pos = match.end()
     if pos != len(raw) or pos == 0:
         raise ValueError(f"cannot read duration {text!r}; {hint}")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+import psycopg
+from psycopg import sql
 from sqlalchemy import text
 
 from reconciler.db import Database, quote_ident
@@ -44,8 +46,16 @@ def migrate(db: Database) -> MigrationResult:
             text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
             {"key": f"reconciler.migrate:{db.schema}"},
         )
-        conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-        conn.execute(text("SELECT set_config('search_path', :sp, true)"), {"sp": schema})
+        # The identifier is composed by psycopg and sent as is: through SQLAlchemy, a '%'
+        # or ':name' in the schema's name would be taken for a placeholder.
+        raw = conn.connection.driver_connection
+        assert isinstance(raw, psycopg.Connection)
+        raw.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(db.schema)))
+        # pg_temp last: functions capture this path (SET search_path FROM CURRENT), and
+        # unlisted, pg_temp would come first, so a caller's temp table "jobs" would win.
+        conn.execute(
+            text("SELECT set_config('search_path', :sp, true)"), {"sp": f"{schema}, pg_temp"}
+        )
         conn.exec_driver_sql(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
@@ -67,8 +77,6 @@ def migrate(db: Database) -> MigrationResult:
                 continue
             # The raw driver executes the file as one script; no parameters, so a
             # plpgsql RAISE '%' is not mistaken for a placeholder.
-            raw = conn.connection.driver_connection
-            assert raw is not None
             raw.execute(body)
             conn.execute(
                 text("INSERT INTO schema_migrations (version, name, checksum) VALUES (:v, :n, :c)"),
@@ -93,9 +101,8 @@ def pending(db: Database) -> list[str]:
         ).scalar_one()
         done: set[int] = set()
         if exists:
-            done = set(
-                conn.execute(
-                    text(f"SELECT version FROM {quote_ident(db.schema)}.schema_migrations")
-                ).scalars()
-            )
+            raw = conn.connection.driver_connection
+            assert isinstance(raw, psycopg.Connection)
+            table = sql.Identifier(db.schema, "schema_migrations")
+            done = {row[0] for row in raw.execute(sql.SQL("SELECT version FROM {}").format(table))}
     return [path.name for version, _, path in migration_files() if version not in done]

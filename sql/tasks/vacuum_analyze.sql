@@ -17,13 +17,16 @@ ORDER BY c.relname
 
 -- name: xmin_holders
 -- Backends whose snapshot keeps VACUUM from removing dead rows: the oldest
--- transaction first (the one to look at, or to end).
+-- transaction first (the one to look at, or to end). Not its query text: that
+-- could carry a secret (ALTER ROLE ... PASSWORD) into logs.
 SELECT a.pid, a.usename AS user_name, a.application_name, a.state,
        a.backend_xmin::text AS xmin,
-       round(extract(epoch FROM statement_timestamp() - a.xact_start)::numeric, 1) AS xact_age_s,
-       left(a.query, 200) AS query
+       round(extract(epoch FROM statement_timestamp() - a.xact_start)::numeric, 1)::float8 AS xact_age_s
 FROM pg_stat_activity a
 WHERE a.backend_xmin IS NOT NULL
   AND a.pid <> pg_backend_pid()
+  -- Snapshots in other databases do not hold back this database's tables
+  -- (a walsender, with no database, does).
+  AND (a.datname = current_database() OR a.datname IS NULL)
 ORDER BY age(a.backend_xmin) DESC
 LIMIT 3
