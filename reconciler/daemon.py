@@ -145,7 +145,8 @@ class Daemon:
 
     def stop(self, grace: timedelta) -> bool:
         """Stop scheduling, let running tasks end their batch; True when all ended in time."""
-        self.stopping.set()
+        with self._idle:  # no firing can slip in between this and the count below
+            self.stopping.set()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         deadline = time.monotonic() + grace.total_seconds()
@@ -157,15 +158,18 @@ class Daemon:
                 self._idle.wait(left)
         return True
 
-    def next_runs(self) -> dict[str, datetime | None]:
-        return {job.id: job.next_run_time for job in self.scheduler.get_jobs()}
-
     @contextmanager
-    def _running(self) -> Iterator[None]:
+    def _running(self) -> Iterator[bool]:
+        """Count a firing as running; yields False (and counts nothing) once stopping."""
         with self._idle:
-            self._active += 1
+            started = not self.stopping.is_set()
+            if started:
+                self._active += 1
+        if not started:
+            yield False
+            return
         try:
-            yield
+            yield True
         finally:
             with self._idle:
                 self._active -= 1
@@ -175,9 +179,9 @@ class Daemon:
 
     def tick(self, entry: Entry) -> TaskResult | None:
         """Run ``entry``'s task once; log, report and schedule a retry. Never raises."""
-        if self.stopping.is_set():
-            return None
-        with self._running():
+        with self._running() as started:
+            if not started:
+                return None
             try:
                 return self._tick(entry)
             except Exception as exc:  # a bug, not the database: report it and keep going
