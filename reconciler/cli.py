@@ -33,6 +33,7 @@ from reconciler.embedded import EmbeddedUnavailable
 from reconciler.leases import TaskBusy
 from reconciler.logs import configure_logging
 from reconciler.migrate import MigrationError, migrate, pending
+from reconciler.ops.cli import OPS_COMMANDS, OpsError, add_ops_commands
 from reconciler.runner import run_task
 from reconciler.schedule import Schedule, ScheduleError, load_schedule, next_runs
 from reconciler.schedule import render as render_schedule
@@ -121,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tasks = sub.add_parser("tasks", help="list the tasks, a line each")
     tasks.add_argument("--json", action="store_true", help="print one JSON object")
+
+    add_ops_commands(sub)  # the operator's toolkit: stats, jobs, dead-letter, ... (reconciler/ops/)
 
     pol = sub.add_parser("policies", help="show or change retry policies")
     pol.add_argument("--json", action="store_true", help="print one JSON object")
@@ -232,6 +235,12 @@ def _require_schema(db: Database, target: Target) -> None:
         f"schema {db.schema!r} is not up to date ({len(missing)} migration(s) pending); "
         "run: reconciler migrate"
     )
+
+
+def cmd_ops(args: argparse.Namespace, settings: Settings, db: Database, target: Target) -> int:
+    """The operator's commands (reconciler/ops/): a current schema, then the command."""
+    _require_schema(db, target)
+    return OPS_COMMANDS[args.command](args, settings, db)
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings, db: Database, target: Target) -> int:
@@ -455,9 +464,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         sys.stderr.write(f"reconciler: {exc}\n")
         return EXIT_USAGE
+    except OpsError as exc:  # an operator's command refused, or was not confirmed
+        sys.stderr.write(f"reconciler: {exc}\n")
+        return exc.code
     except KeyboardInterrupt:
         sys.stderr.write("reconciler: interrupted\n")
         return 130
+
+
+# The operator's toolkit needs the database like the commands above.
+_DB_COMMANDS.update(dict.fromkeys(OPS_COMMANDS, cmd_ops))
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -15,7 +15,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -26,6 +26,9 @@ from reconciler.settings import Settings
 from reconciler.sqlfiles import query
 from reconciler.tasks import TaskContext, TaskFailed, TaskResult, get_task
 from reconciler.tasks.base import Progress
+
+if TYPE_CHECKING:
+    from reconciler.tasks import Task
 
 __all__ = ["default_actor", "run_task"]
 
@@ -48,7 +51,7 @@ def _error_text(exc: BaseException) -> str:
 def run_task(
     db: Database,
     settings: Settings,
-    name: str,
+    name: str | Task,
     *,
     dry_run: bool = False,
     now: datetime | None = None,
@@ -75,7 +78,8 @@ def run_task(
     daemon, which never runs a task twice at once by itself, passes one name
     for its whole life, so it can take back a lease it could not release.
     """
-    task = get_task(name)
+    # ``name`` may also be a Task built on the spot: an operator's change (reconciler.ops).
+    task = get_task(name) if isinstance(name, str) else name
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be 1 or more, not {batch_size}")
     if time_budget is not None and time_budget <= timedelta(0):

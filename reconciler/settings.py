@@ -166,6 +166,111 @@ class Settings(BaseSettings):
         default="info", description="Idle runs log at debug; every run that changed rows at info."
     )
 
+    # --- operations: the operator's toolkit (issue 4) ------------------------------------
+    ops_confirm_threshold: int = Field(
+        default=20,
+        ge=0,
+        description="A command that would change or delete more jobs than this asks first "
+        "(or needs --yes). 20: a handful of ids typed by hand goes through; a bulk change, "
+        "where a typo in a filter hurts, gets a second look.",
+    )
+    ops_heartbeat_interval: Duration = Field(
+        default=timedelta(seconds=30),
+        description="The workers' heartbeat interval, for the heartbeat budget of "
+        "`reconciler workers`. 30s: the usual worker default (HEARTBEAT_INTERVAL_MS=30000).",
+    )
+    check_window: Duration = Field(
+        default=timedelta(hours=1),
+        description="`check` looks at failures and dead letters of this last stretch of time. "
+        "1h: the runbooks' alert window.",
+    )
+    check_failure_rate_warning: float = Field(
+        default=0.10,
+        ge=0,
+        le=1,
+        description="`check` warns when this share of attempts in the window failed. 10 %: the "
+        "runbooks' 'high failure rate' alert.",
+    )
+    check_failure_rate_critical: float = Field(
+        default=0.50,
+        ge=0,
+        le=1,
+        description="...and is critical from this share. 50 %: half the work is failing.",
+    )
+    check_failure_min_attempts: int = Field(
+        default=20,
+        ge=1,
+        description="No failure-rate finding below this many attempts in the window, so one "
+        "failure out of two is not an alert at night.",
+    )
+    check_backlog_age: Duration = Field(
+        default=timedelta(minutes=5),
+        description="A queued job counts as backlog once it has been due this long. 5m: the "
+        "runbooks' '1000 queued for over 5 minutes'.",
+    )
+    check_backlog_warning: int = Field(
+        default=1000,
+        ge=1,
+        description="`check` warns when more jobs than this are backlog (runbooks: 1000).",
+    )
+    check_backlog_critical: int = Field(
+        default=10_000,
+        ge=1,
+        description="...and is critical above this many (runbook 004: any queue over 10,000).",
+    )
+    check_dead_letter_warning: int = Field(
+        default=100,
+        ge=1,
+        description="`check` warns when more jobs than this went dead in the window "
+        "(runbook 000: more than 100 dead in an hour).",
+    )
+    check_dead_letter_critical: int = Field(
+        default=1000,
+        ge=1,
+        description="...and is critical above this many: ten times the warning.",
+    )
+    check_slow_job_age: Duration = Field(
+        default=timedelta(hours=1),
+        description="`check` warns about jobs running longer than this (runbooks: 1 hour).",
+    )
+    check_latency_critical_factor: float = Field(
+        default=10.0,
+        ge=1,
+        description="The oldest due job of a priority past its latency target is a warning; "
+        "past this many times the target it is critical (bulk has no target).",
+    )
+    check_task_max_age: dict[str, Duration] = Field(
+        default_factory=lambda: {
+            "mark-stale": timedelta(minutes=10),
+            "requeue": timedelta(minutes=10),
+            "dead-letter": timedelta(minutes=10),
+            "purge": timedelta(hours=25),
+            "vacuum-analyze": timedelta(hours=25),
+        },
+        description='Per task, as JSON: {"mark-stale": "10m"}. `check` warns when a task\'s '
+        "last successful run is older (or it never ran). Defaults: a few missed ticks of a "
+        "minutely task; a day and an hour for the daily ones.",
+    )
+
+    @field_validator(
+        "ops_heartbeat_interval", "check_window", "check_backlog_age", "check_slow_job_age"
+    )
+    @classmethod
+    def _ops_positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than zero")
+        return value
+
+    @field_validator("check_task_max_age")
+    @classmethod
+    def _task_ages(cls, value: dict[str, timedelta]) -> dict[str, timedelta]:
+        for task, age in value.items():
+            if age <= timedelta(0):
+                raise ValueError(f"maximum age for {task!r} must be longer than zero")
+        return value
+
+    # --- end of operations settings ---------------------------------------------------------
+
     @field_validator(
         "heartbeat_timeout",
         "run_time_budget",

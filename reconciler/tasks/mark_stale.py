@@ -10,6 +10,9 @@ Why: a worker that crashed never reports; without this its job stays
 ``running`` forever. ``stale`` is not a retry by itself: requeue or
 dead-letter decide next, by the job's attempts and retry policy.
 
+Parameters (ad hoc runs): ``timeout`` replaces every heartbeat timeout;
+``queues``, ``kinds`` and ``tenants`` narrow the run to those jobs.
+
 Safe to re-run: yes. A second run finds nothing (the rows are no longer
 running), and a job whose heartbeat lands while the run is under way is never
 marked stale (see sql/tasks/mark_stale.sql). The late worker's
@@ -32,6 +35,9 @@ def execute(ctx: TaskContext) -> None:
     for key, timeout in settings.heartbeat_timeout_overrides.items():
         scope, _, name = key.partition(":")
         (kinds if scope == "kind" else queues)[name] = timeout.total_seconds()
+    if ctx.params.get("timeout") is not None:
+        # An operator's `jobs reset-stuck --older-than 10m`: one timeout for every job.
+        default, kinds, queues = ctx.params["timeout"].total_seconds(), {}, {}
     ctx.run_batches(
         query("tasks/mark_stale", "apply"),
         {
@@ -41,6 +47,10 @@ def execute(ctx: TaskContext) -> None:
             "kind_timeouts_s": list(kinds.values()),
             "queue_names": list(queues),
             "queue_timeouts_s": list(queues.values()),
+            # Optional narrowing (`jobs reset-stuck --queue/--kind/--tenant`); None: every job.
+            "only_queues": ctx.params.get("queues"),
+            "only_kinds": ctx.params.get("kinds"),
+            "only_tenants": ctx.params.get("tenants"),
         },
     )
 

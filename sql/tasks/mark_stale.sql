@@ -5,7 +5,8 @@
 -- :default_timeout_s, :min_timeout_s (the smallest timeout of any queue or
 -- kind, so the index on the last sign of life can narrow the scan),
 -- :kind_names/:kind_timeouts_s and :queue_names/:queue_timeouts_s (overrides;
--- a kind's wins over its queue's).
+-- a kind's wins over its queue's), :only_queues/:only_kinds/:only_tenants
+-- (NULL, or an operator's narrowing of an ad hoc run).
 --
 -- Concurrency: FOR UPDATE SKIP LOCKED skips a row a worker is changing at this
 -- moment (heartbeat, complete, fail), and for every row it does lock,
@@ -31,6 +32,10 @@ WITH candidates AS (
         ) AS timeout_s
     ) t
     WHERE j.status = 'running'
+      AND (CAST(:only_queues AS text[]) IS NULL OR j.queue = ANY (CAST(:only_queues AS text[])))
+      AND (CAST(:only_kinds AS text[]) IS NULL OR j.kind = ANY (CAST(:only_kinds AS text[])))
+      AND (CAST(:only_tenants AS text[]) IS NULL
+           OR j.tenant_id = ANY (CAST(:only_tenants AS text[])))
       AND coalesce(j.heartbeat_at, j.locked_at, j.updated_at)
           < CAST(:now AS timestamptz) - make_interval(secs => CAST(:min_timeout_s AS double precision))
       AND coalesce(j.heartbeat_at, j.locked_at, j.updated_at)

@@ -1,0 +1,214 @@
+"""``reconciler check``: the runbooks' alert conditions, for cron, Nagios or a probe.
+
+Read-only. Each condition is evaluated with thresholds from the settings
+(``RECONCILER_CHECK_*``) and gives a finding: ok, warning or critical. The
+exit code is the worst of them: 0 ok, 1 warning, 2 critical (the Nagios
+convention), so ``reconciler check || page-someone`` works as it is.
+
+Conditions: failure rate of attempts in the window; backlog (jobs due for
+longer than the backlog age); dead-letter spike; probably dead workers; jobs
+running too long; maintenance tasks overdue (no successful run recently);
+the oldest due job of each priority past its latency target. Paused queues
+are left out of backlog and latency (they back up on purpose) and listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+
+from reconciler.db import Database
+from reconciler.ops.common import PRIORITIES
+from reconciler.ops.output import age, console, emit_json, table
+from reconciler.ops.pause import paused_queues
+from reconciler.ops.stats import LATENCY_TARGETS
+from reconciler.ops.workers import worker_report
+from reconciler.settings import Settings
+from reconciler.sqlfiles import query
+
+__all__ = ["LEVELS", "Finding", "cmd_check", "evaluate"]
+
+LEVELS = {"ok": 0, "warning": 1, "critical": 2}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One condition's outcome."""
+
+    check: str
+    level: str  # ok, warning or critical
+    value: Any
+    threshold: Any
+    message: str
+
+
+def _level(value: float, warning: float, critical: float) -> str:
+    if value > critical:
+        return "critical"
+    if value > warning:
+        return "warning"
+    return "ok"
+
+
+def evaluate(db: Database, settings: Settings, *, now: datetime | None = None) -> list[Finding]:
+    """Every condition, in a fixed order."""
+    now = now or db.now()
+    s = settings
+    since = now - s.check_window
+    window = age(s.check_window)
+    findings: list[Finding] = []
+    with db.transaction() as conn:
+
+        def one(name: str, **binds: Any) -> Any:
+            return conn.execute(text(query("ops/check", name)), {"now": now, **binds}).one()
+
+        attempts = one("attempts", since=since)
+        backlog = one("backlog", backlog_horizon=now - s.check_backlog_age)
+        dead = one("dead_recent", since=since)
+        slow = one("slow", slow_horizon=now - s.check_slow_job_age)
+        tasks: dict[str, datetime] = dict(
+            conn.execute(
+                text(query("ops/check", "last_ok_runs")), {"tasks": list(s.check_task_max_age)}
+            ).all()
+        )
+        latency = conn.execute(
+            text(query("ops/check", "oldest_due_by_priority")), {"now": now}
+        ).all()
+
+    total = attempts.succeeded + attempts.failed
+    rate = attempts.failed / total if total else 0.0
+    level = (
+        _level(rate, s.check_failure_rate_warning, s.check_failure_rate_critical)
+        if total >= s.check_failure_min_attempts
+        else "ok"
+    )
+    findings.append(
+        Finding(
+            "failure_rate",
+            level,
+            round(rate, 4),
+            s.check_failure_rate_warning,
+            f"{attempts.failed} of {total} attempts failed in the last {window} "
+            f"({rate * 100:.1f} %)"
+            + ("" if total >= s.check_failure_min_attempts else "; too few to judge"),
+        )
+    )
+    findings.append(
+        Finding(
+            "backlog",
+            _level(backlog.jobs, s.check_backlog_warning, s.check_backlog_critical),
+            backlog.jobs,
+            s.check_backlog_warning,
+            f"{backlog.jobs} queued job(s) due for over {age(s.check_backlog_age)}",
+        )
+    )
+    findings.append(
+        Finding(
+            "dead_letter_spike",
+            _level(dead.jobs, s.check_dead_letter_warning, s.check_dead_letter_critical),
+            dead.jobs,
+            s.check_dead_letter_warning,
+            f"{dead.jobs} job(s) went dead in the last {window}",
+        )
+    )
+    workers = worker_report(
+        db, now=now, timeout=s.heartbeat_timeout, interval=s.ops_heartbeat_interval
+    )
+    dead_workers = workers["probably_dead"]
+    findings.append(
+        Finding(
+            "dead_workers",
+            "warning" if dead_workers else "ok",
+            len(dead_workers),
+            0,
+            (
+                f"probably dead (no heartbeat for {age(s.heartbeat_timeout)}): "
+                f"{', '.join(dead_workers)}"
+            )
+            if dead_workers
+            else "no worker silent past the heartbeat timeout",
+        )
+    )
+    findings.append(
+        Finding(
+            "slow_jobs",
+            "warning" if slow.jobs else "ok",
+            slow.jobs,
+            0,
+            f"{slow.jobs} job(s) running for over {age(s.check_slow_job_age)}"
+            + (f" (e.g. job {slow.example_id})" if slow.jobs else ""),
+        )
+    )
+    for task, max_age in s.check_task_max_age.items():
+        last = tasks.get(task)
+        overdue = last is None or now - last > max_age
+        findings.append(
+            Finding(
+                f"task_overdue:{task}",
+                "warning" if overdue else "ok",
+                last,
+                max_age,
+                (
+                    f"{task} has never run successfully"
+                    if last is None
+                    else f"{task} last ran ok {age(now - last)} ago (at most {age(max_age)})"
+                ),
+            )
+        )
+    for row in latency:
+        target = LATENCY_TARGETS[row.priority]
+        name = PRIORITIES[row.priority]
+        if target is None:
+            continue
+        wait = row.oldest_wait
+        level = (
+            "critical"
+            if wait > target * s.check_latency_critical_factor
+            else ("warning" if wait > target else "ok")
+        )
+        findings.append(
+            Finding(
+                f"latency:{name}",
+                level,
+                wait,
+                target,
+                f"oldest due {name} job waits {age(wait)} (target {age(target)}; {row.due} due)",
+            )
+        )
+    paused = [p["queue"] for p in paused_queues(db)]
+    if paused:
+        findings.append(
+            Finding(
+                "paused_queues",
+                "ok",
+                len(paused),
+                None,
+                f"paused (left out of backlog and latency): {', '.join(paused)}",
+            )
+        )
+    return findings
+
+
+def cmd_check(args: argparse.Namespace, settings: Settings, db: Database) -> int:
+    findings = evaluate(db, settings)
+    worst = max((LEVELS[f.level] for f in findings), default=0)
+    status = {v: k for k, v in LEVELS.items()}[worst]
+    if args.json:
+        emit_json({"status": status, "exit_code": worst, "findings": [asdict(f) for f in findings]})
+        return worst
+    out = console()
+    out.print(f"reconciler check: {status.upper()}")
+    shown = findings if args.verbose else [f for f in findings if f.level != "ok"]
+    if shown:
+        out.print(
+            table(
+                None,
+                ("level", "check", "finding"),
+                [(f.level.upper(), f.check, f.message) for f in shown],
+            )
+        )
+    return worst

@@ -1,0 +1,280 @@
+"""The operator's commands on the command line: their arguments, and which function runs each.
+
+``reconciler.cli`` adds these sub-commands with :func:`add_ops_commands` and
+dispatches through :data:`OPS_COMMANDS`; the logic lives in one module per
+command group. Every leaf parser names its function with ``set_defaults``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from reconciler.db import Database
+from reconciler.ops import check, dead_letter, errors, jobs, pause, purge, stats, workers
+from reconciler.ops.common import (
+    OpsError,
+    add_filter_arguments,
+    duration_arg,
+    names_arg,
+    statuses_arg,
+)
+from reconciler.settings import Settings
+
+__all__ = ["OPS_COMMANDS", "OpsError", "add_ops_commands"]
+
+Handler = Callable[[argparse.Namespace, Settings, Database], int]
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return number
+
+
+def _json(parser: argparse.ArgumentParser, lines: bool = False) -> None:
+    what = "JSON lines, one object per row" if lines else "one JSON object"
+    parser.add_argument("--json", action="store_true", help=f"print {what}")
+
+
+def _change_options(parser: argparse.ArgumentParser) -> None:
+    """What every command that changes jobs takes."""
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show what would change (the same statement, rolled back); write nothing",
+    )
+    parser.add_argument(
+        "-y",
+        "--yes",
+        action="store_true",
+        help="do not ask, however many jobs (RECONCILER_OPS_CONFIRM_THRESHOLD)",
+    )
+    parser.add_argument("--actor", help="who to record in job_events (default: cli:<os user>)")
+    parser.add_argument("--reason", help="a note kept in each job's event, e.g. a ticket")
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        metavar="N",
+        help="jobs per transaction (default: RECONCILER_BATCH_SIZE)",
+    )
+    _json(parser)
+
+
+def _leaf(
+    sub: Any, name: str, handler: Handler, help_text: str, description: str | None = None
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, description=description or help_text
+    )
+    parser.set_defaults(ops_handler=handler)
+    return parser
+
+
+def _group(sub: Any, name: str, help_text: str) -> Any:
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    inner = parser.add_subparsers(dest="ops_action", metavar="ACTION", parser_class=type(parser))
+    inner.required = True
+    return inner
+
+
+def add_ops_commands(sub: Any) -> None:
+    """Add stats, jobs, dead-letter, errors, workers, pause, resume, purge and check."""
+    p = _leaf(sub, "stats", stats.cmd_stats, "queue depth, waits, throughput, durations, failures")
+    p.add_argument(
+        "--since",
+        type=duration_arg,
+        default=timedelta(hours=24),
+        metavar="DURATION",
+        help="window of throughput, durations and failure rates (default 24h)",
+    )
+    p.add_argument("--watch", action="store_true", help="redraw in place until Ctrl-C")
+    p.add_argument(
+        "--interval",
+        type=duration_arg,
+        default=timedelta(seconds=2),
+        metavar="DURATION",
+        help="redraw every (default 2s)",
+    )
+    _json(p)
+
+    # jobs ------------------------------------------------------------------------------
+    g = _group(sub, "jobs", "list, show, requeue, retry, cancel or reset jobs")
+    p = _leaf(g, "list", jobs.cmd_list, "jobs matching the filters, newest first")
+    add_filter_arguments(p, limit_default=50)
+    _json(p, lines=True)
+    p = _leaf(g, "show", jobs.cmd_show, "one job with its whole history (job_events)")
+    p.add_argument("id", type=_positive_int, metavar="ID")
+    _json(p)
+    p = _leaf(
+        g,
+        "requeue",
+        jobs.cmd_requeue,
+        "failed, stale, dead or cancelled jobs back to queued, due now",
+        "Put jobs back to queued, due now. Attempts and error are reset unless "
+        "--keep-attempts. Takes job ids and/or the filters.",
+    )
+    add_filter_arguments(p, ids=True)
+    p.add_argument("--keep-attempts", action="store_true", help="keep attempt count and error")
+    _change_options(p)
+    p = _leaf(
+        g,
+        "retry-failed",
+        jobs.cmd_retry_failed,
+        "requeue every failed job of the filters (default --status failed)",
+    )
+    add_filter_arguments(p)
+    p.add_argument("--keep-attempts", action="store_true", help="keep attempt count and error")
+    _change_options(p)
+    p = _leaf(
+        g,
+        "cancel",
+        jobs.cmd_cancel,
+        "queued, running, failed or stale jobs become cancelled",
+        "Cancel jobs by id and/or filter. A running job's worker is fenced out: its "
+        "heartbeat, complete and fail return false.",
+    )
+    add_filter_arguments(p, ids=True)
+    _change_options(p)
+    p = _leaf(
+        g,
+        "reset-stuck",
+        jobs.cmd_reset_stuck,
+        "running jobs silent for longer than --older-than become stale (the normal path)",
+        "Run the mark-stale task with this timeout: running jobs whose last heartbeat is "
+        "older become stale; the requeue task (or dead-letter) takes them from there.",
+    )
+    p.add_argument(
+        "--older-than",
+        type=duration_arg,
+        required=True,
+        metavar="DURATION",
+        help="heartbeat age, e.g. 10m",
+    )
+    p.add_argument("--queue", action="append", type=names_arg, metavar="QUEUE")
+    p.add_argument("--kind", action="append", type=names_arg, metavar="KIND")
+    p.add_argument("--tenant", action="append", type=names_arg, metavar="TENANT")
+    _change_options(p)
+
+    # dead-letter -----------------------------------------------------------------------
+    g = _group(sub, "dead-letter", "list, group, export, replay or purge dead jobs")
+    p = _leaf(g, "list", dead_letter.cmd_list, "dead jobs, newest first")
+    add_filter_arguments(p, ids=True, status=False, limit_default=50)
+    _json(p, lines=True)
+    p = _leaf(g, "errors", dead_letter.cmd_errors, "dead jobs grouped by error, kind and tenant")
+    add_filter_arguments(p, status=False)
+    _json(p, lines=True)
+    p = _leaf(
+        g,
+        "export",
+        dead_letter.cmd_export,
+        "dead jobs with their history as JSON lines, a backup before purging",
+    )
+    add_filter_arguments(p, ids=True, status=False)
+    p.add_argument(
+        "-o", "--output", metavar="FILE", help="write here (never replaced); default stdout"
+    )
+    p.add_argument("--actor", help="who to record (default: cli:<os user>)")
+    _json(p)
+    p = _leaf(g, "replay", dead_letter.cmd_replay, "requeue dead jobs (ids and/or filters)")
+    add_filter_arguments(p, ids=True, status=False)
+    p.add_argument("--all", action="store_true", help="every dead job, when no filter is given")
+    p.add_argument("--keep-attempts", action="store_true", help="keep attempt count and error")
+    _change_options(p)
+    p = _leaf(
+        g,
+        "purge",
+        dead_letter.cmd_purge,
+        "delete dead jobs; refuses those without an export (see export) unless --no-backup",
+    )
+    add_filter_arguments(p, ids=True, status=False)
+    p.add_argument("--all", action="store_true", help="every dead job, when no filter is given")
+    p.add_argument("--no-backup", action="store_true", help="delete even jobs never exported")
+    _change_options(p)
+
+    # the rest --------------------------------------------------------------------------
+    p = _leaf(sub, "errors", errors.cmd_errors, "failed attempts grouped by message and kind")
+    p.add_argument(
+        "--since",
+        type=duration_arg,
+        default=timedelta(hours=1),
+        metavar="DURATION",
+        help="how far back (default 1h)",
+    )
+    add_filter_arguments(p, status=False)
+    _json(p, lines=True)
+
+    p = _leaf(
+        sub, "workers", workers.cmd_workers, "workers, their jobs and heartbeats; heartbeat budget"
+    )
+    p.add_argument(
+        "--timeout",
+        type=duration_arg,
+        metavar="DURATION",
+        help="silent this long = probably dead (default RECONCILER_HEARTBEAT_TIMEOUT)",
+    )
+    p.add_argument(
+        "--heartbeat-interval",
+        type=duration_arg,
+        metavar="DURATION",
+        help="the workers' interval (default RECONCILER_OPS_HEARTBEAT_INTERVAL)",
+    )
+    _json(p)
+
+    for name, handler, text in (
+        ("pause", pause.cmd_pause, "stop handing out the jobs of queues (claim() skips them)"),
+        ("resume", pause.cmd_resume, "hand out the jobs of paused queues again"),
+    ):
+        p = _leaf(sub, name, handler, text)
+        p.add_argument("queues", nargs="*", metavar="QUEUE")
+        p.add_argument("--all", action="store_true", help="every queue with jobs / every paused")
+        p.add_argument("--dry-run", action="store_true", help="show what would change")
+        if name == "pause":
+            p.add_argument("--force", action="store_true", help="also a queue with no jobs yet")
+            p.add_argument("--reason", help="why, shown by stats and check")
+            p.add_argument("--actor", help="who (default: cli:<os user>)")
+        _json(p)
+
+    p = _leaf(
+        sub,
+        "purge",
+        purge.cmd_purge,
+        "delete finished jobs older than --older-than now (the purge task, ad hoc)",
+    )
+    p.add_argument(
+        "--older-than",
+        type=duration_arg,
+        required=True,
+        metavar="DURATION",
+        help="finished longer ago than, e.g. 30d",
+    )
+    p.add_argument(
+        "--status",
+        action="append",
+        type=statuses_arg,
+        metavar="STATUS",
+        help="succeeded, cancelled or dead (default: succeeded and cancelled)",
+    )
+    p.add_argument("--no-backup", action="store_true", help="also dead jobs never exported")
+    _change_options(p)
+
+    p = _leaf(sub, "check", check.cmd_check, "alert conditions; exit 0 ok, 1 warning, 2 critical")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="also list the conditions that are ok"
+    )
+    _json(p)
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings, db: Database) -> int:
+    handler: Handler = args.ops_handler
+    return handler(args, settings, db)
+
+
+_NAMES = ("stats", "jobs", "dead-letter", "errors", "workers", "pause", "resume", "purge", "check")
+OPS_COMMANDS: dict[str, Handler] = dict.fromkeys(_NAMES, _dispatch)

@@ -1,0 +1,255 @@
+"""``reconciler jobs``: list, show, requeue, retry-failed, cancel, reset-stuck.
+
+Replaces the runbooks' pasted SQL ("find stuck jobs", "reset stuck job",
+"retry all failed in a queue", "cancel a job") with commands that only take
+the transitions the schema allows, preview with ``--dry-run``, ask before a
+bulk change, and leave a ``job_events`` row per job with the operator's name.
+
+- requeue: failed, stale, dead or cancelled -> queued, due now, attempts and
+  error reset unless ``--keep-attempts``. Safe to re-run: a requeued job is
+  queued and no longer matches.
+- cancel: queued, running, failed or stale -> cancelled; a running job's
+  worker is fenced out. Safe to re-run.
+- reset-stuck: the mark-stale task with the operator's timeout: running jobs
+  whose last heartbeat is older become stale, and the requeue or dead-letter
+  task takes them from there, by their attempts and retry policy. A job is
+  never put straight back to queued while its worker may still be running it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from sqlalchemy import text
+
+from reconciler.db import Database
+from reconciler.ops.common import (
+    Change,
+    JobFilter,
+    OpsError,
+    apply_change,
+    check_ids,
+    check_statuses,
+    filtered_query,
+    report_change,
+    resolve_limit,
+    run_reused_task,
+)
+from reconciler.ops.output import console, emit_json, emit_json_lines, table
+from reconciler.runner import default_actor
+from reconciler.settings import Settings
+from reconciler.sqlfiles import query
+
+__all__ = [
+    "CANCELLABLE",
+    "REQUEUEABLE",
+    "cmd_cancel",
+    "cmd_list",
+    "cmd_requeue",
+    "cmd_reset_stuck",
+    "cmd_retry_failed",
+    "cmd_show",
+    "list_jobs",
+    "requeue",
+]
+
+REQUEUEABLE = ("failed", "stale", "dead", "cancelled")
+CANCELLABLE = ("queued", "running", "failed", "stale")
+
+
+def list_jobs(db: Database, job_filter: JobFilter, *, limit: int) -> list[dict[str, Any]]:
+    """The matching jobs, newest first."""
+    now = db.now()
+    with db.transaction() as conn:
+        rows = conn.execute(
+            text(filtered_query("ops/jobs", "list")), {**job_filter.binds(now), "limit": limit}
+        ).all()
+    return [dict(row._mapping) for row in rows]
+
+
+def print_jobs(rows: list[dict[str, Any]], *, title: str) -> None:
+    columns = ("id", "status", "queue", "kind", "tenant", "prio", "attempt", "created", "error")
+    body = [
+        (
+            r["id"],
+            r["status"],
+            r["queue"],
+            r["kind"],
+            r["tenant_id"],
+            r["priority"],
+            f"{r['attempt']}/{r['max_attempts']}",
+            r["created_at"],
+            r["error"],
+        )
+        for r in rows
+    ]
+    console().print(table(title, columns, body, right=("id", "prio", "attempt")))
+
+
+def cmd_list(args: argparse.Namespace, settings: Settings, db: Database) -> int:
+    job_filter = JobFilter.from_args(args)
+    rows = list_jobs(db, job_filter, limit=job_filter.limit or 50)
+    if args.json:
+        emit_json_lines(rows)
+        return 0
+    shown = f"{len(rows)} job(s)" + (
+        " (the limit; add --limit N)" if len(rows) == args.limit else ""
+    )
+    print_jobs(rows, title=shown)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, settings: Settings, db: Database) -> int:
+    check_ids(db, [args.id])
+    now = db.now()
+    with db.transaction() as conn:
+        found = dict(
+            conn.execute(text(query("ops/jobs", "show")), {"id": args.id, "now": now})
+            .one()
+            ._mapping
+        )
+        events = [
+            dict(r._mapping)
+            for r in conn.execute(text(query("ops/jobs", "events")), {"id": args.id})
+        ]
+    if args.json:
+        emit_json({"job": found, "events": events})
+        return 0
+    out = console()
+    fields = table(f"job {args.id}", ("field", "value"), list(found.items()))
+    out.print(fields)
+    out.print(
+        table(
+            f"history ({len(events)} event(s))",
+            ("at", "from", "to", "actor", "reason", "run"),
+            [
+                (e["at"], e["from_status"], e["to_status"], e["actor"], e["reason"], e["run_id"])
+                for e in events
+            ],
+        )
+    )
+    return 0
+
+
+def requeue(
+    args: argparse.Namespace,
+    settings: Settings,
+    db: Database,
+    job_filter: JobFilter,
+    *,
+    name: str,
+    eligible: tuple[str, ...],
+) -> int:
+    """The one requeue: ``jobs requeue``, ``jobs retry-failed`` and ``dead-letter replay``."""
+    check_statuses(job_filter, eligible, name)
+    check_ids(db, job_filter.ids, allowed=eligible, verb=name)
+    now = db.now()
+    given, job_filter = job_filter, resolve_limit(db, job_filter, now, eligible)
+    change = Change(
+        name=name,
+        verb="requeue",
+        details={"filter": given.describe()},
+        sql=filtered_query("ops/jobs", "requeue"),
+        params={
+            **job_filter.binds(now),
+            "eligible": list(job_filter.statuses or eligible),
+            "keep_attempts": bool(getattr(args, "keep_attempts", False)),
+            "note": args.reason,
+        },
+    )
+    result = apply_change(
+        db,
+        settings,
+        change,
+        now=now,
+        actor=args.actor or default_actor(),
+        dry_run=args.dry_run,
+        yes=args.yes,
+        batch_size=args.batch_size,
+    )
+    return report_change(result, verb="requeue", job_filter=given, as_json=args.json)
+
+
+def cmd_requeue(args: argparse.Namespace, settings: Settings, db: Database) -> int:
+    job_filter = JobFilter.from_args(args)
+    if job_filter.is_empty():
+        raise OpsError(
+            "jobs requeue needs job ids or a filter (e.g. --status dead --queue email); "
+            "to retry every failed job: reconciler jobs retry-failed"
+        )
+    return requeue(args, settings, db, job_filter, name="jobs requeue", eligible=REQUEUEABLE)
+
+
+def cmd_retry_failed(args: argparse.Namespace, settings: Settings, db: Database) -> int:
+    job_filter = JobFilter.from_args(args)
+    if not job_filter.statuses:
+        job_filter = job_filter.with_statuses(["failed"])
+    return requeue(args, settings, db, job_filter, name="jobs retry-failed", eligible=REQUEUEABLE)
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings, db: Database) -> int:
+    job_filter = JobFilter.from_args(args)
+    if job_filter.is_empty():
+        raise OpsError(
+            "jobs cancel needs job ids or a filter; refusing to cancel every job "
+            "(e.g. reconciler jobs cancel 42, or --queue email --status queued)"
+        )
+    check_statuses(job_filter, CANCELLABLE, "jobs cancel")
+    check_ids(db, job_filter.ids, allowed=CANCELLABLE, verb="jobs cancel")
+    now = db.now()
+    given, job_filter = job_filter, resolve_limit(db, job_filter, now, CANCELLABLE)
+    change = Change(
+        name="jobs cancel",
+        verb="cancel",
+        details={"filter": given.describe()},
+        sql=filtered_query("ops/jobs", "cancel"),
+        params={
+            **job_filter.binds(now),
+            "eligible": list(job_filter.statuses or CANCELLABLE),
+            "note": args.reason,
+        },
+    )
+    result = apply_change(
+        db,
+        settings,
+        change,
+        now=now,
+        actor=args.actor or default_actor(),
+        dry_run=args.dry_run,
+        yes=args.yes,
+        batch_size=args.batch_size,
+    )
+    return report_change(result, verb="cancel", job_filter=given, as_json=args.json)
+
+
+def cmd_reset_stuck(args: argparse.Namespace, settings: Settings, db: Database) -> int:
+    def names(attr: str) -> list[str] | None:
+        groups = getattr(args, attr, None) or []
+        return [item for group in groups for item in group] or None
+
+    params = {
+        "timeout": args.older_than,
+        "queues": names("queue"),
+        "kinds": names("kind"),
+        "tenants": names("tenant"),
+    }
+    result = run_reused_task(
+        db,
+        settings,
+        "mark-stale",
+        verb="mark stale",
+        params=params,
+        now=db.now(),
+        actor=args.actor or default_actor(),
+        dry_run=args.dry_run,
+        yes=args.yes,
+        batch_size=args.batch_size,
+    )
+    code = report_change(result, verb="mark stale", job_filter=None, as_json=args.json)
+    if not args.json and result.changed and not result.dry_run:
+        console().print(
+            "the requeue task puts them back in the queue after their backoff (or dead-letter, "
+            "with no attempts left); to do it now: reconciler run requeue"
+        )
+    return code

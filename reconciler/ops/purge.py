@@ -1,0 +1,69 @@
+"""``reconciler purge --older-than 30d [--status ...]``: an ad hoc run of the purge task.
+
+The same task, SQL and batches as the scheduled purge (see
+reconciler/tasks/purge.py), with the operator's age in place of the retention
+settings, for the chosen finished statuses (default: succeeded and
+cancelled). Dead jobs are only purged here when every one of them has an
+export (``reconciler dead-letter export``) or with ``--no-backup``, as with
+``dead-letter purge``. Safe to re-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from sqlalchemy import text
+
+from reconciler.db import Database
+from reconciler.durations import format_duration
+from reconciler.ops.common import (
+    JobFilter,
+    OpsError,
+    filtered_query,
+    report_change,
+    run_reused_task,
+)
+from reconciler.runner import default_actor
+from reconciler.settings import Settings
+
+__all__ = ["PURGEABLE", "cmd_purge"]
+
+PURGEABLE = ("succeeded", "cancelled", "dead")
+
+
+def cmd_purge(args: argparse.Namespace, settings: Settings, db: Database) -> int:
+    statuses = list(
+        dict.fromkeys(s for group in args.status or [["succeeded", "cancelled"]] for s in group)
+    )
+    wrong = [s for s in statuses if s not in PURGEABLE]
+    if wrong:
+        raise OpsError(
+            f"purge deletes finished jobs (succeeded, cancelled or dead), not {wrong[0]}: "
+            "those are still being worked on or retried"
+        )
+    now = db.now()
+    if "dead" in statuses and not args.no_backup:
+        dead = JobFilter(statuses=("dead",), older_than=args.older_than)
+        with db.transaction() as conn:
+            missing = conn.execute(
+                text(filtered_query("ops/dead_letter", "not_backed_up")), dead.binds(now)
+            ).one()
+        if missing.jobs:
+            raise OpsError(
+                f"{missing.jobs} of the dead jobs to purge (e.g. job {missing.example_id}) have "
+                f"no export; back them up first: reconciler dead-letter export --older-than "
+                f"{format_duration(args.older_than)} --output FILE (or pass --no-backup)"
+            )
+    result = run_reused_task(
+        db,
+        settings,
+        "purge",
+        verb="purge",
+        params={"statuses": statuses, "older_than": args.older_than},
+        now=now,
+        actor=args.actor or default_actor(),
+        dry_run=args.dry_run,
+        yes=args.yes,
+        batch_size=args.batch_size,
+    )
+    return report_change(result, verb="purge", job_filter=None, as_json=args.json)

@@ -1,0 +1,102 @@
+-- `reconciler jobs ...`: list, show, and the operator's changes (requeue,
+-- cancel). Queries with /*job_filter*/ get the filter of sql/ops/filter.sql.
+--
+-- A change binds :now (the command's database clock, read once), :batch_size,
+-- :actor (cli:<os user> or --actor), :run_id, :command (e.g. 'jobs requeue'),
+-- :note (--reason, or NULL) and :eligible (the statuses the change takes).
+-- Each is one statement per batch: pick with FOR UPDATE SKIP LOCKED, change,
+-- and write one job_events row per job in the same statement. A changed job
+-- leaves :eligible, so the next batch never sees it again.
+
+-- name: statuses_of
+SELECT j.id, j.status FROM jobs j WHERE j.id = ANY (CAST(:ids AS bigint[]))
+
+-- name: ids
+-- The first :limit matching jobs among :eligible, oldest first (for --limit).
+SELECT j.id FROM jobs j
+WHERE j.status = ANY (CAST(:eligible AS text[]))
+  AND /*job_filter*/
+ORDER BY j.id
+LIMIT :limit
+
+-- name: list
+SELECT j.id, j.status, j.queue, j.kind, j.tenant_id, j.priority, j.attempt, j.max_attempts,
+       j.run_at, j.created_at, j.started_at, j.finished_at, j.locked_by, j.heartbeat_at,
+       j.last_error ->> 'message' AS error
+FROM jobs j
+WHERE /*job_filter*/
+ORDER BY j.id DESC
+LIMIT :limit
+
+-- name: show
+SELECT j.*, CAST(:now AS timestamptz) - coalesce(j.heartbeat_at, j.locked_at) AS heartbeat_age,
+       EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue = j.queue) AS queue_paused
+FROM jobs j WHERE j.id = :id
+
+-- name: events
+SELECT e.id, e.at, e.from_status, e.to_status, e.actor, e.reason, e.run_id
+FROM job_events e WHERE e.job_id = :id ORDER BY e.id
+
+-- name: requeue
+-- failed, stale, dead or cancelled -> queued, due now; attempts and error are
+-- reset unless :keep_attempts (then a job with no attempts left dies again
+-- after one more failure, as its policy says).
+WITH picked AS (
+    SELECT j.id, j.status AS from_status, j.attempt
+    FROM jobs j
+    WHERE j.status = ANY (CAST(:eligible AS text[]))
+      AND /*job_filter*/
+    ORDER BY j.id
+    LIMIT :batch_size
+    FOR UPDATE OF j SKIP LOCKED
+), moved AS (
+    UPDATE jobs j
+    SET status = 'queued', run_at = CAST(:now AS timestamptz), finished_at = NULL,
+        attempt = CASE WHEN CAST(:keep_attempts AS boolean) THEN j.attempt ELSE 0 END,
+        last_error = CASE WHEN CAST(:keep_attempts AS boolean) THEN j.last_error END
+    FROM picked p
+    WHERE j.id = p.id
+    RETURNING j.id, p.from_status, p.attempt
+), events AS (
+    INSERT INTO job_events (job_id, from_status, to_status, at, actor, reason, run_id)
+    SELECT m.id, m.from_status, 'queued', CAST(:now AS timestamptz), :actor,
+           jsonb_strip_nulls(jsonb_build_object(
+               'command', CAST(:command AS text),
+               'attempt_before', m.attempt,
+               'attempts_reset', NOT CAST(:keep_attempts AS boolean),
+               'note', CAST(:note AS text))),
+           CAST(:run_id AS bigint)
+    FROM moved m
+)
+SELECT id, from_status, 'queued' AS to_status FROM moved
+
+-- name: cancel
+-- queued, running, failed or stale -> cancelled. A running job loses its lock:
+-- its worker's heartbeat/complete/fail return false from then on (fenced out).
+WITH picked AS (
+    SELECT j.id, j.status AS from_status, j.locked_by, j.attempt
+    FROM jobs j
+    WHERE j.status = ANY (CAST(:eligible AS text[]))
+      AND /*job_filter*/
+    ORDER BY j.id
+    LIMIT :batch_size
+    FOR UPDATE OF j SKIP LOCKED
+), moved AS (
+    UPDATE jobs j
+    SET status = 'cancelled', finished_at = CAST(:now AS timestamptz),
+        locked_by = NULL, locked_at = NULL
+    FROM picked p
+    WHERE j.id = p.id
+    RETURNING j.id, p.from_status, p.locked_by, p.attempt
+), events AS (
+    INSERT INTO job_events (job_id, from_status, to_status, at, actor, reason, run_id)
+    SELECT m.id, m.from_status, 'cancelled', CAST(:now AS timestamptz), :actor,
+           jsonb_strip_nulls(jsonb_build_object(
+               'command', CAST(:command AS text),
+               'attempt', m.attempt,
+               'worker', m.locked_by,
+               'note', CAST(:note AS text))),
+           CAST(:run_id AS bigint)
+    FROM moved m
+)
+SELECT id, from_status, 'cancelled' AS to_status FROM moved

@@ -1,0 +1,55 @@
+-- `reconciler stats`: the numbers the runbooks' dashboards show.
+-- Binds: :now (the database clock, read once) and :since.
+
+-- name: depth
+SELECT j.queue, j.priority, j.status, count(*) AS jobs
+FROM jobs j
+GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3
+
+-- name: oldest_due
+-- Per queue and priority: queued jobs already due, and how long the oldest has
+-- waited since it became due (run_at), against its priority's latency target.
+SELECT j.queue, j.priority, count(*) AS due,
+       CAST(:now AS timestamptz) - min(j.run_at) AS oldest_wait,
+       EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue = j.queue) AS paused
+FROM jobs j
+WHERE j.status = 'queued'
+  AND j.run_at <= CAST(:now AS timestamptz)
+GROUP BY 1, 2
+ORDER BY 1, 2
+
+-- name: throughput
+-- Status changes per hour: claims (running), completions, failures, requeues...
+SELECT date_trunc('hour', e.at) AS hour, e.to_status AS status, count(*) AS jobs
+FROM job_events e
+WHERE e.at >= CAST(:since AS timestamptz)
+GROUP BY 1, 2
+ORDER BY 1 DESC, 2
+
+-- name: durations
+SELECT j.kind, count(*) AS succeeded,
+       round(avg(extract(epoch FROM j.finished_at - j.started_at))::numeric, 3) AS avg_s,
+       round(CAST(percentile_cont(0.95) WITHIN GROUP (
+           ORDER BY extract(epoch FROM j.finished_at - j.started_at)) AS numeric), 3) AS p95_s
+FROM jobs j
+WHERE j.status = 'succeeded'
+  AND j.finished_at >= CAST(:since AS timestamptz)
+  AND j.started_at IS NOT NULL
+GROUP BY 1
+ORDER BY p95_s DESC, 1
+
+-- name: failure_rate
+-- Attempts that ended since :since, by kind: a lost worker (stale) is a failure.
+SELECT j.kind,
+       count(*) FILTER (WHERE e.to_status = 'succeeded') AS succeeded,
+       count(*) FILTER (WHERE e.to_status IN ('failed', 'stale')) AS failed,
+       round(count(*) FILTER (WHERE e.to_status IN ('failed', 'stale')) / count(*)::numeric, 4)
+           AS failure_rate
+FROM job_events e
+JOIN jobs j ON j.id = e.job_id
+WHERE e.from_status = 'running'
+  AND e.to_status IN ('succeeded', 'failed', 'stale')
+  AND e.at >= CAST(:since AS timestamptz)
+GROUP BY 1
+ORDER BY failure_rate DESC, 1

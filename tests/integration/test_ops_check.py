@@ -1,0 +1,200 @@
+"""``reconciler check``: each alert condition gives its finding and its exit code (0, 1, 2)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from reconciler.db import Database
+from tests.helpers import insert_job
+from tests.ops_data import CliRun, insert_event
+
+TASKS = ("mark-stale", "requeue", "dead-letter", "purge", "vacuum-analyze")
+
+
+@pytest.fixture
+def cli(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    pg_url: str,
+    schema: str,
+    db: Database,
+) -> CliRun:
+    return CliRun(monkeypatch, capsys, pg_url, schema)
+
+
+def ran(db: Database, task: str, at: datetime, status: str = "ok") -> None:
+    with db.transaction() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO runs (task, started_at, finished_at, status, host, pid, actor)"
+                " VALUES (:t, :at, :at, :s, 'h', 1, 'test')"
+            ),
+            {"t": task, "at": at, "s": status},
+        )
+
+
+@pytest.fixture
+def healthy(db: Database, db_now: datetime) -> None:
+    """Every maintenance task ran a minute ago."""
+    for task in TASKS:
+        ran(db, task, db_now - timedelta(minutes=1))
+
+
+def findings(cli: CliRun) -> tuple[int, dict[str, str]]:
+    code, out, err = cli("check", "--json")
+    report = json.loads(out)
+    assert report["exit_code"] == code, err
+    return code, {f["check"]: f["level"] for f in report["findings"]}
+
+
+def test_all_ok_exit_0(cli: CliRun, healthy: None) -> None:
+    """A quiet, maintained queue: every finding ok, exit 0; the table says OK."""
+    code, levels = findings(cli)
+    assert code == 0
+    assert set(levels.values()) == {"ok"}
+    assert {"failure_rate", "backlog", "dead_letter_spike", "dead_workers", "slow_jobs"} <= set(
+        levels
+    )
+    code, out, _ = cli("check")
+    assert code == 0 and "OK" in out
+
+
+def attempts(db: Database, now: datetime, failed: int, succeeded: int) -> None:
+    job_id = insert_job(db, status="queued")
+    for i in range(failed + succeeded):
+        to = "failed" if i < failed else "succeeded"
+        insert_event(db, job_id, "running", to, now - timedelta(minutes=5))
+
+
+@pytest.mark.parametrize(
+    ("failed", "succeeded", "code", "level"),
+    [(3, 17, 1, "warning"), (15, 5, 2, "critical"), (1, 25, 0, "ok"), (5, 5, 0, "ok")],
+)
+def test_failure_rate(
+    cli: CliRun,
+    db: Database,
+    db_now: datetime,
+    healthy: None,
+    failed: int,
+    succeeded: int,
+    code: int,
+    level: str,
+) -> None:
+    """Over 10 % failed is a warning, over 50 % critical; under 20 attempts is too few to judge."""
+    attempts(db, db_now, failed, succeeded)
+    got, levels = findings(cli)
+    assert (got, levels["failure_rate"]) == (code, level)
+
+
+def test_backlog(cli: CliRun, db: Database, db_now: datetime, healthy: None) -> None:
+    """Jobs due for over the backlog age count; a paused queue does not; thresholds from env."""
+    cli.setenv("RECONCILER_CHECK_BACKLOG_WARNING", "2")
+    cli.setenv("RECONCILER_CHECK_BACKLOG_CRITICAL", "4")
+    for _ in range(3):
+        insert_job(db, status="queued", priority=4, run_at=db_now - timedelta(minutes=10))
+    insert_job(db, status="queued", priority=4, run_at=db_now - timedelta(minutes=4))
+    assert findings(cli)[1]["backlog"] == "warning"
+    for _ in range(2):
+        insert_job(db, status="queued", priority=4, run_at=db_now - timedelta(minutes=10))
+    assert findings(cli)[0] == 2
+    cli("pause", "default")
+    assert findings(cli)[1]["backlog"] == "ok"
+
+
+def test_dead_letter_spike(cli: CliRun, db: Database, db_now: datetime, healthy: None) -> None:
+    """Jobs that went dead within the window; older deaths do not count."""
+    cli.setenv("RECONCILER_CHECK_DEAD_LETTER_WARNING", "1")
+    cli.setenv("RECONCILER_CHECK_DEAD_LETTER_CRITICAL", "2")
+    job_id = insert_job(db, status="dead", attempt=3, finished_at=db_now)
+    insert_event(db, job_id, "failed", "dead", db_now - timedelta(hours=2))
+    insert_event(db, job_id, "failed", "dead", db_now - timedelta(minutes=1))
+    assert findings(cli)[1]["dead_letter_spike"] == "ok"
+    insert_event(db, job_id, "failed", "dead", db_now - timedelta(minutes=1))
+    assert findings(cli)[0] == 1
+    insert_event(db, job_id, "failed", "dead", db_now - timedelta(minutes=1))
+    assert findings(cli)[0] == 2
+
+
+def test_dead_worker(cli: CliRun, db: Database, db_now: datetime, healthy: None) -> None:
+    """A worker whose every job is silent past the heartbeat timeout: warning, exit 1."""
+    insert_job(
+        db,
+        status="running",
+        locked_by="w1",
+        attempt=1,
+        started_at=db_now,
+        heartbeat_at=db_now - timedelta(minutes=6),
+    )
+    code, levels = findings(cli)
+    assert (code, levels["dead_workers"]) == (1, "warning")
+    insert_job(
+        db,
+        status="running",
+        locked_by="w1",
+        attempt=1,
+        started_at=db_now,
+        heartbeat_at=db_now - timedelta(seconds=5),
+    )
+    assert findings(cli)[0] == 0
+
+
+def test_slow_job(cli: CliRun, db: Database, db_now: datetime, healthy: None) -> None:
+    """A job running for over an hour (heartbeating fine): warning, exit 1."""
+    insert_job(
+        db,
+        status="running",
+        attempt=1,
+        started_at=db_now - timedelta(minutes=61),
+        heartbeat_at=db_now,
+    )
+    code, levels = findings(cli)
+    assert (code, levels["slow_jobs"]) == (1, "warning")
+
+
+def test_task_overdue(cli: CliRun, db: Database, db_now: datetime) -> None:
+    """A task that never ran, or whose last ok run is too old, is overdue: failures don't count."""
+    code, levels = findings(cli)
+    assert code == 1 and levels["task_overdue:mark-stale"] == "warning"
+    for task in TASKS:
+        ran(db, task, db_now - timedelta(minutes=1))
+    ran(db, "mark-stale", db_now, status="failed")
+    assert findings(cli)[0] == 0
+    cli.setenv("RECONCILER_CHECK_TASK_MAX_AGE", '{"mark-stale": "30s"}')
+    code, levels = findings(cli)
+    assert code == 1 and levels == {**levels, "task_overdue:mark-stale": "warning"}
+    assert "task_overdue:purge" not in levels
+
+
+@pytest.mark.parametrize(
+    ("priority", "waited", "code"),
+    [
+        (1, timedelta(seconds=1), 0),
+        (1, timedelta(seconds=20), 1),
+        (1, timedelta(minutes=1), 2),
+        (4, timedelta(minutes=4), 0),
+    ],
+)
+def test_latency_target(
+    cli: CliRun,
+    db: Database,
+    db_now: datetime,
+    healthy: None,
+    priority: int,
+    waited: timedelta,
+    code: int,
+) -> None:
+    """Oldest due job past its priority's target: warning; past 10x: critical; bulk: none."""
+    insert_job(db, status="queued", priority=priority, run_at=db_now - waited)
+    assert findings(cli)[0] == code
+
+
+def test_worst_finding_wins(cli: CliRun, db: Database, db_now: datetime) -> None:
+    """A warning and a critical together: exit 2, and the table lists both."""
+    insert_job(db, status="queued", priority=0, run_at=db_now - timedelta(minutes=1))
+    code, out, _ = cli("check")
+    assert code == 2
+    assert "CRITICAL" in out and "WARNING" in out and "latency:critical" in out

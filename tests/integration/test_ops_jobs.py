@@ -1,0 +1,257 @@
+"""``reconciler jobs``: list, show, requeue, retry-failed, cancel, reset-stuck on real Postgres."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from reconciler.db import Database
+from reconciler.runner import run_task
+from reconciler.settings import Settings
+from tests.helpers import events_of, insert_job, job, jobs_by_status
+from tests.ops_data import CliRun, seed
+
+
+@pytest.fixture
+def cli(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    pg_url: str,
+    schema: str,
+    db: Database,
+) -> CliRun:
+    return CliRun(monkeypatch, capsys, pg_url, schema)
+
+
+@pytest.fixture
+def ids(db: Database, db_now: datetime) -> dict[str, list[int]]:
+    return seed(db, db_now)
+
+
+def test_list_filters_combine(cli: CliRun, ids: dict[str, list[int]]) -> None:
+    """Status, queue, kind and tenant filters narrow together; JSON lines parse."""
+    rows = cli.json_lines("jobs", "list", "--status", "failed,dead", "--tenant", "acme")
+    assert {r["id"] for r in rows} == set(ids["failed_email"]) | set(ids["dead_report"][:2])
+    rows = cli.json_lines("jobs", "list", "--queue", "reports", "--kind", "report.build")
+    assert {r["status"] for r in rows} == {"running", "succeeded"}
+    rows = cli.json_lines("jobs", "list", "--finished-since", "1h")
+    assert {r["id"] for r in rows} == set(ids["failed_email"]) | set(ids["succeeded_recent"])
+    rows = cli.json_lines("jobs", "list", "--older-than", "30d")
+    assert {r["id"] for r in rows} == set(ids["succeeded_old"]) | set(ids["cancelled_old"])
+    rows = cli.json_lines("jobs", "list", "--created-since", "1m")
+    assert {r["id"] for r in rows} == set(ids["queued_email"])
+    assert len(cli.json_lines("jobs", "list", "--limit", "2")) == 2
+
+
+def test_list_table_for_people(cli: CliRun, ids: dict[str, list[int]]) -> None:
+    """Without --json the list is a table with a title."""
+    code, out, _ = cli("jobs", "list", "--status", "dead")
+    assert code == 0
+    assert "3 job(s)" in out
+    assert "report.export" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("jobs", "list", "--status", "done"), "unknown status 'done'"),
+        (("jobs", "list", "--created-since", "5"), "a bare number ('5') is ambiguous"),
+        (("jobs", "list", "--limit", "0"), "limit '0'"),
+        (("jobs", "show", "999999"), "no job with id 999999"),
+        (("jobs", "requeue", "999999"), "no job with id 999999"),
+        (("jobs", "cancel", "abc"), "job id 'abc' is not a whole number"),
+        (("jobs", "cancel"), "needs job ids or a filter"),
+        (("jobs", "requeue"), "needs job ids or a filter"),
+        (("jobs", "requeue", "--status", "running"), "takes failed, stale, dead or cancelled"),
+        (("jobs", "cancel", "--status", "succeeded"), "takes queued, running, failed or stale"),
+        (("jobs", "reset-stuck", "--older-than", "ten"), "cannot read duration"),
+    ],
+)
+def test_mistakes_are_one_line_exit_2(
+    cli: CliRun, ids: dict[str, list[int]], argv: tuple[str, ...], message: str
+) -> None:
+    """A bad filter, status, duration or id: one line on stderr, exit 2, nothing changed."""
+    before = cli.json_lines("jobs", "list", "--limit", "1000")
+    code, _out, err = cli(*argv)
+    assert code == 2
+    assert message in err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+    assert cli.json_lines("jobs", "list", "--limit", "1000") == before
+
+
+def test_show_has_full_history(cli: CliRun, ids: dict[str, list[int]]) -> None:
+    """jobs show: the row and every event, oldest first."""
+    job_id = ids["failed_email"][0]
+    cli("jobs", "requeue", str(job_id))
+    shown = cli.json("jobs", "show", str(job_id))
+    assert shown["job"]["id"] == job_id
+    assert [(e["from_status"], e["to_status"]) for e in shown["events"]] == [
+        ("running", "failed"),
+        ("failed", "queued"),
+    ]
+    code, out, _ = cli("jobs", "show", str(job_id))
+    assert code == 0 and "history (2 event(s))" in out
+
+
+def test_requeue_resets_attempts_and_records_who(
+    cli: CliRun, db: Database, ids: dict[str, list[int]]
+) -> None:
+    """requeue: dead -> queued due now, attempts and error reset, event with actor and note."""
+    job_id = ids["dead_report"][0]
+    result = cli.json("jobs", "requeue", str(job_id), "--actor", "cli:alice", "--reason", "INC-7")
+    assert result["transitions"] == {"dead->queued": 1}
+    row = job(db, job_id)
+    assert (row["status"], row["attempt"], row["last_error"]) == ("queued", 0, None)
+    assert row["run_at"] == datetime.fromisoformat(result["now"])
+    event = events_of(db, job_id)[-1]
+    assert event["actor"] == "cli:alice"
+    assert event["run_id"] == result["run_id"]
+    assert event["reason"] == {
+        "command": "jobs requeue",
+        "attempt_before": 3,
+        "attempts_reset": True,
+        "note": "INC-7",
+    }
+    with db.transaction() as conn:
+        run = conn.execute(
+            text("SELECT task, actor, status, details FROM runs WHERE id = :id"),
+            {"id": result["run_id"]},
+        ).one()
+    assert tuple(run) == ("jobs requeue", "cli:alice", "ok", {"filter": {"ids": [job_id]}})
+
+
+def test_requeue_keep_attempts(cli: CliRun, db: Database, ids: dict[str, list[int]]) -> None:
+    """--keep-attempts leaves attempt and last_error as they were."""
+    job_id = ids["failed_email"][0]
+    cli.json("jobs", "requeue", str(job_id), "--keep-attempts")
+    row = job(db, job_id)
+    assert (row["status"], row["attempt"], row["last_error"]) == (
+        "queued",
+        1,
+        {"message": "SMTP timeout"},
+    )
+
+
+def test_requeue_refuses_a_running_job(
+    cli: CliRun, db: Database, ids: dict[str, list[int]]
+) -> None:
+    """An id whose status requeue does not take is refused, not skipped silently."""
+    code, _, err = cli("jobs", "requeue", str(ids["stuck"][0]))
+    assert code == 2
+    assert f"job {ids['stuck'][0]} is running" in err
+    assert job(db, ids["stuck"][0])["status"] == "running"
+
+
+def test_dry_run_writes_nothing(cli: CliRun, db: Database, ids: dict[str, list[int]]) -> None:
+    """--dry-run previews the same statement and rolls it back: no rows, events or runs."""
+    before = jobs_by_status(db)
+    result = cli.json("jobs", "retry-failed", "--dry-run")
+    assert result["dry_run"] is True
+    assert result["transitions"] == {"failed->queued": 3}
+    assert sorted(result["sample_ids"]) == sorted(ids["failed_email"])
+    assert jobs_by_status(db) == before
+    with db.transaction() as conn:
+        assert conn.execute(text("SELECT count(*) FROM runs")).scalar_one() == 0
+        assert (
+            conn.execute(
+                text("SELECT count(*) FROM job_events WHERE actor LIKE 'cli:%'")
+            ).scalar_one()
+            == 0
+        )
+
+
+def test_retry_failed_by_queue_in_batches(
+    cli: CliRun, db: Database, ids: dict[str, list[int]]
+) -> None:
+    """retry-failed requeues the failed jobs of the filter, batch by batch."""
+    result = cli.json("jobs", "retry-failed", "--queue", "email", "--batch-size", "2")
+    assert result["transitions"] == {"failed->queued": 3}
+    assert result["batches"] == 2
+    assert all(job(db, i)["status"] == "queued" for i in ids["failed_email"])
+    assert all(job(db, i)["status"] == "dead" for i in ids["dead_report"])
+
+
+def test_limit_caps_a_change(cli: CliRun, db: Database, ids: dict[str, list[int]]) -> None:
+    """--limit N changes at most N jobs, the oldest first."""
+    result = cli.json("jobs", "retry-failed", "--limit", "2")
+    assert result["changed"] == 2
+    assert [job(db, i)["status"] for i in ids["failed_email"]] == ["queued", "queued", "failed"]
+
+
+def test_confirmation_refused_without_a_terminal(
+    cli: CliRun, db: Database, ids: dict[str, list[int]]
+) -> None:
+    """Above the threshold and without --yes, a non-terminal stdin gets a refusal, exit 2."""
+    cli.setenv("RECONCILER_OPS_CONFIRM_THRESHOLD", "2")
+    code, _out, err = cli("jobs", "retry-failed")
+    assert code == 2
+    assert "stdin is not a terminal" in err and "--yes" in err
+    assert all(job(db, i)["status"] == "failed" for i in ids["failed_email"])
+    code, _, _ = cli("jobs", "retry-failed", "--yes")
+    assert code == 0
+    assert all(job(db, i)["status"] == "queued" for i in ids["failed_email"])
+
+
+def test_cancel_fences_out_the_worker(cli: CliRun, db: Database, ids: dict[str, list[int]]) -> None:
+    """Cancelling a running job clears its lock; the worker's complete() then returns false."""
+    job_id = ids["slow"][0]
+    result = cli.json("jobs", "cancel", str(job_id))
+    assert result["transitions"] == {"running->cancelled": 1}
+    assert job(db, job_id)["locked_by"] is None
+    assert events_of(db, job_id)[-1]["reason"]["worker"] == "w-live"
+    with db.transaction() as conn:
+        done = conn.execute(text("SELECT complete(:id, 'w-live', 1)"), {"id": job_id}).scalar_one()
+    assert done is False
+
+
+def test_cancel_by_filter(cli: CliRun, db: Database, ids: dict[str, list[int]]) -> None:
+    """cancel takes the list filters: here the queued jobs of one queue."""
+    result = cli.json("jobs", "cancel", "--queue", "email", "--status", "queued")
+    assert result["transitions"] == {"queued->cancelled": 2}
+    assert result["filter"] == {"statuses": ["queued"], "queues": ["email"]}
+
+
+def test_reset_stuck_goes_through_mark_stale(
+    cli: CliRun, db: Database, ids: dict[str, list[int]]
+) -> None:
+    """reset-stuck runs the mark-stale task with the given timeout: only the silent job moves."""
+    result = cli.json("jobs", "reset-stuck", "--older-than", "10m")
+    assert result["task"] == "mark-stale"
+    assert result["transitions"] == {"running->stale": 1}
+    assert job(db, ids["stuck"][0])["status"] == "stale"
+    assert job(db, ids["slow"][0])["status"] == "running"
+    event = events_of(db, ids["stuck"][0])[-1]
+    assert event["actor"].startswith("cli:")
+    assert event["reason"]["timeout_s"] == 600
+
+
+def test_reset_stuck_narrowed_by_queue(
+    cli: CliRun, db: Database, ids: dict[str, list[int]]
+) -> None:
+    """--queue narrows the mark-stale run; other queues are left alone."""
+    result = cli.json("jobs", "reset-stuck", "--older-than", "1s", "--queue", "email")
+    assert result["changed"] == 0
+    result = cli.json(
+        "jobs", "reset-stuck", "--older-than", "1s", "--queue", "reports", "--dry-run"
+    )
+    assert result["transitions"] == {"running->stale": 2}
+    assert job(db, ids["stuck"][0])["status"] == "running"
+
+
+def test_scheduled_mark_stale_unchanged(db: Database, settings: Settings, db_now: datetime) -> None:
+    """Without the operator's parameters, mark-stale still uses the settings' timeout."""
+    insert_job(db, status="running", heartbeat_at=db_now - timedelta(minutes=4), attempt=1)
+    assert run_task(db, settings, "mark-stale", now=db_now).changed == 0
+
+
+def test_nothing_matches_is_not_a_dry_run(
+    cli: CliRun, db: Database, ids: dict[str, list[int]]
+) -> None:
+    """A change that matches nothing says so, and is not reported as a dry run."""
+    result = cli.json("jobs", "retry-failed", "--queue", "nowhere")
+    assert (result["changed"], result["dry_run"], result["run_id"]) == (0, False, None)
+    code, out, _ = cli("jobs", "retry-failed", "--queue", "nowhere")
+    assert code == 0 and "no job matches; nothing changed" in out

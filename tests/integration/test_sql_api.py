@@ -1,0 +1,646 @@
+"""The worker-facing SQL API, called exactly as a worker in any language calls it.
+
+Every call goes through a plain connection whose ``search_path`` is left
+alone: the functions are reached by their schema-qualified, driver-quoted
+name, with named arguments (``SELECT "schema".enqueue(kind => 'x')``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from sqlalchemy import text
+
+from reconciler.db import Database
+from reconciler.runner import run_task
+from reconciler.settings import Settings
+from tests.helpers import events_of, insert_job, job
+
+Conn = psycopg.Connection[dict[str, Any]]
+
+# Long enough for any healthy server, short enough that a hang fails the test.
+DEADLINE_S = 30.0
+
+
+def _connect(pg_url: str) -> Conn:
+    return psycopg.connect(pg_url, autocommit=True, row_factory=dict_row)
+
+
+@pytest.fixture
+def worker(pg_url: str, db: Database) -> Iterator[Conn]:
+    """A worker's plain connection: autocommit, search_path as the server set it."""
+    with _connect(pg_url) as conn:
+        row = conn.execute("SELECT current_setting('search_path') AS sp").fetchone()
+        assert row is not None
+        assert db.schema not in row["sp"]
+        yield conn
+
+
+def _args(args: dict[str, Any]) -> tuple[sql.Composable, dict[str, Any]]:
+    """``name => %(name)s, ...`` and the bound values (dicts sent as jsonb)."""
+    named = sql.SQL(", ").join(
+        sql.SQL("{} => {}").format(sql.Identifier(k), sql.Placeholder(k)) for k in args
+    )
+    values = {k: Jsonb(v) if isinstance(v, dict) else v for k, v in args.items()}
+    return named, values
+
+
+def call(conn: Conn, schema: str, function: str, **args: Any) -> Any:
+    """``SELECT "schema".function(name => value, ...)``: one scalar worker call."""
+    named, values = _args(args)
+    query = sql.SQL("SELECT {}({}) AS result").format(sql.Identifier(schema, function), named)
+    row = conn.execute(query, values).fetchone()
+    assert row is not None
+    return row["result"]
+
+
+def claim(conn: Conn, schema: str, **args: Any) -> list[dict[str, Any]]:
+    """``SELECT * FROM "schema".claim(worker => ..., ...)``: the claimed rows, in order."""
+    named, values = _args(args)
+    query = sql.SQL("SELECT * FROM {}({})").format(sql.Identifier(schema, "claim"), named)
+    return conn.execute(query, values).fetchall()
+
+
+def literal(conn: Conn, schema: str, statement: str) -> dict[str, Any]:
+    """Run SQL text as typed into psql; ``{schema}`` stands for the quoted schema name."""
+    query = sql.SQL(statement).format(schema=sql.Identifier(schema))
+    row = conn.execute(query).fetchone()
+    assert row is not None
+    return row
+
+
+def snapshot(db: Database) -> dict[str, list[dict[str, Any]]]:
+    """Every row of jobs and job_events, to show that a call changed nothing at all."""
+    with db.transaction() as conn:
+        return {
+            table: [
+                dict(r._mapping)
+                for r in conn.execute(text(f"SELECT * FROM {table} ORDER BY id")).all()
+            ]
+            for table in ("jobs", "job_events")
+        }
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` until it holds; fail after DEADLINE_S saying what never happened."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {DEADLINE_S}s waiting until {what}")
+        time.sleep(0.01)
+
+
+# --- enqueue ---------------------------------------------------------------------------
+
+
+def test_enqueue_defaults(db: Database, worker: Conn) -> None:
+    """enqueue(kind) alone: queue 'default', priority 2, payload {}, due now, 3 attempts."""
+    row = literal(
+        worker,
+        db.schema,
+        "SELECT {schema}.enqueue(kind => 'report') AS id, now() AS now, session_user AS me",
+    )
+
+    created = job(db, row["id"])
+    expected = {
+        "queue": "default",
+        "kind": "report",
+        "tenant_id": None,
+        "priority": 2,
+        "payload": {},
+        "status": "queued",
+        "attempt": 0,
+        "max_attempts": 3,
+        "run_at": row["now"],
+        "locked_by": None,
+        "locked_at": None,
+        "heartbeat_at": None,
+        "started_at": None,
+        "finished_at": None,
+        "created_at": row["now"],
+        "updated_at": row["now"],
+        "last_error": None,
+        "idempotency_key": None,
+    }
+    assert {k: created[k] for k in expected} == expected
+    (event,) = events_of(db, row["id"])
+    assert (event["from_status"], event["to_status"], event["at"]) == (None, "queued", row["now"])
+    assert event["actor"] == f"sql:{row['me']}"
+
+
+@pytest.mark.parametrize(
+    ("priority", "max_attempts"),
+    [(0, 5), (1, 3), (2, 3), (3, 3), (4, 1)],
+    ids=["critical", "high", "default", "low", "bulk"],
+)
+def test_enqueue_max_attempts_follow_the_priority_policy(
+    db: Database, worker: Conn, priority: int, max_attempts: int
+) -> None:
+    """Without max_attempts, a job gets its priority's: critical 5, high/default/low 3, bulk 1."""
+    row = literal(
+        worker, db.schema, f"SELECT {{schema}}.enqueue(kind => 'x', priority => {priority}) AS id"
+    )
+
+    assert job(db, row["id"])["priority"] == priority
+    assert job(db, row["id"])["max_attempts"] == max_attempts
+
+
+def test_enqueue_kind_policy_overrides_the_priority_policy(db: Database, worker: Conn) -> None:
+    """A kind's row in retry_policies sets max_attempts for that kind at any priority."""
+    with db.transaction() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO retry_policies (kind, max_attempts, initial_delay, max_delay,"
+                " multiplier) VALUES ('import', 7, interval '1 s', interval '1 min', 2)"
+            )
+        )
+
+    for priority in (0, 2, 4):
+        job_id = call(worker, db.schema, "enqueue", kind="import", priority=priority)
+        assert job(db, job_id)["max_attempts"] == 7
+    other = call(worker, db.schema, "enqueue", kind="export", priority=4)
+    assert job(db, other)["max_attempts"] == 1
+
+
+def test_enqueue_explicit_max_attempts_wins_over_every_policy(db: Database, worker: Conn) -> None:
+    """max_attempts given by the caller is stored as given, whatever the policies say."""
+    with db.transaction() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO retry_policies (kind, max_attempts, initial_delay, max_delay,"
+                " multiplier) VALUES ('import', 7, interval '1 s', interval '1 min', 2)"
+            )
+        )
+
+    by_kind = call(worker, db.schema, "enqueue", kind="import", max_attempts=2)
+    by_priority = call(worker, db.schema, "enqueue", kind="x", priority=4, max_attempts=9)
+
+    assert job(db, by_kind)["max_attempts"] == 2
+    assert job(db, by_priority)["max_attempts"] == 9
+
+
+def test_enqueue_stores_every_argument(db: Database, worker: Conn, db_now: datetime) -> None:
+    """Each named argument lands in its column."""
+    run_at = db_now + timedelta(hours=1)
+    job_id = call(
+        worker,
+        db.schema,
+        "enqueue",
+        kind="email",
+        payload={"to": "a@example.com", "n": [1, 2]},
+        queue="mail",
+        priority=1,
+        run_at=run_at,
+        max_attempts=4,
+        idempotency_key="order-17",
+        tenant_id="acme",
+    )
+
+    stored = job(db, job_id)
+    assert {
+        k: stored[k]
+        for k in (
+            "kind",
+            "payload",
+            "queue",
+            "priority",
+            "run_at",
+            "max_attempts",
+            "idempotency_key",
+            "tenant_id",
+            "status",
+            "attempt",
+        )
+    } == {
+        "kind": "email",
+        "payload": {"to": "a@example.com", "n": [1, 2]},
+        "queue": "mail",
+        "priority": 1,
+        "run_at": run_at,
+        "max_attempts": 4,
+        "idempotency_key": "order-17",
+        "tenant_id": "acme",
+        "status": "queued",
+        "attempt": 0,
+    }
+
+
+def test_enqueue_rejects_an_unknown_priority(db: Database, worker: Conn) -> None:
+    """A priority outside 0..4 is refused with a check_violation, and nothing is stored."""
+    with pytest.raises(psycopg.errors.CheckViolation, match="priority 5 is out of range"):
+        call(worker, db.schema, "enqueue", kind="x", priority=5)
+
+    assert snapshot(db) == {"jobs": [], "job_events": []}
+
+
+def test_repeated_idempotency_key_returns_the_same_job(db: Database, worker: Conn) -> None:
+    """A second enqueue with the same key returns the first id; no second row, no second event."""
+    first = call(worker, db.schema, "enqueue", kind="x", payload={"v": 1}, idempotency_key="k1")
+    before = snapshot(db)
+
+    again = call(worker, db.schema, "enqueue", kind="x", payload={"v": 2}, idempotency_key="k1")
+
+    assert again == first
+    assert snapshot(db) == before
+    assert job(db, first)["payload"] == {"v": 1}
+    other = call(worker, db.schema, "enqueue", kind="x", idempotency_key="k2")
+    assert other != first
+
+
+@pytest.mark.parametrize("first_ends", ["commit", "rollback"])
+def test_concurrent_enqueues_with_one_key_make_one_job(
+    pg_url: str, db: Database, worker: Conn, first_ends: str
+) -> None:
+    """Two enqueues of one key at once make one job: the first's, or the second's if it aborts."""
+    # The first stays uncommitted until the second is seen waiting on it: a real race.
+    with (
+        psycopg.connect(pg_url, row_factory=dict_row) as first,
+        ThreadPoolExecutor(max_workers=1) as pool,
+    ):
+        first_id = call(first, db.schema, "enqueue", kind="x", idempotency_key="same")
+        first_pid = first.info.backend_pid
+
+        def second() -> int:
+            with _connect(pg_url) as conn:
+                job_id = call(conn, db.schema, "enqueue", kind="x", idempotency_key="same")
+            assert isinstance(job_id, int)
+            return job_id
+
+        future = pool.submit(second)
+
+        def second_is_waiting_on_first() -> bool:
+            assert not future.done(), future.result()
+            row = worker.execute(
+                "SELECT count(*) AS n FROM pg_stat_activity WHERE %s = ANY (pg_blocking_pids(pid))",
+                [first_pid],
+            ).fetchone()
+            return row is not None and row["n"] == 1
+
+        wait_until(second_is_waiting_on_first, "the second enqueue waits on the first")
+        if first_ends == "commit":
+            first.commit()
+        else:
+            first.rollback()
+        second_id = future.result(timeout=DEADLINE_S)
+
+    with db.transaction() as conn:
+        rows = conn.execute(text("SELECT id FROM jobs")).scalars().all()
+        events = conn.execute(text("SELECT job_id FROM job_events")).scalars().all()
+    assert rows == [second_id]
+    assert events == [second_id]
+    assert (second_id == first_id) is (first_ends == "commit")
+
+
+# --- claim -----------------------------------------------------------------------------
+
+
+def _queued(db: Database, worker: Conn, run_at: datetime, **args: Any) -> int:
+    job_id = call(worker, db.schema, "enqueue", kind="x", run_at=run_at, **args)
+    assert isinstance(job_id, int)
+    return job_id
+
+
+def test_claim_hands_out_by_priority_then_run_at_then_id(
+    db: Database, worker: Conn, db_now: datetime
+) -> None:
+    """claim() takes the highest priority first, then the earliest run_at, then the lowest id."""
+    ago = {m: db_now - timedelta(minutes=m) for m in (1, 5, 10, 60)}
+    low_old = _queued(db, worker, ago[60], priority=3)
+    default_a = _queued(db, worker, ago[10])
+    critical_new = _queued(db, worker, ago[1], priority=0)
+    default_b = _queued(db, worker, ago[10])
+    critical_old = _queued(db, worker, ago[5], priority=0)
+    high = _queued(db, worker, ago[1], priority=1)
+    bulk = _queued(db, worker, ago[60], priority=4)
+    expected = [critical_old, critical_new, high, default_a, default_b, low_old, bulk]
+
+    one_by_one = [claim(worker, db.schema, worker="w1")[0]["id"] for _ in range(3)]
+    rest = [row["id"] for row in claim(worker, db.schema, worker="w1", n=10)]
+
+    assert one_by_one + rest == expected
+    assert claim(worker, db.schema, worker="w1") == []
+
+
+def test_claim_skips_jobs_not_yet_due(db: Database, worker: Conn, db_now: datetime) -> None:
+    """A job whose run_at is in the future is not claimed, and stays as it was."""
+    later = _queued(db, worker, db_now + timedelta(minutes=5), priority=0)
+    due = _queued(db, worker, db_now - timedelta(seconds=1), priority=4)
+    before = job(db, later)
+
+    claimed = claim(worker, db.schema, worker="w1", n=10)
+
+    assert [row["id"] for row in claimed] == [due]
+    assert job(db, later) == before
+    assert len(events_of(db, later)) == 1
+
+
+def test_claim_only_from_the_queues_asked_for(db: Database, worker: Conn, db_now: datetime) -> None:
+    """queues filters by queue name; NULL or omitted means every queue; an empty array none."""
+    due = db_now - timedelta(seconds=1)
+    ids = {q: [_queued(db, worker, due, queue=q) for _ in range(2)] for q in ("a", "b", "c", "d")}
+
+    assert claim(worker, db.schema, worker="w1", queues=[], n=10) == []
+    picked = claim(worker, db.schema, worker="w1", queues=["a", "c"], n=10)
+    assert sorted(row["id"] for row in picked) == ids["a"] + ids["c"]
+    assert [row["id"] for row in claim(worker, db.schema, worker="w1", queues=None)] == [
+        ids["b"][0]
+    ]
+    assert [row["id"] for row in claim(worker, db.schema, worker="w1", n=10)] == [
+        ids["b"][1],
+        *ids["d"],
+    ]
+
+
+def test_claim_takes_at_most_n(db: Database, worker: Conn, db_now: datetime) -> None:
+    """n bounds how many jobs one call takes; it defaults to 1, and 0 takes none."""
+    ids = [_queued(db, worker, db_now - timedelta(seconds=1)) for _ in range(6)]
+
+    assert claim(worker, db.schema, worker="w1", n=0) == []
+    assert [r["id"] for r in claim(worker, db.schema, worker="w1")] == ids[:1]
+    assert [r["id"] for r in claim(worker, db.schema, worker="w1", n=3)] == ids[1:4]
+    assert [r["id"] for r in claim(worker, db.schema, worker="w1", n=100)] == ids[4:]
+
+
+def test_paused_queue_hands_out_nothing(db: Database, worker: Conn, db_now: datetime) -> None:
+    """A queue with a row in paused_queues gives no job to claim() until it is resumed."""
+    due = db_now - timedelta(seconds=1)
+    paused = [_queued(db, worker, due, queue="media", priority=0) for _ in range(2)]
+    running = _queued(db, worker, due, queue="default")
+    with db.transaction() as conn:
+        conn.execute(text("INSERT INTO paused_queues (queue, paused_by) VALUES ('media', 'ops')"))
+
+    assert [r["id"] for r in claim(worker, db.schema, worker="w1", n=10)] == [running]
+    assert claim(worker, db.schema, worker="w1", queues=["media"], n=10) == []
+    assert all(job(db, j)["status"] == "queued" for j in paused)
+
+    with db.transaction() as conn:
+        conn.execute(text("DELETE FROM paused_queues"))
+    assert [r["id"] for r in claim(worker, db.schema, worker="w1", n=10)] == paused
+
+
+@pytest.mark.parametrize("attempts_before", [0, 2])
+def test_claim_marks_the_job_running_for_the_worker(
+    db: Database, worker: Conn, db_now: datetime, attempts_before: int
+) -> None:
+    """claim() sets running, attempt + 1, the lock and its times, and writes one event."""
+    job_id = insert_job(
+        db, status="queued", attempt=attempts_before, run_at=db_now - timedelta(seconds=1)
+    )
+
+    named, values = _args({"worker": "w7"})
+    (row,) = worker.execute(
+        sql.SQL("SELECT c.*, now() AS claimed_at FROM {}({}) c").format(
+            sql.Identifier(db.schema, "claim"), named
+        ),
+        values,
+    ).fetchall()
+
+    claimed_at = row.pop("claimed_at")
+    stored = job(db, job_id)
+    assert row == stored
+    assert stored["status"] == "running"
+    assert stored["attempt"] == attempts_before + 1
+    assert stored["locked_by"] == "w7"
+    assert stored["locked_at"] == stored["heartbeat_at"] == stored["started_at"] == claimed_at
+    assert stored["finished_at"] is None
+    (event,) = events_of(db, job_id)
+    assert (event["from_status"], event["to_status"]) == ("queued", "running")
+    assert (event["actor"], event["at"]) == ("worker:w7", claimed_at)
+    assert event["reason"] == {"attempt": attempts_before + 1}
+
+
+def test_claim_skips_a_job_another_worker_is_claiming(
+    pg_url: str, db: Database, worker: Conn, db_now: datetime
+) -> None:
+    """While one worker's claim is uncommitted, another gets the next job at once (SKIP LOCKED)."""
+    first, second = (_queued(db, worker, db_now - timedelta(seconds=1)) for _ in range(2))
+    # Only a safety net: a claim that waited on the held row would fail here instead of hanging.
+    worker.execute("SET lock_timeout = '10s'")
+
+    with psycopg.connect(pg_url, row_factory=dict_row) as holder:
+        assert [r["id"] for r in claim(holder, db.schema, worker="w1")] == [first]
+        assert [r["id"] for r in claim(worker, db.schema, worker="w2", n=5)] == [second]
+        holder.commit()
+
+    assert (job(db, first)["locked_by"], job(db, second)["locked_by"]) == ("w1", "w2")
+
+
+def test_concurrent_claimers_never_share_a_job(
+    pg_url: str, db: Database, worker: Conn, db_now: datetime
+) -> None:
+    """8 workers claiming at once from their own connections: every job goes to exactly one."""
+    total, workers = 200, 8
+    with db.transaction() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO jobs (kind, max_attempts, run_at)"
+                " SELECT 'x', 3, CAST(:due AS timestamptz) FROM generate_series(1, :n)"
+            ),
+            {"due": db_now - timedelta(seconds=1), "n": total},
+        )
+    start = threading.Barrier(workers)
+
+    def work(index: int) -> list[tuple[int, str]]:
+        name = f"w{index}"
+        got: list[tuple[int, str]] = []
+        with _connect(pg_url) as conn:
+            start.wait(timeout=DEADLINE_S)
+            while rows := claim(conn, db.schema, worker=name, n=1 + index % 3):
+                got.extend((row["id"], row["locked_by"]) for row in rows)
+        return got
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = [
+            pair
+            for future in [pool.submit(work, i) for i in range(workers)]
+            for pair in future.result(timeout=DEADLINE_S)
+        ]
+
+    claimed = [job_id for job_id, _ in results]
+    assert len(claimed) == len(set(claimed)) == total
+    with db.transaction() as conn:
+        stored = {
+            r.id: (r.status, r.attempt, r.locked_by)
+            for r in conn.execute(text("SELECT id, status, attempt, locked_by FROM jobs"))
+        }
+        events = conn.execute(
+            text("SELECT job_id, from_status, to_status, actor FROM job_events")
+        ).all()
+    assert stored == {job_id: ("running", 1, name) for job_id, name in results}
+    assert sorted(tuple(e) for e in events) == sorted(
+        (job_id, "queued", "running", f"worker:{name}") for job_id, name in results
+    )
+
+
+# --- heartbeat, complete, fail: the holder, and everyone else --------------------------
+
+
+def _claimed(db: Database, worker: Conn, name: str = "w1") -> dict[str, Any]:
+    call(worker, db.schema, "enqueue", kind="x")
+    (row,) = claim(worker, db.schema, worker=name)
+    return row
+
+
+def test_heartbeat_by_the_holder_moves_heartbeat_at_only(db: Database, worker: Conn) -> None:
+    """heartbeat() by the holder returns true and sets heartbeat_at; it is not a transition."""
+    held = _claimed(db, worker)
+    events = events_of(db, held["id"])
+
+    row = worker.execute(
+        sql.SQL("SELECT {}(job_id => %s, worker => 'w1', attempt => 1) AS ok, now()").format(
+            sql.Identifier(db.schema, "heartbeat")
+        ),
+        [held["id"]],
+    ).fetchone()
+
+    assert row is not None
+    assert row["ok"] is True
+    after = job(db, held["id"])
+    assert after["heartbeat_at"] == row["now"]
+    assert {k: v for k, v in after.items() if k not in ("heartbeat_at", "updated_at")} == {
+        k: v for k, v in held.items() if k not in ("heartbeat_at", "updated_at")
+    }
+    assert events_of(db, held["id"]) == events
+
+
+def test_complete_by_the_holder_succeeds_with_one_event(db: Database, worker: Conn) -> None:
+    """complete() by the holder: succeeded, finished, unlocked, one running->succeeded event."""
+    held = _claimed(db, worker)
+
+    assert call(worker, db.schema, "complete", job_id=held["id"], worker="w1", attempt=1) is True
+
+    done = job(db, held["id"])
+    assert (done["status"], done["locked_by"], done["locked_at"]) == ("succeeded", None, None)
+    assert done["finished_at"] is not None
+    assert done["last_error"] is None
+    new_events = events_of(db, held["id"])[2:]
+    assert [(e["from_status"], e["to_status"], e["actor"]) for e in new_events] == [
+        ("running", "succeeded", "worker:w1")
+    ]
+    assert new_events[0]["at"] == done["finished_at"]
+
+
+def test_fail_by_the_holder_stores_the_error_with_one_event(db: Database, worker: Conn) -> None:
+    """fail() by the holder: failed, unlocked, last_error stored, one running->failed event."""
+    held = _claimed(db, worker)
+    error = {"type": "TimeoutError", "message": "upstream took 30s", "trace": ["a", "b"]}
+
+    ok = call(worker, db.schema, "fail", job_id=held["id"], worker="w1", attempt=1, error=error)
+
+    assert ok is True
+    failed = job(db, held["id"])
+    assert (failed["status"], failed["locked_by"], failed["locked_at"]) == ("failed", None, None)
+    assert failed["last_error"] == error
+    assert failed["finished_at"] is not None
+    new_events = events_of(db, held["id"])[2:]
+    assert [(e["from_status"], e["to_status"], e["actor"]) for e in new_events] == [
+        ("running", "failed", "worker:w1")
+    ]
+    assert new_events[0]["reason"] == {"attempt": 1, "error": error}
+
+
+def _fenced_call(worker: Conn, schema: str, function: str, job_id: int, name: str, n: int) -> Any:
+    if function == "fail":
+        return call(
+            worker, schema, "fail", job_id=job_id, worker=name, attempt=n, error={"late": True}
+        )
+    return call(worker, schema, function, job_id=job_id, worker=name, attempt=n)
+
+
+FUNCTIONS = ["heartbeat", "complete", "fail"]
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+@pytest.mark.parametrize(
+    ("caller", "attempt"), [("w2", 1), ("w1", 2), ("w1", 0)], ids=["worker", "attempt", "older"]
+)
+def test_a_caller_that_does_not_hold_the_job_changes_nothing(
+    db: Database, worker: Conn, function: str, caller: str, attempt: int
+) -> None:
+    """heartbeat/complete/fail with the wrong worker or attempt return false; no row changes."""
+    held = _claimed(db, worker)
+    before = snapshot(db)
+
+    assert _fenced_call(worker, db.schema, function, held["id"], caller, attempt) is False
+
+    assert snapshot(db) == before
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+@pytest.mark.parametrize("reclaimed_by", ["w1", "w2"])
+def test_late_worker_is_fenced_after_stale_requeue_and_reclaim(
+    db: Database,
+    settings: Settings,
+    worker: Conn,
+    db_now: datetime,
+    function: str,
+    reclaimed_by: str,
+) -> None:
+    """After mark-stale, requeue and a new claim, the first attempt's call is refused in full."""
+    # Re-claimed by the same worker name, only the attempt number tells the two apart.
+    held = _claimed(db, worker, "w1")
+    # The worker went silent: its last sign of life is an hour old.
+    with db.transaction() as conn:
+        conn.execute(
+            text(
+                "UPDATE jobs SET heartbeat_at = heartbeat_at - interval '1 hour',"
+                " locked_at = locked_at - interval '1 hour' WHERE id = :id"
+            ),
+            {"id": held["id"]},
+        )
+    # Fixed clocks in the past of the real one, so the requeued job is due for claim().
+    stale = run_task(db, settings, "mark-stale", now=db_now - timedelta(minutes=1))
+    requeued = run_task(db, settings, "requeue", now=db_now)
+    assert stale.transitions == {"running->stale": 1}
+    assert requeued.transitions == {"stale->queued": 1}
+    (again,) = claim(worker, db.schema, worker=reclaimed_by)
+    assert (again["id"], again["attempt"], again["locked_by"]) == (held["id"], 2, reclaimed_by)
+    before = snapshot(db)
+
+    assert _fenced_call(worker, db.schema, function, held["id"], "w1", 1) is False
+
+    assert snapshot(db) == before
+    assert _fenced_call(worker, db.schema, function, held["id"], reclaimed_by, 2) is True
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+@pytest.mark.parametrize("state", ["queued", "succeeded", "failed", "stale", "cancelled"])
+def test_a_job_that_is_not_running_is_not_touched(
+    db: Database, worker: Conn, db_now: datetime, function: str, state: str
+) -> None:
+    """heartbeat/complete/fail on a job not running return false, even for its last holder."""
+    if state == "queued":
+        job_id, attempt = call(worker, db.schema, "enqueue", kind="x"), 0
+    else:
+        held = _claimed(db, worker, "w1")
+        job_id, attempt = held["id"], 1
+        with db.transaction() as conn:
+            conn.execute(
+                text(
+                    "UPDATE jobs SET status = :s, locked_by = NULL, locked_at = NULL,"
+                    " finished_at = CAST(:now AS timestamptz) WHERE id = :id"
+                ),
+                {"s": state, "now": db_now, "id": job_id},
+            )
+    before = snapshot(db)
+
+    assert _fenced_call(worker, db.schema, function, job_id, "w1", attempt) is False
+
+    assert snapshot(db) == before
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_an_unknown_job_id_returns_false(db: Database, worker: Conn, function: str) -> None:
+    """heartbeat/complete/fail for a job id that does not exist return false, no error."""
+    assert _fenced_call(worker, db.schema, function, 999_999, "w1", 1) is False
+    assert snapshot(db) == {"jobs": [], "job_events": []}
