@@ -20,7 +20,7 @@ from reconciler.daemon import Daemon
 from reconciler.db import Database
 from reconciler.logs import configure_logging
 from reconciler.schedule import Entry, Schedule
-from reconciler.sentry import init_sentry
+from reconciler.sentry import init_sentry, report_failure
 from reconciler.settings import Settings
 from tests.conftest import connect, make_settings
 from tests.helpers import insert_job
@@ -196,3 +196,23 @@ def test_cron_task_retries_five_times_then_waits_for_its_schedule(
     assert [e["retry_in_s"] for e in _events(log_lines, "task.error")] == [
         1.0, 2.0, 4.0, 8.0, 16.0, None,
     ]  # fmt: skip
+
+
+def test_sentry_events_never_carry_the_database_password(settings: Settings) -> None:
+    """The redactor runs on every event: a password in a message is masked."""
+    recorder = Recorder()
+    secret = settings.model_copy(
+        update={
+            "sentry_dsn": SecretStr(DSN),
+            "database_url": SecretStr("postgresql://app:Hunter2-Sup3rSecret@db/q"),
+        }
+    )
+    assert init_sentry(secret, transport=recorder)
+    try:
+        report_failure("purge", "login failed with Hunter2-Sup3rSecret", run_id=7)
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.get_client().close()
+        sentry_sdk.get_global_scope().set_client(None)
+    (event,) = recorder.items("event")
+    assert event["message"] == "purge: login failed with ***"
