@@ -236,15 +236,30 @@ $$;
 
 -- claim(): take up to n due jobs, highest priority first, never waiting on a
 -- row another worker holds, skipping paused queues.
+--
+-- plpgsql with plan_cache_mode = force_custom_plan, and the paused queues read
+-- first into a constant: the query is planned with the caller's n and queues
+-- and the actual list of paused queues. Planned without them (a SQL
+-- function's body, a generic plan, or a NOT EXISTS against a small table the
+-- planner has no statistics for), PostgreSQL reads and sorts every due job to
+-- hand out one; with them, it walks jobs_claim_idx in order and stops after n
+-- rows, whatever the backlog (tests/integration/test_indexes.py).
 CREATE FUNCTION claim(worker text, queues text[] DEFAULT NULL, n integer DEFAULT 1)
 RETURNS SETOF jobs
-LANGUAGE sql SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+SET plan_cache_mode = force_custom_plan
+AS $$
+DECLARE
+    paused text[] := ARRAY(SELECT p.queue FROM paused_queues p);
+BEGIN
+    RETURN QUERY
     WITH picked AS (
         SELECT j.id FROM jobs j
         WHERE j.status = 'queued'
           AND j.run_at <= now()
           AND (claim.queues IS NULL OR j.queue = ANY (claim.queues))
-          AND NOT EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue = j.queue)
+          AND j.queue <> ALL (paused)
         ORDER BY j.priority, j.run_at, j.id
         LIMIT greatest(coalesce(claim.n, 1), 0)
         FOR UPDATE SKIP LOCKED
@@ -261,7 +276,8 @@ LANGUAGE sql SET search_path FROM CURRENT AS $$
                jsonb_build_object('attempt', c.attempt)
         FROM claimed c
     )
-    SELECT * FROM claimed ORDER BY priority, run_at, id
+    SELECT * FROM claimed c ORDER BY c.priority, c.run_at, c.id;
+END
 $$;
 
 -- heartbeat(): true while the job is still this worker's, this attempt.

@@ -6,6 +6,11 @@
 --
 -- The job rows and their job_events rows go in one statement, so no event is
 -- ever left pointing at a deleted job, nor a job without its history.
+--
+-- Both deletes find their rows by id through an array, so they are index
+-- lookups whatever the planner guesses: a prepared statement's generic plan
+-- does not know :batch_size, guesses a large batch, and would otherwise
+-- hash-join it against a sequential scan of jobs and job_events.
 
 -- name: apply
 WITH doomed AS (
@@ -18,13 +23,11 @@ WITH doomed AS (
     FOR UPDATE OF j SKIP LOCKED
 ), gone AS (
     DELETE FROM jobs j
-    USING doomed d
-    WHERE j.id = d.id
+    WHERE j.id = ANY (ARRAY(SELECT d.id FROM doomed d))
     RETURNING j.id, j.status
 ), events AS (
     DELETE FROM job_events e
-    USING gone g
-    WHERE e.job_id = g.id
+    WHERE e.job_id = ANY (ARRAY(SELECT g.id FROM gone g))
 )
 SELECT id, status AS from_status, 'purged' AS to_status FROM gone
 

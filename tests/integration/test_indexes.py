@@ -1,0 +1,253 @@
+"""Every task's selection, and claim()'s, reads jobs through an index, never a Seq Scan.
+
+The table holds 100,000 finished jobs (inside their retention), a busy queue's
+live rows (healthy running jobs, a backlog of queued ones) and a few rows
+eligible for each task. Plans are read with ``EXPLAIN (FORMAT JSON)`` of the
+real statements: each task's ``apply`` with the parameters the task binds,
+and the body of the installed claim() function.
+
+Two plans per statement, because both run in production: the custom plan
+(the parameters' values are known, as in a batch loop's first executions) and
+the generic plan (psycopg prepares a statement after its fifth execution on a
+connection, and PostgreSQL may then switch to a plan made without the
+values; the body of a SQL function such as claim() is always planned so).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from psycopg import sql
+from sqlalchemy import Connection, text
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+
+from reconciler.db import Database, quote_ident
+from reconciler.migrate import migrate
+from tests.bench.statements import TRANSITION_TASKS, Statement, task_statements
+from tests.conftest import connect, make_settings
+
+FINISHED_JOBS = 100_000
+INDEX_SCANS = {"Index Scan", "Index Only Scan", "Bitmap Index Scan"}
+# The index meant to serve each selection (sql/migrations/0001_initial.sql).
+EXPECTED_INDEX = {
+    "mark-stale": "jobs_running_idx",
+    "requeue": "jobs_requeue_idx",
+    "dead-letter": "jobs_dead_letter_idx",
+    "purge": "jobs_status_finished_idx",
+    "claim": "jobs_claim_idx",
+}
+# Compiles text() with $1, $2... in place of :name, for PREPARE.
+_DOLLAR = PGDialect_psycopg(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
+
+_FILL = """
+INSERT INTO jobs (kind, queue, priority, status, attempt, max_attempts, locked_by, locked_at,
+                  heartbeat_at, run_at, started_at, finished_at, created_at)
+SELECT 'test', 'default', mod(g, 5), s.status, s.attempt, 3, s.locked_by, s.locked_at,
+       s.heartbeat_at, s.run_at, s.started_at, s.finished_at,
+       CAST(:now AS timestamptz) - interval '40 days'
+FROM generate_series(1, :n) g
+CROSS JOIN LATERAL (
+    SELECT CAST(:status AS text) AS status, CAST(:attempt AS integer) AS attempt,
+           CASE WHEN :status = 'running' THEN 'w' || mod(g, 50) END AS locked_by,
+           CAST(:seen AS timestamptz) AS locked_at, CAST(:seen AS timestamptz) AS heartbeat_at,
+           CAST(:run_at AS timestamptz) AS run_at,
+           CAST(:now AS timestamptz) - interval '20 days' AS started_at,
+           CAST(:finished AS timestamptz) - mod(g, 86400) * interval '1 second' AS finished_at
+) s
+"""
+
+
+def _rows(
+    status: str,
+    n: int,
+    now: datetime,
+    *,
+    attempt: int = 1,
+    ago: timedelta | None = None,
+    run_at: datetime | None = None,
+) -> dict[str, Any]:
+    """Parameters of _FILL: n jobs in ``status`` that finished (or last beat) ``ago``."""
+    when = now - ago if ago is not None else None
+    live = status == "running"
+    return {
+        "now": now,
+        "n": n,
+        "status": status,
+        "attempt": attempt,
+        "seen": when if live else None,
+        "finished": None if live or status == "queued" else when,
+        "run_at": run_at or now - timedelta(days=20),
+    }
+
+
+@pytest.fixture(scope="module")
+def planned(pg_url: str) -> Iterator[tuple[Database, datetime]]:
+    """One schema for the module (the tests only EXPLAIN), filled and analysed."""
+    schema = f"t_idx_{uuid.uuid4().hex[:8]}"
+    db = connect(pg_url, schema, make_settings(pg_url, schema))
+    try:
+        migrate(db)
+        now = db.now()
+        day, hour = timedelta(days=1), timedelta(hours=1)
+        fills = [
+            # The bulk: finished within their retention, so purge has nothing there.
+            _rows("succeeded", FINISHED_JOBS * 6 // 8, now, ago=day),
+            _rows("cancelled", FINISHED_JOBS // 8, now, ago=day),
+            _rows("dead", FINISHED_JOBS // 8, now, ago=day),
+            # A busy queue's live rows, none of them eligible.
+            _rows("running", 500, now, ago=timedelta(seconds=10)),
+            _rows("queued", 2000, now),
+            _rows("queued", 200, now, run_at=now + hour),
+            # A few eligible rows per task.
+            _rows("running", 3, now, ago=hour),  # mark-stale
+            _rows("failed", 3, now, ago=hour),  # requeue
+            _rows("stale", 3, now, ago=hour),  # requeue
+            _rows("failed", 3, now, attempt=3, ago=hour),  # dead-letter
+            _rows("stale", 3, now, attempt=3, ago=hour),  # dead-letter
+            _rows("succeeded", 3, now, ago=40 * day),  # purge
+            _rows("cancelled", 3, now, ago=40 * day),  # purge
+            _rows("dead", 3, now, ago=100 * day),  # purge
+        ]
+        with db.transaction(statement_timeout=timedelta(minutes=2)) as conn:
+            for params in fills:
+                conn.execute(text(_FILL), params)
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql(f"ANALYZE {quote_ident(schema)}.jobs")
+        yield db, now
+    finally:
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
+        db.dispose()
+
+
+def _statements(db: Database, now: datetime) -> list[tuple[str, Statement]]:
+    settings = make_settings("postgresql://unused", db.schema)
+    return [
+        (task, statement)
+        for task in TRANSITION_TASKS
+        for statement in task_statements(db, settings, task, now=now, batch_size=1000)
+    ]
+
+
+def _custom_plan(db: Database, statement: Statement) -> dict[str, Any]:
+    """EXPLAIN with the values bound, as the statement's first executions are planned."""
+    with db.transaction(rollback=True) as conn:
+        plan = conn.execute(
+            text(f"EXPLAIN (FORMAT JSON) {statement.sql}"), dict(statement.params)
+        ).scalar_one()
+    return dict(plan[0]["Plan"])
+
+
+def _generic_plan(
+    conn: Connection, body: str, args: list[Any], mode: str = "force_generic_plan"
+) -> dict[str, Any]:
+    """EXPLAIN of the plan made without the values ($1, $2...), then run with ``args``.
+
+    ``mode="force_custom_plan"`` plans with the values instead, as claim() does.
+    """
+    name = f"probe_{uuid.uuid4().hex[:8]}"
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    raw.execute(sql.SQL("PREPARE {} AS {}").format(sql.Identifier(name), sql.SQL(body)))
+    try:
+        raw.execute(sql.SQL("SET LOCAL plan_cache_mode = {}").format(sql.Identifier(mode)))
+        row = raw.execute(
+            sql.SQL("EXPLAIN (FORMAT JSON) EXECUTE {} ({})").format(
+                sql.Identifier(name), sql.SQL(", ").join(map(sql.Literal, args))
+            )
+        ).fetchone()
+    finally:
+        raw.execute(sql.SQL("DEALLOCATE {}").format(sql.Identifier(name)))
+    assert row is not None
+    return dict(row[0][0]["Plan"])
+
+
+def _claim_body(conn: Connection) -> str:
+    """The installed claim()'s query, its arguments turned into $1 (worker), $2 (queues), $3 (n).
+
+    Also checks that claim() plans it as a custom plan (with the caller's values),
+    which is what the plans below are made as.
+    """
+    source, config = conn.execute(
+        text("SELECT prosrc, proconfig FROM pg_proc WHERE oid = to_regprocedure(:fn)"),
+        {"fn": "claim(text, text[], integer)"},
+    ).one()
+    assert "plan_cache_mode=force_custom_plan" in (config or []), config
+    found = re.search(r"RETURN QUERY(.*);\s*END", source, re.S)
+    assert found, source
+    arguments = {"worker": "$1::text", "queues": "$2::text[]", "n": "$3::integer"}
+    body = re.sub(r"\bclaim\.(worker|queues|n)\b", lambda m: arguments[m[1]], found[1])
+    # the paused queues, read into a variable before the query: none here
+    return re.sub(r"\(paused\)", "('{}'::text[])", body)
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _nodes(child)
+
+
+def _assert_index_served(plan: dict[str, Any], index: str, label: str) -> None:
+    nodes = list(_nodes(plan))
+    scans = [
+        f"{n['Node Type']} on {n.get('Index Name') or n['Relation Name']}"
+        for n in nodes
+        if n["Node Type"].endswith("Scan") and ("Index Name" in n or "Relation Name" in n)
+    ]
+    seq_scans = [n for n in nodes if n["Node Type"] == "Seq Scan" and n["Relation Name"] == "jobs"]
+    used = {n["Index Name"] for n in nodes if n["Node Type"] in INDEX_SCANS}
+    assert not seq_scans, f"{label}: Seq Scan on jobs ({scans})"
+    assert index in used, f"{label}: {index} not used ({scans})"
+
+
+def test_task_selections_use_their_index(planned: tuple[Database, datetime]) -> None:
+    """With values bound, each task's selection scans its index and nothing scans jobs whole."""
+    db, now = planned
+    statements = _statements(db, now)
+    assert len(statements) == len(TRANSITION_TASKS) + 2  # purge runs once per terminal status
+    for task, statement in statements:
+        _assert_index_served(_custom_plan(db, statement), EXPECTED_INDEX[task], statement.label)
+
+
+def test_task_selections_use_their_index_in_generic_plans(
+    planned: tuple[Database, datetime],
+) -> None:
+    """Planned without the values (a prepared statement's generic plan), the same holds."""
+    db, now = planned
+    for task, statement in _statements(db, now):
+        compiled = text(statement.sql).compile(dialect=_DOLLAR)
+        args = [statement.params[name] for name in compiled.positiontup or ()]
+        with db.transaction(rollback=True) as conn:
+            plan = _generic_plan(conn, str(compiled), args)
+        _assert_index_served(plan, EXPECTED_INDEX[task], statement.label)
+
+
+def test_claim_uses_claim_index(planned: tuple[Database, datetime]) -> None:
+    """claim()'s own query, planned as claim() plans it (with its values), scans jobs_claim_idx."""
+    db, _ = planned
+    for args in (["w1", None, 1], ["w1", ["default"], 10]):
+        with db.transaction(rollback=True) as conn:
+            plan = _generic_plan(conn, _claim_body(conn), args, "force_custom_plan")
+        _assert_index_served(plan, EXPECTED_INDEX["claim"], f"claim{args}")
+
+
+def test_claim_reads_in_index_order_with_a_large_backlog(
+    planned: tuple[Database, datetime],
+) -> None:
+    """With 50,000 due jobs, claim() still takes the first n in jobs_claim_idx order."""
+    db, now = planned
+    with db.transaction(rollback=True) as conn:
+        conn.execute(text(_FILL), _rows("queued", 50_000, now))
+        conn.execute(text("ANALYZE jobs"))  # rolled back with the rows
+        plan = _generic_plan(conn, _claim_body(conn), ["w1", None, 1], "force_custom_plan")
+    ordered = [
+        n
+        for n in _nodes(plan)
+        if n["Node Type"] == "Index Scan" and n["Index Name"] == EXPECTED_INDEX["claim"]
+    ]
+    assert ordered, f"claim reads {[n['Node Type'] for n in _nodes(plan)]}"
