@@ -469,6 +469,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OpsError as exc:  # an operator's command refused, or was not confirmed
         sys.stderr.write(f"reconciler: {exc}\n")
         return exc.code
+    except TaskBusy as exc:  # e.g. `jobs reset-stuck` while the daemon runs mark-stale
+        sys.stderr.write(f"reconciler: {exc}; try again in a moment\n")
+        return EXIT_FAILED
     except KeyboardInterrupt:
         sys.stderr.write("reconciler: interrupted\n")
         return 130

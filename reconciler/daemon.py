@@ -10,8 +10,9 @@ jitter, so replicas started together do not fire together.
 
 Faults: nothing a task does stops the daemon. A run that fails (the
 database restarted, a connection was killed, a lock timed out) is logged and
-retried after 1 s, 2 s, 4 s ... up to ``RECONCILER_RETRY_MAX_DELAY``; the
-engine's pre-ping replaces dead connections, so the next run reconnects.
+retried after 1 s, 2 s, 4 s ... up to ``RECONCILER_RETRY_MAX_DELAY`` (a cron
+task five times, then at its next scheduled time); the engine's pre-ping
+replaces dead connections, so the next run reconnects.
 
 Shutdown: SIGTERM or SIGINT stops the scheduling; running tasks finish their
 current batch (they check between batches), record their runs and release
@@ -60,6 +61,10 @@ log = get_logger("reconciler.daemon")
 STAGGER_STEP = timedelta(seconds=2)
 # The first retry after a failed run; doubled per consecutive failure.
 FIRST_RETRY = timedelta(seconds=1)
+# A cron task (daily, say) is retried this many times (1+2+4+8+16 s), which rides
+# out a restart; a failure that outlasts them waits for the next scheduled run
+# rather than failing, logging and alerting every minute until then.
+CRON_RETRIES = 5
 
 
 class DaemonConfigError(Exception):
@@ -145,7 +150,8 @@ class Daemon:
 
     def stop(self, grace: timedelta) -> bool:
         """Stop scheduling, let running tasks end their batch; True when all ended in time."""
-        self.stopping.set()
+        with self._idle:  # no firing can slip in between this and the count below
+            self.stopping.set()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         deadline = time.monotonic() + grace.total_seconds()
@@ -157,15 +163,18 @@ class Daemon:
                 self._idle.wait(left)
         return True
 
-    def next_runs(self) -> dict[str, datetime | None]:
-        return {job.id: job.next_run_time for job in self.scheduler.get_jobs()}
-
     @contextmanager
-    def _running(self) -> Iterator[None]:
+    def _running(self) -> Iterator[bool]:
+        """Count a firing as running; yields False (and counts nothing) once stopping."""
         with self._idle:
-            self._active += 1
+            started = not self.stopping.is_set()
+            if started:
+                self._active += 1
+        if not started:
+            yield False
+            return
         try:
-            yield
+            yield True
         finally:
             with self._idle:
                 self._active -= 1
@@ -175,9 +184,9 @@ class Daemon:
 
     def tick(self, entry: Entry) -> TaskResult | None:
         """Run ``entry``'s task once; log, report and schedule a retry. Never raises."""
-        if self.stopping.is_set():
-            return None
-        with self._running():
+        with self._running() as started:
+            if not started:
+                return None
             try:
                 return self._tick(entry)
             except Exception as exc:  # a bug, not the database: report it and keep going
@@ -224,7 +233,7 @@ class Daemon:
                 task=entry.task,
                 error=error,
                 failures=self._failures[entry.task],
-                retry_in_s=retry_in.total_seconds(),
+                retry_in_s=retry_in,
             )
             if monitor is not None:
                 monitor.finished(False, timedelta(seconds=time.monotonic() - started))
@@ -255,7 +264,7 @@ class Daemon:
                 **fields,
                 error=result.error,
                 failures=self._failures[entry.task],
-                retry_in_s=retry_in.total_seconds(),
+                retry_in_s=retry_in,
             )
             return
         failures = self._failures.pop(entry.task, 0)
@@ -264,16 +273,19 @@ class Daemon:
         level = logging.INFO if _did_work(result) or result.stopped != "done" else logging.DEBUG
         log.log(level, "task.finished", **fields)
 
-    def _retry_later(self, entry: Entry) -> timedelta:
-        """Count a failure and move the task's next run to now + backoff."""
+    def _retry_later(self, entry: Entry) -> float | None:
+        """Count a failure and move the task's next run to now + backoff; the delay in
+        seconds, or None when a cron task has used its retries and waits for its schedule."""
         failures = self._failures.get(entry.task, 0) + 1
         self._failures[entry.task] = failures
+        if entry.cron is not None and failures > CRON_RETRIES:
+            return None
         delay = retry_delay(failures, self.settings.retry_max_delay)
         if not self.stopping.is_set():
             # JobLookupError: the scheduler is shutting down, or runs without this job.
             with suppress(JobLookupError):
                 self.scheduler.modify_job(entry.task, next_run_time=datetime.now(UTC) + delay)
-        return delay
+        return delay.total_seconds()
 
 
 # --- the process ----------------------------------------------------------------------

@@ -90,6 +90,12 @@ class Database:
             "keepalives_idle": 30,
             "keepalives_interval": 10,
             "keepalives_count": 3,
+            # No server-side prepared statements: psycopg prepares a query after five
+            # runs, and behind PgBouncer in transaction pooling mode (before 1.21) the
+            # next transaction may land on a server connection that never saw it
+            # ("prepared statement _pg3_1 does not exist"). Our statements are cheap
+            # to plan; being poolable is worth more.
+            "prepare_threshold": None,
         }
         engine = create_engine(
             url,

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["configure_logging", "get_logger"]
+__all__ = ["Redactor", "configure_logging", "get_logger"]
 
 _SECRET_KEYS = ("password", "dsn", "secret", "token")
 
@@ -36,7 +36,7 @@ def _drop_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
 _URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^:/@\s]*):([^@\s]+)@")
 
 
-class _Redactor:
+class Redactor:
     """Masks URL passwords and known secret values in every string of an event."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
@@ -77,7 +77,7 @@ def configure_logging(
     ``secrets``: values never to print (the database password, the Sentry DSN).
     """
     stream = stream or sys.stderr
-    redact = _Redactor(secrets)
+    redact = Redactor(secrets)
     as_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,

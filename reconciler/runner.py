@@ -24,7 +24,7 @@ from reconciler.db import Database, first_line
 from reconciler.leases import Lease, LeaseLost, acquire, new_holder
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query
-from reconciler.tasks import TaskContext, TaskFailed, TaskResult, get_task
+from reconciler.tasks import TASKS, TaskContext, TaskFailed, TaskResult, get_task
 from reconciler.tasks.base import Progress
 
 if TYPE_CHECKING:
@@ -70,10 +70,13 @@ def run_task(
     errors do not raise: they end the run with status ``failed`` (what earlier
     batches committed stays committed and counted).
 
-    A real run first takes the task's lease, in the transaction that records
-    the run; :class:`~reconciler.leases.TaskBusy` when another process holds
-    it. ``should_stop`` is asked between batches (the daemon's shutdown);
-    ``on_start(run_id)`` is called once the run is recorded (Sentry check-ins).
+    A real run of a registered task first takes the task's lease, in the
+    transaction that records the run; :class:`~reconciler.leases.TaskBusy`
+    when another process holds it. An operator's one-off change (a Task built
+    on the spot) takes none: two of them may run at once, and row locks keep
+    them from touching the same job. ``should_stop`` is asked between batches
+    (the daemon's shutdown); ``on_start(run_id)`` is called once the run is
+    recorded (Sentry check-ins).
     ``holder`` names the lease's holder, by default unique to this run; the
     daemon, which never runs a task twice at once by itself, passes one name
     for its whole life, so it can take back a lease it could not release.
@@ -92,7 +95,8 @@ def run_task(
     lease: Lease | None = None
     if not dry_run:
         with db.transaction() as conn:
-            lease = acquire(conn, task.name, holder or new_holder(), settings.lease_ttl)
+            if TASKS.get(task.name) is task:
+                lease = acquire(conn, task.name, holder or new_holder(), settings.lease_ttl)
             run_id = conn.execute(
                 text(query("runs", "start")),
                 {
@@ -102,7 +106,8 @@ def run_task(
                     "actor": actor,
                 },
             ).scalar_one()
-            lease.attach_run(conn, run_id)
+            if lease is not None:
+                lease.attach_run(conn, run_id)
         if on_start is not None:
             on_start(run_id)
     ctx = TaskContext(

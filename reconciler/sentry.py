@@ -14,6 +14,8 @@ per run, whichever replica ran it.
 Privacy: ``send_default_pii`` is off (the default), local variables are not attached to
 stack traces (a frame may hold the database URL), and stdlib log lines are
 breadcrumbs only; events are sent explicitly, so each carries its task tag.
+Events and breadcrumbs pass through the log pipeline's redactor: the database
+password and the DSN are masked there too.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from sentry_sdk.crons import capture_checkin
 from sentry_sdk.integrations.logging import LoggingIntegration
 
 from reconciler import __version__
+from reconciler.logs import Redactor
 from reconciler.schedule import Entry
 from reconciler.settings import Settings
 
@@ -44,6 +47,11 @@ def init_sentry(settings: Settings, *, transport: Any = None) -> bool:
     """
     if settings.sentry_dsn is None:
         return False
+    redact = Redactor(settings.secrets())
+
+    def scrub(payload: Any, _hint: Any) -> Any:
+        return redact.scrub(payload)
+
     sentry_sdk.init(
         dsn=settings.sentry_dsn.get_secret_value(),
         release=f"reconciler@{__version__}",
@@ -55,6 +63,9 @@ def init_sentry(settings: Settings, *, transport: Any = None) -> bool:
         auto_enabling_integrations=False,
         integrations=[LoggingIntegration(event_level=None)],
         transport=transport,
+        # The log pipeline's redactor, once more: no secret in an event or breadcrumb.
+        before_send=scrub,
+        before_breadcrumb=scrub,
     )
     return True
 

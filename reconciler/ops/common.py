@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -30,7 +29,6 @@ from sqlalchemy import text
 
 from reconciler.db import Database
 from reconciler.durations import format_duration, parse_duration
-from reconciler.leases import TaskBusy
 from reconciler.logs import get_logger
 from reconciler.ops.output import console, emit_json, table
 from reconciler.runner import run_task
@@ -383,16 +381,6 @@ def _logged(result: TaskResult, actor: str, details: Mapping[str, Any]) -> TaskR
     return result
 
 
-@contextmanager
-def _not_busy() -> Iterator[None]:
-    """A change runs under its task's lease, like every run; when another process holds it
-    (the daemon's own run of the same task, or a colleague's), say so and change nothing."""
-    try:
-        yield
-    except TaskBusy as busy:
-        raise OpsError(f"{busy}; nothing was changed, try again when it is done", 1) from None
-
-
 def apply_change(
     db: Database,
     settings: Settings,
@@ -416,16 +404,16 @@ def apply_change(
         yes=yes,
         stdin=stdin,
     )
-    with _not_busy():
-        result = run_task(
-            db,
-            settings,
-            change.task(),
-            now=now,
-            actor=actor,
-            batch_size=batch_size,
-            time_budget=_NO_BUDGET,
-        )
+    # A TaskBusy (the lease is held elsewhere) reaches the CLI: one line, exit 1.
+    result = run_task(
+        db,
+        settings,
+        change.task(),
+        now=now,
+        actor=actor,
+        batch_size=batch_size,
+        time_budget=_NO_BUDGET,
+    )
     return _logged(result, actor, change.details)
 
 
@@ -454,17 +442,16 @@ def run_reused_task(
         yes=yes,
         stdin=stdin,
     )
-    with _not_busy():
-        result = run_task(
-            db,
-            settings,
-            task,
-            now=now,
-            actor=actor,
-            params=params,
-            batch_size=batch_size,
-            time_budget=_NO_BUDGET,
-        )
+    result = run_task(
+        db,
+        settings,
+        task,
+        now=now,
+        actor=actor,
+        params=params,
+        batch_size=batch_size,
+        time_budget=_NO_BUDGET,
+    )
     return _logged(result, actor, {})
 
 

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 from reconciler.db import Database
 from tests.acceptance.daemons import DaemonProcess, eventually, fast_schedule
@@ -167,9 +167,9 @@ def test_no_secret_is_ever_logged(
     """A password in the URL and a Sentry DSN: neither appears in any output, even at debug."""
     password = "Hunter2-Sup3rSecret"
     sentry_key = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
-    url = pg_url.replace("postgresql://postgres@", f"postgresql://postgres:{password}@")
-    if password not in url:
-        pytest.skip("the test server's URL has no user part to add a password to")
+    # Both test servers trust local connections, so the password is sent and ignored.
+    url = make_url(pg_url).set(password=password).render_as_string(hide_password=False)
+    assert password in url
     daemon = start(
         {
             **daemon_env,

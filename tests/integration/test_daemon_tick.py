@@ -20,7 +20,7 @@ from reconciler.daemon import Daemon
 from reconciler.db import Database
 from reconciler.logs import configure_logging
 from reconciler.schedule import Entry, Schedule
-from reconciler.sentry import init_sentry
+from reconciler.sentry import init_sentry, report_failure
 from reconciler.settings import Settings
 from tests.conftest import connect, make_settings
 from tests.helpers import insert_job
@@ -149,3 +149,70 @@ def test_run_that_cannot_start_reports_error_tagged_with_its_task(
     (error,) = _events(log_lines, "task.error")
     assert error["task"] == "mark-stale" and error["retry_in_s"] == 1.0
     assert sentry_sdk.get_client().should_send_default_pii() is False
+
+
+def test_run_failing_mid_way_reports_error_with_its_run(
+    db: Database, settings: Settings, pg_url: str, sentry: Recorder, log_lines: io.StringIO
+) -> None:
+    """A batch that cannot lock its table: error check-in, event tagged task and run_id."""
+    impatient = settings.model_copy(update={"lock_timeout": timedelta(milliseconds=50)})
+    holder = connect(pg_url, db.schema)
+    conn = holder.engine.connect()
+    tx = conn.begin()
+    conn.exec_driver_sql(f"LOCK TABLE {db.qualified_schema}.jobs IN ACCESS EXCLUSIVE MODE")
+    runner_db = connect(pg_url, db.schema, impatient)
+    try:
+        result = _daemon(runner_db, impatient, sentry_enabled=True).tick(EVERY_30S)
+    finally:
+        tx.rollback()
+        conn.close()
+        holder.dispose()
+        runner_db.dispose()
+    sentry_sdk.flush()
+
+    assert result is not None and result.status == "failed"
+    assert [c["status"] for c in sentry.items("check_in")] == ["in_progress", "error"]
+    (event,) = sentry.items("event")
+    assert event["tags"] == {"task": "mark-stale", "run_id": str(result.run_id)}
+    assert "lock timeout" in event["message"]
+    (line,) = _events(log_lines, "task.finished")
+    assert line["level"] == "error" and line["status"] == "failed"
+    assert line["retry_in_s"] == 1.0 and "lock timeout" in line["error"]
+
+
+def test_cron_task_retries_five_times_then_waits_for_its_schedule(
+    pg_url: str, schema: str, log_lines: io.StringIO
+) -> None:
+    """1, 2, 4, 8, 16 s; then no retry: a daily task does not fail every minute all day."""
+    unmigrated = make_settings(pg_url, schema)
+    db = connect(pg_url, schema, unmigrated)
+    daily = Entry("purge", cron="17 3 * * *")
+    daemon = Daemon(unmigrated, Schedule(Path("t.toml"), (daily,)), db)
+    try:
+        for _ in range(6):
+            daemon.tick(daily)
+    finally:
+        db.dispose()
+    assert [e["retry_in_s"] for e in _events(log_lines, "task.error")] == [
+        1.0, 2.0, 4.0, 8.0, 16.0, None,
+    ]  # fmt: skip
+
+
+def test_sentry_events_never_carry_the_database_password(settings: Settings) -> None:
+    """The redactor runs on every event: a password in a message is masked."""
+    recorder = Recorder()
+    secret = settings.model_copy(
+        update={
+            "sentry_dsn": SecretStr(DSN),
+            "database_url": SecretStr("postgresql://app:Hunter2-Sup3rSecret@db/q"),
+        }
+    )
+    assert init_sentry(secret, transport=recorder)
+    try:
+        report_failure("purge", "login failed with Hunter2-Sup3rSecret", run_id=7)
+        sentry_sdk.flush()
+    finally:
+        sentry_sdk.get_client().close()
+        sentry_sdk.get_global_scope().set_client(None)
+    (event,) = recorder.items("event")
+    assert event["message"] == "purge: login failed with ***"

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import text
@@ -16,6 +16,7 @@ from reconciler.db import Database
 from reconciler.leases import TaskBusy, acquire, new_holder
 from reconciler.runner import run_task
 from reconciler.settings import Settings
+from reconciler.tasks import Task
 from tests.helpers import insert_job
 
 
@@ -173,3 +174,35 @@ def test_ad_hoc_run_while_leased_exits_1_naming_the_holder(
     assert plain.stderr.startswith(f"reconciler: task purge is running elsewhere (holder {holder}")
     assert as_json.returncode == 1
     assert json.loads(as_json.stdout)["status"] == "busy"
+
+
+def test_an_operators_one_off_change_takes_no_lease(db: Database, settings: Settings) -> None:
+    """A Task built on the spot (reconciler.ops) is not a maintenance task: no lease, no wait."""
+    _hold(db, "one-off", timedelta(minutes=1))
+    one_off = Task(name="one-off", summary="an operator's change", execute=lambda ctx: None)
+
+    result = run_task(db, settings, one_off)
+
+    assert result.status == "ok" and result.run_id is not None
+    assert _lease_row(db, "one-off")["run_id"] is None  # the held lease was left alone
+
+
+def test_operator_command_on_a_leased_task_exits_1(
+    db: Database, settings: Settings, pg_url: str, db_now: datetime
+) -> None:
+    """`jobs reset-stuck` reuses mark-stale: while another process runs it, one line, exit 1."""
+    insert_job(db, status="running", attempt=1, heartbeat_at=db_now - timedelta(hours=1))
+    holder = _hold(db, "mark-stale", timedelta(minutes=1))
+    done = subprocess.run(
+        [sys.executable, "-m", "reconciler", "jobs", "reset-stuck", "--older-than", "10m", "--yes"],
+        env={**os.environ, "RECONCILER_DATABASE_URL": pg_url, "RECONCILER_SCHEMA": db.schema},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == (
+        f"reconciler: task mark-stale is running elsewhere (holder {holder}, lease until "
+        f"{_lease_row(db, 'mark-stale')['expires_at'].isoformat(timespec='seconds')})"  # type: ignore[attr-defined]
+        "; try again in a moment\n"
+    )
