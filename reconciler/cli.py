@@ -1,5 +1,7 @@
 """The ``reconciler`` command line: ``run``, ``migrate``, ``tasks``, ``policies``,
-``daemon``, ``schedule``, ``status`` and ``demo``.
+``daemon``, ``schedule``, ``status`` and ``demo``; the operator's commands
+(``stats``, ``jobs``, ``dead-letter``, ``errors``, ``workers``, ``pause``,
+``resume``, ``purge``, ``check``) live in :mod:`reconciler.ops`.
 
 Exit codes: 0 ok, 1 a task failed, 2 usage or configuration error. A user's
 mistake gets one line on stderr saying what is wrong and how to fix it, never

@@ -239,18 +239,6 @@ class Settings(BaseSettings):
         description="The oldest due job of a priority past its latency target is a warning; "
         "past this many times the target it is critical (bulk has no target).",
     )
-    check_task_max_age: dict[str, Duration] = Field(
-        default_factory=lambda: {
-            "mark-stale": timedelta(minutes=10),
-            "requeue": timedelta(minutes=10),
-            "dead-letter": timedelta(minutes=10),
-            "purge": timedelta(hours=25),
-            "vacuum-analyze": timedelta(hours=25),
-        },
-        description='Per task, as JSON: {"mark-stale": "10m"}. `check` warns when a task\'s '
-        "last successful run is older (or it never ran). Defaults: a few missed ticks of a "
-        "minutely task; a day and an hour for the daily ones.",
-    )
 
     @field_validator(
         "ops_heartbeat_interval", "check_window", "check_backlog_age", "check_slow_job_age"
@@ -259,14 +247,6 @@ class Settings(BaseSettings):
     def _ops_positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):
             raise ValueError("must be longer than zero")
-        return value
-
-    @field_validator("check_task_max_age")
-    @classmethod
-    def _task_ages(cls, value: dict[str, timedelta]) -> dict[str, timedelta]:
-        for task, age in value.items():
-            if age <= timedelta(0):
-                raise ValueError(f"maximum age for {task!r} must be longer than zero")
         return value
 
     # --- end of operations settings ---------------------------------------------------------

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
 import sys
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,7 +19,7 @@ from reconciler.cli import main
 from reconciler.db import Database
 from tests.helpers import insert_job
 
-__all__ = ["CliRun", "insert_event", "run_reconciler", "seed"]
+__all__ = ["CliRun", "insert_event", "seed"]
 
 
 def insert_event(
@@ -205,27 +203,3 @@ class CliRun:
         code, out, err = self(*argv, "--json")
         assert code == 0, err
         return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-
-def run_reconciler(
-    argv: list[str],
-    *,
-    url: str,
-    schema: str,
-    cwd: str | None = None,
-    extra_env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """The real ``reconciler`` command in a subprocess, stdin not a terminal."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
-    env.update(RECONCILER_DATABASE_URL=url, RECONCILER_SCHEMA=schema, RECONCILER_LOG_FORMAT="json")
-    env.update(extra_env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "reconciler", *argv],
-        env=env,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )

@@ -7,7 +7,8 @@ convention), so ``reconciler check || page-someone`` works as it is.
 
 Conditions: failure rate of attempts in the window; backlog (jobs due for
 longer than the backlog age); dead-letter spike; probably dead workers; jobs
-running too long; maintenance tasks overdue (no successful run recently);
+running too long; maintenance tasks overdue by the daemon's schedule (as
+``reconciler status`` judges it), never run, or failed in their last run;
 the oldest due job of each priority past its latency target. Paused queues
 are left out of backlog and latency (they back up on purpose) and listed.
 """
@@ -22,13 +23,16 @@ from typing import Any
 from sqlalchemy import text
 
 from reconciler.db import Database
-from reconciler.ops.common import PRIORITIES
+from reconciler.ops.common import PRIORITIES, OpsError
 from reconciler.ops.output import age, console, emit_json, table
 from reconciler.ops.pause import paused_queues
 from reconciler.ops.stats import LATENCY_TARGETS
 from reconciler.ops.workers import worker_report
+from reconciler.schedule import Schedule, ScheduleError, load_schedule
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query
+from reconciler.status import TaskStatus
+from reconciler.status import collect as collect_status
 
 __all__ = ["LEVELS", "Finding", "cmd_check", "evaluate"]
 
@@ -54,7 +58,48 @@ def _level(value: float, warning: float, critical: float) -> str:
     return "ok"
 
 
-def evaluate(db: Database, settings: Settings, *, now: datetime | None = None) -> list[Finding]:
+def _task_finding(status: TaskStatus, now: datetime) -> Finding:
+    """A scheduled task: overdue by the schedule (as ``reconciler status`` says), never run,
+    or failing in its last run."""
+    name = f"task:{status.task}"
+    last = status.last_run
+    if last is None:
+        return Finding(
+            name,
+            "warning",
+            None,
+            status.schedule,
+            f"{status.task} has never run (is the daemon running?)",
+        )
+    if status.overdue:
+        return Finding(
+            name,
+            "warning",
+            last.started_at,
+            status.schedule,
+            f"{status.task} is overdue: scheduled {status.schedule}, last started "
+            f"{age(now - last.started_at)} ago",
+        )
+    if last.status == "failed":
+        return Finding(
+            name,
+            "warning",
+            last.started_at,
+            status.schedule,
+            f"{status.task} failed in its last run: {last.error}",
+        )
+    return Finding(
+        name,
+        "ok",
+        last.started_at,
+        status.schedule,
+        f"{status.task} on time ({status.schedule}), last run {last.status}",
+    )
+
+
+def evaluate(
+    db: Database, settings: Settings, schedule: Schedule, *, now: datetime | None = None
+) -> list[Finding]:
     """Every condition, in a fixed order."""
     now = now or db.now()
     s = settings
@@ -70,11 +115,6 @@ def evaluate(db: Database, settings: Settings, *, now: datetime | None = None) -
         backlog = one("backlog", backlog_horizon=now - s.check_backlog_age)
         dead = one("dead_recent", since=since)
         slow = one("slow", slow_horizon=now - s.check_slow_job_age)
-        tasks: dict[str, datetime] = dict(
-            conn.execute(
-                text(query("ops/check", "last_ok_runs")), {"tasks": list(s.check_task_max_age)}
-            ).all()
-        )
         latency = conn.execute(
             text(query("ops/check", "oldest_due_by_priority")), {"now": now}
         ).all()
@@ -115,6 +155,7 @@ def evaluate(db: Database, settings: Settings, *, now: datetime | None = None) -
             f"{dead.jobs} job(s) went dead in the last {window}",
         )
     )
+    _, task_statuses = collect_status(db, schedule)
     workers = worker_report(
         db, now=now, timeout=s.heartbeat_timeout, interval=s.ops_heartbeat_interval
     )
@@ -143,22 +184,10 @@ def evaluate(db: Database, settings: Settings, *, now: datetime | None = None) -
             + (f" (e.g. job {slow.example_id})" if slow.jobs else ""),
         )
     )
-    for task, max_age in s.check_task_max_age.items():
-        last = tasks.get(task)
-        overdue = last is None or now - last > max_age
-        findings.append(
-            Finding(
-                f"task_overdue:{task}",
-                "warning" if overdue else "ok",
-                last,
-                max_age,
-                (
-                    f"{task} has never run successfully"
-                    if last is None
-                    else f"{task} last ran ok {age(now - last)} ago (at most {age(max_age)})"
-                ),
-            )
-        )
+    for status in task_statuses:
+        if not status.enabled:
+            continue
+        findings.append(_task_finding(status, now))
     for row in latency:
         target = LATENCY_TARGETS[row.priority]
         name = PRIORITIES[row.priority]
@@ -194,7 +223,11 @@ def evaluate(db: Database, settings: Settings, *, now: datetime | None = None) -
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings, db: Database) -> int:
-    findings = evaluate(db, settings)
+    try:
+        schedule = load_schedule(settings.schedule_file)
+    except ScheduleError as exc:
+        raise OpsError(str(exc)) from None
+    findings = evaluate(db, settings, schedule)
     worst = max((LEVELS[f.level] for f in findings), default=0)
     status = {v: k for k, v in LEVELS.items()}[worst]
     if args.json:

@@ -29,6 +29,7 @@ from sqlalchemy import text
 
 from reconciler.db import Database
 from reconciler.durations import format_duration, parse_duration
+from reconciler.logs import get_logger
 from reconciler.ops.output import console, emit_json, table
 from reconciler.runner import run_task
 from reconciler.settings import Settings
@@ -54,6 +55,8 @@ __all__ = [
     "run_reused_task",
     "statuses_arg",
 ]
+
+log = get_logger("reconciler.ops")
 
 STATUSES = ("queued", "running", "succeeded", "failed", "stale", "dead", "cancelled")
 PRIORITIES = ("critical", "high", "default", "low", "bulk")
@@ -362,6 +365,22 @@ def _run_change(change: Change, ctx: TaskContext) -> None:
     ctx.run_batches(change.sql, {"command": change.name, **change.params})
 
 
+def _logged(result: TaskResult, actor: str, details: Mapping[str, Any]) -> TaskResult:
+    """One event per operator's change that ran: who, what, how many."""
+    log.info(
+        "ops.change",
+        command=result.task,
+        actor=actor,
+        status=result.status,
+        changed=result.changed,
+        transitions=dict(result.transitions),
+        run_id=result.run_id,
+        duration_ms=result.duration_ms,
+        **details,
+    )
+    return result
+
+
 def apply_change(
     db: Database,
     settings: Settings,
@@ -385,7 +404,8 @@ def apply_change(
         yes=yes,
         stdin=stdin,
     )
-    return run_task(
+    # A TaskBusy (the lease is held elsewhere) reaches the CLI: one line, exit 1.
+    result = run_task(
         db,
         settings,
         change.task(),
@@ -394,6 +414,7 @@ def apply_change(
         batch_size=batch_size,
         time_budget=_NO_BUDGET,
     )
+    return _logged(result, actor, change.details)
 
 
 def run_reused_task(
@@ -421,7 +442,7 @@ def run_reused_task(
         yes=yes,
         stdin=stdin,
     )
-    return run_task(
+    result = run_task(
         db,
         settings,
         task,
@@ -431,6 +452,7 @@ def run_reused_task(
         batch_size=batch_size,
         time_budget=_NO_BUDGET,
     )
+    return _logged(result, actor, {})
 
 
 # --- reporting a change -------------------------------------------------------------------

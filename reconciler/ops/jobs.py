@@ -63,13 +63,27 @@ def list_jobs(db: Database, job_filter: JobFilter, *, limit: int) -> list[dict[s
     now = db.now()
     with db.transaction() as conn:
         rows = conn.execute(
-            text(filtered_query("ops/jobs", "list")), {**job_filter.binds(now), "limit": limit}
+            text(filtered_query("ops/jobs", "list")),
+            {**job_filter.binds(now), "now": now, "limit": limit},
         ).all()
     return [dict(row._mapping) for row in rows]
 
 
 def print_jobs(rows: list[dict[str, Any]], *, title: str) -> None:
-    columns = ("id", "status", "queue", "kind", "tenant", "prio", "attempt", "created", "error")
+    columns = (
+        "id",
+        "status",
+        "queue",
+        "kind",
+        "tenant",
+        "prio",
+        "attempt",
+        "created",
+        "running for",
+        "silent for",
+        "worker",
+        "error",
+    )
     body = [
         (
             r["id"],
@@ -80,11 +94,15 @@ def print_jobs(rows: list[dict[str, Any]], *, title: str) -> None:
             r["priority"],
             f"{r['attempt']}/{r['max_attempts']}",
             r["created_at"],
+            r["running_for"],
+            r["silent_for"],
+            r["locked_by"],
             r["error"],
         )
         for r in rows
     ]
-    console().print(table(title, columns, body, right=("id", "prio", "attempt")))
+    right = ("id", "prio", "attempt", "running for", "silent for")
+    console().print(table(title, columns, body, right=right))
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings, db: Database) -> int:
@@ -93,8 +111,8 @@ def cmd_list(args: argparse.Namespace, settings: Settings, db: Database) -> int:
     if args.json:
         emit_json_lines(rows)
         return 0
-    shown = f"{len(rows)} job(s)" + (
-        " (the limit; add --limit N)" if len(rows) == args.limit else ""
+    shown = f"{len(rows)} job(s), newest first" + (
+        " (there may be more: --limit N)" if len(rows) == job_filter.limit else ""
     )
     print_jobs(rows, title=shown)
     return 0

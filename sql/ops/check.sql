@@ -29,13 +29,6 @@ FROM jobs j
 WHERE j.status = 'running'
   AND j.started_at < CAST(:slow_horizon AS timestamptz)
 
--- name: last_ok_runs
-SELECT r.task, max(r.started_at) AS last_ok_at
-FROM runs r
-WHERE r.task = ANY (CAST(:tasks AS text[]))
-  AND r.status = 'ok'
-GROUP BY r.task
-
 -- name: oldest_due_by_priority
 SELECT j.priority, count(*) AS due, CAST(:now AS timestamptz) - min(j.run_at) AS oldest_wait
 FROM jobs j

@@ -36,9 +36,11 @@ VALUES (CAST(:now AS timestamptz), :actor, :destination, CAST(:filter AS jsonb),
 RETURNING id
 
 -- name: record_exported_jobs
+-- A job deleted since it was read is left out (it no longer needs a backup).
 INSERT INTO ops_exported_jobs (export_id, job_id, job_updated_at)
 SELECT CAST(:export_id AS bigint), x.job_id, x.updated_at
 FROM unnest(CAST(:job_ids AS bigint[]), CAST(:updated AS timestamptz[])) AS x (job_id, updated_at)
+JOIN jobs j ON j.id = x.job_id
 
 -- name: not_backed_up
 SELECT count(*) AS jobs, min(j.id) AS example_id
@@ -69,7 +71,5 @@ WITH doomed AS (
     RETURNING j.id, j.status
 ), events AS (
     DELETE FROM job_events e USING gone g WHERE e.job_id = g.id
-), exported AS (
-    DELETE FROM ops_exported_jobs x USING gone g WHERE x.job_id = g.id
 )
 SELECT id, status AS from_status, 'purged' AS to_status FROM gone

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from reconciler.cli import build_parser
 from reconciler.db import Database
-from tests.ops_data import run_reconciler, seed
+from tests.acceptance.conftest import CLI
+from tests.ops_data import seed
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -46,14 +47,12 @@ def test_the_section_has_examples_of_every_command() -> None:
     }
 
 
-def test_every_example_runs(
-    pg_url: str, schema: str, db: Database, db_now: datetime, tmp_path: Path
-) -> None:
+def test_every_example_runs(cli: CLI, db: Database, db_now: datetime, tmp_path: Path) -> None:
     """Each example exits 0 (check: 0, 1 or 2) with no traceback; --json output parses."""
     seed(db, db_now)
     for line in examples():
         argv = shlex.split(line)[1:]
-        done = run_reconciler(argv, url=pg_url, schema=schema, cwd=str(tmp_path))
+        done = cli(*argv, stdin="", cwd=tmp_path)
         allowed = {0, 1, 2} if argv[0] == "check" else {0}
         assert done.returncode in allowed, f"{line}\n{done.stderr}"
         assert "Traceback" not in done.stderr, line

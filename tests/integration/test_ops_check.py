@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -155,18 +156,51 @@ def test_slow_job(cli: CliRun, db: Database, db_now: datetime, healthy: None) ->
     assert (code, levels["slow_jobs"]) == (1, "warning")
 
 
-def test_task_overdue(cli: CliRun, db: Database, db_now: datetime) -> None:
-    """A task that never ran, or whose last ok run is too old, is overdue: failures don't count."""
+def test_task_never_ran(cli: CliRun, db: Database, db_now: datetime) -> None:
+    """A scheduled task that never ran is a warning (is the daemon running?)."""
     code, levels = findings(cli)
-    assert code == 1 and levels["task_overdue:mark-stale"] == "warning"
+    assert code == 1
+    assert levels["task:mark-stale"] == levels["task:vacuum-analyze"] == "warning"
+
+
+def test_task_overdue_by_its_schedule(cli: CliRun, db: Database, db_now: datetime) -> None:
+    """Overdue as `reconciler status` says: mark-stale (every 30s) last started 3 minutes ago."""
     for task in TASKS:
         ran(db, task, db_now - timedelta(minutes=1))
-    ran(db, "mark-stale", db_now, status="failed")
     assert findings(cli)[0] == 0
-    cli.setenv("RECONCILER_CHECK_TASK_MAX_AGE", '{"mark-stale": "30s"}')
+    ran(db, "mark-stale", db_now - timedelta(minutes=3))
+    with db.transaction() as conn:
+        conn.execute(
+            text("DELETE FROM runs WHERE task = 'mark-stale' AND started_at > :t"),
+            {"t": db_now - timedelta(minutes=2)},
+        )
     code, levels = findings(cli)
-    assert code == 1 and levels == {**levels, "task_overdue:mark-stale": "warning"}
-    assert "task_overdue:purge" not in levels
+    assert (code, levels["task:mark-stale"]) == (1, "warning")
+    assert levels["task:requeue"] == "ok"
+
+
+def test_task_failing(cli: CliRun, db: Database, db_now: datetime, healthy: None) -> None:
+    """A task whose last run failed is a warning, with its error."""
+    with db.transaction() as conn:
+        conn.execute(
+            text("UPDATE runs SET status = 'failed', error = 'lock timeout' WHERE task = 'requeue'")
+        )
+    code, out, _ = cli("check")
+    assert code == 1 and "requeue failed in its last run: lock timeout" in out
+
+
+def test_tasks_follow_the_schedule_file(
+    cli: CliRun, db: Database, db_now: datetime, healthy: None, tmp_path: Path
+) -> None:
+    """A task the schedule file does not list is not checked; a bad file is exit 2."""
+    schedule = tmp_path / "schedule.toml"
+    schedule.write_text('[mark-stale]\nevery = "30s"\n')
+    cli.setenv("RECONCILER_SCHEDULE_FILE", str(schedule))
+    levels = findings(cli)[1]
+    assert "task:mark-stale" in levels and "task:purge" not in levels
+    schedule.write_text("[mark-stale]\nevery = 30\n")
+    code, _, err = cli("check")
+    assert code == 2 and err.count("\n") == 1
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from reconciler.db import Database
+from reconciler.migrate import migrate
 from tests.helpers import job, jobs_by_status
 from tests.ops_data import CliRun, seed
 
@@ -182,3 +183,35 @@ def test_adhoc_purge_refuses_unfinished_and_unexported(
     assert code == 2 and "no export" in err
     code, _, err = cli("purge", "--older-than", "1d", "--status", "dead", "--no-backup")
     assert code == 0
+
+
+def test_export_records_go_with_their_jobs(
+    cli: CliRun, db: Database, ids: dict[str, list[int]], tmp_path: Path
+) -> None:
+    """When the purge task deletes an exported job, its export record row goes too."""
+    cli.json("dead-letter", "export", "--output", str(tmp_path / "a.jsonl"))
+    cli.json("purge", "--older-than", "1d", "--status", "dead")
+    with db.transaction() as conn:
+        assert conn.execute(text("SELECT count(*) FROM ops_exported_jobs")).scalar_one() == 0
+        assert conn.execute(text("SELECT job_count FROM ops_exports")).scalar_one() == 3
+
+
+def test_cascade_migration_clears_orphans(db: Database) -> None:
+    """0101 on a schema at 0100: export rows of deleted jobs are removed, then the key added."""
+    with db.transaction() as conn:
+        conn.execute(
+            text("ALTER TABLE ops_exported_jobs DROP CONSTRAINT ops_exported_jobs_job_id_fkey")
+        )
+        conn.execute(text("DELETE FROM schema_migrations WHERE version = 101"))
+        export_id = conn.execute(
+            text(
+                "INSERT INTO ops_exports (exported_at, actor, destination, filter, job_count)"
+                " VALUES (now(), 'cli:t', '-', '{}', 1) RETURNING id"
+            )
+        ).scalar_one()
+        conn.execute(
+            text("INSERT INTO ops_exported_jobs VALUES (:e, 424242, now())"), {"e": export_id}
+        )
+    assert migrate(db).applied == ("0101_ops_export_cascade.sql",)
+    with db.transaction() as conn:
+        assert conn.execute(text("SELECT count(*) FROM ops_exported_jobs")).scalar_one() == 0

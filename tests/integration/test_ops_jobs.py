@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 
 import pytest
@@ -36,6 +37,8 @@ def test_list_filters_combine(cli: CliRun, ids: dict[str, list[int]]) -> None:
     assert {r["id"] for r in rows} == set(ids["failed_email"]) | set(ids["dead_report"][:2])
     rows = cli.json_lines("jobs", "list", "--queue", "reports", "--kind", "report.build")
     assert {r["status"] for r in rows} == {"running", "succeeded"}
+    (stuck,) = [r for r in rows if r["id"] in ids["stuck"]]
+    assert stuck["running_for"] >= 25 * 60 and stuck["silent_for"] >= 20 * 60
     rows = cli.json_lines("jobs", "list", "--finished-since", "1h")
     assert {r["id"] for r in rows} == set(ids["failed_email"]) | set(ids["succeeded_recent"])
     rows = cli.json_lines("jobs", "list", "--older-than", "30d")
@@ -53,10 +56,16 @@ def test_list_table_for_people(cli: CliRun, ids: dict[str, list[int]]) -> None:
     assert "report.export" in out
 
 
+def snapshot(db: Database) -> list[tuple[object, ...]]:
+    with db.transaction() as conn:
+        return [tuple(r) for r in conn.execute(text("SELECT * FROM jobs ORDER BY id"))]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (("jobs", "list", "--status", "done"), "unknown status 'done'"),
+        (("jobs", "list", "--created-since", "5x"), "cannot read duration"),
         (("jobs", "list", "--created-since", "5"), "a bare number ('5') is ambiguous"),
         (("jobs", "list", "--limit", "0"), "limit '0'"),
         (("jobs", "show", "999999"), "no job with id 999999"),
@@ -70,16 +79,16 @@ def test_list_table_for_people(cli: CliRun, ids: dict[str, list[int]]) -> None:
     ],
 )
 def test_mistakes_are_one_line_exit_2(
-    cli: CliRun, ids: dict[str, list[int]], argv: tuple[str, ...], message: str
+    cli: CliRun, db: Database, ids: dict[str, list[int]], argv: tuple[str, ...], message: str
 ) -> None:
     """A bad filter, status, duration or id: one line on stderr, exit 2, nothing changed."""
-    before = cli.json_lines("jobs", "list", "--limit", "1000")
+    before = snapshot(db)
     code, _out, err = cli(*argv)
     assert code == 2
     assert message in err
     assert err.count("\n") == 1
     assert "Traceback" not in err
-    assert cli.json_lines("jobs", "list", "--limit", "1000") == before
+    assert snapshot(db) == before
 
 
 def test_show_has_full_history(cli: CliRun, ids: dict[str, list[int]]) -> None:
@@ -255,3 +264,32 @@ def test_nothing_matches_is_not_a_dry_run(
     assert (result["changed"], result["dry_run"], result["run_id"]) == (0, False, None)
     code, out, _ = cli("jobs", "retry-failed", "--queue", "nowhere")
     assert code == 0 and "no job matches; nothing changed" in out
+
+
+def test_a_change_waits_for_no_one(cli: CliRun, db: Database, ids: dict[str, list[int]]) -> None:
+    """While another process holds the task's lease, reset-stuck changes nothing: exit 1."""
+    with db.transaction() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO task_leases (task, holder, acquired_at, expires_at)"
+                " VALUES ('mark-stale', 'daemon:other', now(), now() + interval '1 minute')"
+            )
+        )
+    code, _, err = cli("jobs", "reset-stuck", "--older-than", "10m")
+    assert code == 1
+    assert "running elsewhere" in err and err.count("\n") == 1
+    assert job(db, ids["stuck"][0])["status"] == "running"
+
+
+def test_a_change_logs_one_event(cli: CliRun, ids: dict[str, list[int]]) -> None:
+    """A change that ran logs one ops.change event with who, what and how many; a dry run none."""
+    code, _, err = cli("jobs", "retry-failed", "--dry-run")
+    assert code == 0 and "ops.change" not in err
+    code, _, err = cli("jobs", "retry-failed", "--actor", "cli:carol")
+    (line,) = [json.loads(x) for x in err.splitlines() if "ops.change" in x]
+    assert (line["command"], line["actor"], line["changed"]) == (
+        "jobs retry-failed",
+        "cli:carol",
+        3,
+    )
+    assert line["filter"] == {"statuses": ["failed"]}
