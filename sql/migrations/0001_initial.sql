@@ -253,6 +253,11 @@ AS $$
 DECLARE
     paused text[] := ARRAY(SELECT p.queue FROM paused_queues p);
 BEGIN
+    IF coalesce(claim.worker, '') = '' THEN
+        RAISE EXCEPTION 'claim() needs a worker name'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'pass worker => ''host:pid'' or any name unique to the worker';
+    END IF;
     RETURN QUERY
     WITH picked AS (
         SELECT j.id FROM jobs j

@@ -644,3 +644,14 @@ def test_an_unknown_job_id_returns_false(db: Database, worker: Conn, function: s
     """heartbeat/complete/fail for a job id that does not exist return false, no error."""
     assert _fenced_call(worker, db.schema, function, 999_999, "w1", 1) is False
     assert snapshot(db) == {"jobs": [], "job_events": []}
+
+
+@pytest.mark.parametrize("name", [None, ""])
+def test_claim_without_a_worker_name_is_refused(
+    db: Database, worker: Conn, db_now: datetime, name: str | None
+) -> None:
+    """claim() with a NULL or empty worker raises a clear error and claims nothing."""
+    job_id = _queued(db, worker, db_now - timedelta(seconds=1))
+    with pytest.raises(psycopg.errors.NullValueNotAllowed, match="claim\\(\\) needs a worker name"):
+        claim(worker, db.schema, worker=name)
+    assert job(db, job_id)["status"] == "queued"
