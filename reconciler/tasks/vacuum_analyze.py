@@ -14,7 +14,11 @@ run says so and names the backends that hold it, instead of claiming success.
 When PostgreSQL skips a table (the role may not vacuum it), the run fails.
 
 Safe to re-run: yes; VACUUM takes no lock that blocks workers' reads or
-writes. A dry run only reports the dead rows it would try to reclaim.
+writes. It runs on an autocommit session with no timeouts set, so it asks
+for ``SKIP_LOCKED``: a table someone holds a conflicting lock on (DDL, a
+``LOCK TABLE``) is skipped with a warning, which fails the run, instead of
+the run waiting for the lock without end. A dry run only reports the dead
+rows it would try to reclaim.
 """
 
 from __future__ import annotations
@@ -59,25 +63,27 @@ def execute(ctx: TaskContext) -> None:
             }
             return
         for name in tables:
-            notices: list[psycopg.errors.Diagnostic] = []
-            conn.add_notice_handler(notices.append)
+            # (severity, message) copied inside the handler: a Diagnostic reads
+            # the server's result lazily and is empty once the handler returns.
+            notices: list[tuple[str, str]] = []
+
+            def keep(d: psycopg.errors.Diagnostic, into: list[tuple[str, str]] = notices) -> None:
+                into.append((d.severity_nonlocalized or "", d.message_primary or ""))
+
+            conn.add_notice_handler(keep)
             try:
                 conn.execute(
-                    sql.SQL("VACUUM (ANALYZE, VERBOSE) {}").format(sql.Identifier(schema, name))
+                    sql.SQL("VACUUM (ANALYZE, VERBOSE, SKIP_LOCKED) {}").format(
+                        sql.Identifier(schema, name)
+                    )
                 )
             finally:
-                conn.remove_notice_handler(notices.append)
-            skipped = [
-                n.message_primary or ""
-                for n in notices
-                if n.severity_nonlocalized == "WARNING" and "skipping" in (n.message_primary or "")
-            ]
+                conn.remove_notice_handler(keep)
+            skipped = [msg for sev, msg in notices if sev == "WARNING" and "skipping" in msg]
             if skipped:
                 raise TaskFailed(f"VACUUM skipped {schema}.{name}: {skipped[0]}")
             not_removable = sum(
-                int(m.group(1))
-                for n in notices
-                for m in _NOT_REMOVABLE.finditer(n.message_primary or "")
+                int(m.group(1)) for _, msg in notices for m in _NOT_REMOVABLE.finditer(msg)
             )
             details[name] = {"not_removable": not_removable}
             ctx.progress.batches += 1
