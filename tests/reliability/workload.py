@@ -174,6 +174,7 @@ class MaintenanceLoop:
         self.db = connect_db(url, schema, settings, self.application_name)
         self.results: list[TaskResult] = []
         self.crashes: Counter[str] = Counter()
+        self.unexpected: list[str] = []  # anything run_task should have turned into a failed run
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="maintenance", daemon=True)
 
@@ -197,6 +198,8 @@ class MaintenanceLoop:
                     # The clock read or the run record failed: the connection
                     # was killed. Like the daemon, log, carry on, retry next tick.
                     self.crashes[name] += 1
+                except Exception as exc:  # a bug: record it, and keep going like a daemon
+                    self.unexpected.append(f"{name}: {type(exc).__name__}: {exc}")
                 due[name] = time.monotonic() + self.intervals[name].total_seconds()
             self._stop.wait(0.05)
 
@@ -213,6 +216,7 @@ class MaintenanceLoop:
             "runs": dict(runs),
             "failed_runs": dict(failed),
             "crashed_runs": dict(self.crashes),
+            "unexpected_errors": list(self.unexpected),
             "transitions": dict(moved),
         }
 
