@@ -483,17 +483,23 @@ class Workload:
         *,
         maintenance: Callable[[str, str, Settings, WorkloadConfig], Maintenance] | None = None,
         settings_overrides: dict[str, Any] | None = None,
+        worker_url: str | None = None,
+        maintenance_url: str | None = None,
     ) -> None:
+        """``url`` is for observing (faults, the kill clock); workers and enqueuers use
+        ``worker_url`` and the maintenance ``maintenance_url`` when given (roles)."""
         self.url = url
         self.schema = schema
         self.config = config or WorkloadConfig()
         self.records_dir = records_dir
         records_dir.mkdir(parents=True, exist_ok=True)
-        self.settings = self.config.settings(url, schema, **(settings_overrides or {}))
+        maintenance_url = maintenance_url or url
+        worker_url = worker_url or url
+        self.settings = self.config.settings(maintenance_url, schema, **(settings_overrides or {}))
         factory = maintenance or (lambda u, s, st, c: MaintenanceLoop(u, s, st, c.intervals))
-        self.maintenance = factory(url, schema, self.settings, self.config)
-        self.pool = WorkerPool(url, schema, self.config, records_dir)
-        self.enqueuer = Enqueuer(url, schema, self.config, records_dir / "main.enqueued")
+        self.maintenance = factory(maintenance_url, schema, self.settings, self.config)
+        self.pool = WorkerPool(worker_url, schema, self.config, records_dir)
+        self.enqueuer = Enqueuer(worker_url, schema, self.config, records_dir / "main.enqueued")
         self._started = False
 
     def start(self) -> None:
