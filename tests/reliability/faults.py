@@ -114,7 +114,9 @@ class FaultSchedule:
                     " ORDER BY j.id LIMIT 20 FOR UPDATE SKIP LOCKED"
                 ).format(schema)
             )
-            self._holder, self._holder_until = holder, time.monotonic() + timeout
+            # Held for half the timeout: long enough to make batches skip these
+            # rows and workers wait, short of stalling the checker's bounds.
+            self._holder, self._holder_until = holder, time.monotonic() + timeout / 2
             return True
         raise ValueError(kind)
 

@@ -204,13 +204,16 @@ class _Found:
 _WITNESS = """
 CREATE TABLE IF NOT EXISTS rel_purged_jobs (
     id bigint PRIMARY KEY, status text NOT NULL, finished_at timestamptz,
-    deleted_at timestamptz NOT NULL, deleted_by text NOT NULL);
+    deleted_at timestamptz NOT NULL, deleted_by text NOT NULL,
+    kind text NOT NULL, priority smallint NOT NULL, attempt integer NOT NULL,
+    max_attempts integer NOT NULL);
 CREATE TABLE IF NOT EXISTS rel_purged_events (LIKE job_events);
 CREATE OR REPLACE FUNCTION rel_archive_job() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
     INSERT INTO rel_purged_jobs VALUES
-        (OLD.id, OLD.status, OLD.finished_at, statement_timestamp(), session_user)
+        (OLD.id, OLD.status, OLD.finished_at, statement_timestamp(), session_user,
+         OLD.kind, OLD.priority, OLD.attempt, OLD.max_attempts)
     ON CONFLICT (id) DO NOTHING;
     RETURN OLD;
 END $$;
@@ -268,9 +271,9 @@ _STAYS = """
 WITH ev AS (
     SELECT e.job_id, e.to_status, e.at, e.reason,
            lead(e.at) OVER w AS left_at, lead(e.to_status) OVER w AS next_status
-    FROM job_events e
+    FROM ({events}) e
     WINDOW w AS (PARTITION BY e.job_id ORDER BY e.id)
-)
+), j AS ({jobs})
 SELECT ev.job_id, ev.to_status AS status, ev.at, ev.left_at, ev.next_status,
        coalesce((ev.reason->>'attempt')::int, j.attempt) AS attempt, j.max_attempts,
        extract(epoch FROM coalesce(
@@ -278,10 +281,21 @@ SELECT ev.job_id, ev.to_status AS status, ev.at, ev.left_at, ev.next_status,
                    p.max_delay, p.multiplier, p.jitter, j.id),
            interval '0'))::float8 AS delay_s
 FROM ev
-JOIN jobs j ON j.id = ev.job_id
+JOIN j ON j.id = ev.job_id
 LEFT JOIN LATERAL policy_for(j.kind, j.priority) p ON true
 WHERE ev.to_status IN ('failed', 'stale')
 """
+_LIVE = {
+    "events": "SELECT id, job_id, to_status, at, reason FROM job_events",
+    "jobs": "SELECT id, kind, priority, attempt, max_attempts FROM jobs",
+}
+# With the witness: purged jobs' histories count too.
+_WITH_PURGED = {
+    "events": _LIVE["events"]
+    + " UNION ALL SELECT id, job_id, to_status, at, reason FROM rel_purged_events",
+    "jobs": _LIVE["jobs"]
+    + " UNION ALL SELECT id, kind, priority, attempt, max_attempts FROM rel_purged_jobs",
+}
 
 
 def _event(row: Any) -> Event:
@@ -337,7 +351,10 @@ def load_history(
             (r.from_status, r.to_status)
             for r in conn.execute(text("SELECT from_status, to_status FROM transitions"))
         }
-        if conn.execute(text("SELECT to_regclass('rel_purged_jobs') IS NOT NULL")).scalar_one():
+        witness = conn.execute(
+            text("SELECT to_regclass('rel_purged_jobs') IS NOT NULL")
+        ).scalar_one()
+        if witness:
             for r in conn.execute(text("SELECT * FROM rel_purged_jobs")):
                 h.purged[r.id] = PurgedJob(r.id, r.status, r.finished_at, r.deleted_at)
             purged_events: dict[int, list[Event]] = defaultdict(list)
@@ -355,7 +372,7 @@ def load_history(
                 r.max_attempts,
                 timedelta(seconds=r.delay_s),
             )
-            for r in conn.execute(text(_STAYS))
+            for r in conn.execute(text(_STAYS.format(**(_WITH_PURGED if witness else _LIVE))))
         ]
     h.calls = sorted(calls, key=lambda c: c.at)
     h.enqueued = set(enqueued)
@@ -696,7 +713,7 @@ def nothing_stuck(h: History) -> InvariantResult:
     cfg = h.config
     run_bound = cfg.heartbeat_timeout + cfg.intervals["mark-stale"] + cfg.slack
     checked = 0
-    for evs in h.events.values():
+    for evs in (*h.events.values(), *h.purged_events.values()):
         for e in evs:
             if e.to_status != "stale" or "heartbeat_age_s" not in e.reason:
                 continue

@@ -153,8 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         h, results = workload.check(admin)
         print(report(h, results, _counts(admin), workload, faults, elapsed))
         ok = all(r.ok for r in results)
+        if not ok:
+            print(f"kept for a post-mortem: schema {schema}, records {records}")
     finally:
-        if not args.keep:
+        if args.keep or not ok:
+            pass
+        else:
             with admin.engine.begin() as conn:
                 conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
         admin.dispose()

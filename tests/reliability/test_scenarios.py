@@ -44,9 +44,13 @@ def make_workload(db: Database, pg_url: str, schema: str, tmp_path: Path) -> Ite
     prepare_schema(db)
     made: list[Workload] = []
 
-    def make(plan: Plan | None = None, **config: Any) -> Workload:
+    def make(
+        plan: Plan | None = None, settings_overrides: dict[str, Any] | None = None, **config: Any
+    ) -> Workload:
         cfg = WorkloadConfig(plan=plan or Plan(), **config)
-        w = Workload(pg_url, schema, tmp_path / "records", cfg)
+        w = Workload(
+            pg_url, schema, tmp_path / "records", cfg, settings_overrides=settings_overrides
+        )
         made.append(w)
         return w
 
@@ -135,6 +139,40 @@ def test_maintenance_connections_terminated_repeatedly(
     summary = w.maintenance.summary()
     assert summary["transitions"].get("running->stale", 0) > 0
     assert summary["transitions"].get("succeeded->purged", 0) > 0
+
+
+def test_workers_killed_while_holding_jobs(db: Database, make_workload: MakeWorkload) -> None:
+    """SIGKILL of busy workers: their jobs go stale, are retried, the pool replaces them."""
+    w = make_workload(Plan(weights={"complete": 85, "fail": 15}))
+    faults = FaultSchedule(w, ["kill"], every=1.0)
+    results = _run(w, db, faults)
+    _assert_invariants(results)
+    assert faults.injected["kill"] >= 2
+    assert w.pool.exits[-9] >= 2
+    assert _count_events(db, "stale") >= 1
+
+
+def test_maintenance_at_full_speed_while_workers_saturate(
+    db: Database, make_workload: MakeWorkload
+) -> None:
+    """Every task back to back, small batches, workers claiming flat out: no deadlock, no loss."""
+    fast = {
+        name: timedelta(milliseconds=50)
+        for name in ("mark-stale", "requeue", "dead-letter", "purge")
+    }
+    fast["vacuum-analyze"] = timedelta(seconds=2)
+    w = make_workload(
+        Plan(work_s=(0.0, 0.05), heartbeat_interval_s=0.02, idle_s=0.01),
+        settings_overrides={"batch_size": 5},
+        enqueue_rate=150.0,
+        intervals=fast,
+        retention=timedelta(milliseconds=500),
+    )
+    results = _run(w, db)
+    _assert_invariants(results)
+    errors = w.maintenance.summary()["errors"]
+    assert not [e for e in errors if "deadlock" in e], errors
+    assert not {1, 5} & set(w.pool.exits), w.pool.exits  # no worker died of an error
 
 
 def test_row_locks_held_elsewhere(db: Database, make_workload: MakeWorkload) -> None:

@@ -131,13 +131,16 @@ class WorkloadConfig:
         )
 
 
-def connect_db(url: str, schema: str, settings: Settings, application_name: str) -> Database:
+def connect_db(
+    url: str, schema: str, settings: Settings, application_name: str, pool_size: int = 2
+) -> Database:
     return Database.connect(
         normalise_url(url),
         schema=schema,
         lock_timeout=settings.lock_timeout,
         statement_timeout=settings.statement_timeout,
         application_name=application_name,
+        pool_size=pool_size,
     )
 
 
@@ -157,7 +160,11 @@ class Maintenance(Protocol):
 
 
 class MaintenanceLoop:
-    """One thread running every task on its interval through run_task (never two at once)."""
+    """Every task on its interval through run_task, one thread per task (never two of one).
+
+    One thread per task, as a scheduler with one instance per job would: a
+    slow vacuum-analyze does not hold back mark-stale.
+    """
 
     def __init__(
         self,
@@ -171,37 +178,37 @@ class MaintenanceLoop:
         self.application_name = application_name or f"rel-maint-{schema}"[:63]
         self.settings = settings
         self.intervals = intervals
-        self.db = connect_db(url, schema, settings, self.application_name)
+        self.db = connect_db(url, schema, settings, self.application_name, pool_size=len(TASKS))
         self.results: list[TaskResult] = []
         self.crashes: Counter[str] = Counter()
         self.unexpected: list[str] = []  # anything run_task should have turned into a failed run
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="maintenance", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._loop, args=(name,), name=f"task-{name}", daemon=True)
+            for name in TASKS
+        ]
 
     def start(self) -> None:
-        self._thread.start()
+        for t in self._threads:
+            t.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=60)
+        for t in self._threads:
+            t.join(timeout=60)
         self.db.dispose()
 
-    def _loop(self) -> None:
-        due = {name: time.monotonic() for name in TASKS}
+    def _loop(self, name: str) -> None:
         while not self._stop.is_set():
-            for name in TASKS:
-                if time.monotonic() < due[name] or self._stop.is_set():
-                    continue
-                try:
-                    self.results.append(run_task(self.db, self.settings, name))
-                except SQLAlchemyError:
-                    # The clock read or the run record failed: the connection
-                    # was killed. Like the daemon, log, carry on, retry next tick.
-                    self.crashes[name] += 1
-                except Exception as exc:  # a bug: record it, and keep going like a daemon
-                    self.unexpected.append(f"{name}: {type(exc).__name__}: {exc}")
-                due[name] = time.monotonic() + self.intervals[name].total_seconds()
-            self._stop.wait(0.05)
+            try:
+                self.results.append(run_task(self.db, self.settings, name))
+            except SQLAlchemyError:
+                # The clock read or the run record failed: the connection was
+                # killed. Like the daemon: note it, carry on, retry next tick.
+                self.crashes[name] += 1
+            except Exception as exc:  # a bug: record it, and keep going like a daemon
+                self.unexpected.append(f"{name}: {type(exc).__name__}: {exc}")
+            self._stop.wait(self.intervals[name].total_seconds())
 
     def summary(self) -> dict[str, Any]:
         runs: Counter[str] = Counter()
@@ -217,6 +224,7 @@ class MaintenanceLoop:
             "failed_runs": dict(failed),
             "crashed_runs": dict(self.crashes),
             "unexpected_errors": list(self.unexpected),
+            "errors": sorted({r.error or "" for r in self.results if r.status != "ok"}),
             "transitions": dict(moved),
         }
 
@@ -297,6 +305,7 @@ class _Slot:
     proc: subprocess.Popen[bytes] | None = None
     name: str = ""
     frozen: bool = False
+    started: float = 0.0
 
 
 def _open_attempt(records: Path) -> tuple[int, int] | None:
@@ -361,6 +370,7 @@ class WorkerPool:
             stderr=subprocess.DEVNULL,
         )
         slot.frozen = False
+        slot.started = time.monotonic()
         self.spawned += 1
 
     def start(self) -> None:
@@ -375,7 +385,9 @@ class WorkerPool:
                     if self._stopping or slot.proc is None:
                         continue
                     code = slot.proc.poll()
-                    if code is not None:
+                    # At most one start per slot a second: a worker that cannot
+                    # connect (the server restarting) exits at once.
+                    if code is not None and time.monotonic() - slot.started >= 1.0:
                         self.exits[code] += 1
                         self._spawn(slot)
             time.sleep(0.1)
