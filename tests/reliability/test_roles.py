@@ -146,10 +146,10 @@ def test_workload_under_least_privilege_roles(
     )
     w.start()
     try:
-        deadline = time.monotonic() + 6
+        deadline = time.monotonic() + 4
         wait_until(lambda: time.monotonic() >= deadline, 15, "the workload")
     finally:
-        w.stop(settle=1.0)
+        w.stop(settle=0.5)
     summary = w.maintenance.summary()
     assert summary["unexpected_errors"] == []
     assert summary["transitions"].get("succeeded->purged", 0) > 0
