@@ -150,7 +150,9 @@ def connect_db(
 class Maintenance(Protocol):
     """What runs the tasks during a workload: this loop now, the daemon later."""
 
-    application_name: str  # its connections' application_name, for pg_terminate_backend
+    @property
+    def application_name(self) -> str:
+        """Its connections' application_name, which the terminate fault aims at."""
 
     def start(self) -> None: ...
 
