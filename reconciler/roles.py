@@ -39,6 +39,9 @@ def render(
         sql.Identifier(schema, "runs"),
         sql.Identifier(daemon),
     )
+    leases = sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
+        sql.Identifier(schema, "task_leases"), sql.Identifier(daemon)
+    )
     return (
         sql.SQL(template)
         .format(
@@ -50,6 +53,8 @@ def render(
             worker_name=sql.Literal(worker),
             readonly_name=sql.Literal(readonly),
             maintain=sql.Literal(maintain.as_string(None)),
+            leases=sql.Literal(leases.as_string(None)),
+            leases_name=sql.Literal(sql.Identifier(schema, "task_leases").as_string(None)),
         )
         .as_string(None)
     )

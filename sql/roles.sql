@@ -41,6 +41,15 @@ GRANT SELECT, INSERT, DELETE ON {schema}.job_events TO {daemon};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.runs TO {daemon};
 GRANT SELECT ON {schema}.transitions, {schema}.retry_policies, {schema}.paused_queues,
     {schema}.schema_migrations TO {daemon};
+-- The daemon's task leases (issue 3's migration), when the schema has them:
+-- replicas take, renew and release a task's lease there.
+DO $roles$
+BEGIN
+    IF to_regclass({leases_name}) IS NOT NULL THEN
+        EXECUTE {leases};
+    END IF;
+END
+$roles$;
 -- VACUUM and ANALYZE need ownership before PostgreSQL 17; from 17 on, the
 -- MAINTAIN privilege is enough. On older servers vacuum-analyze run as this
 -- role reports a failed run ("skipping"): run that one task as the owner.
