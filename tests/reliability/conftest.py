@@ -10,7 +10,7 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _no_advisory_lock_left_behind(pg_url: str) -> Iterator[None]:
-    """After each test, no connection of this suite (rel-*, or a daemon it ran) holds one.
+    """After each test, no connection of this suite (application_name rel-*) holds one.
 
     Only this suite's connections are looked at: other test runs may share
     the server, and their locks are theirs.
@@ -20,7 +20,6 @@ def _no_advisory_lock_left_behind(pg_url: str) -> Iterator[None]:
         rows = conn.execute(
             "SELECT a.application_name, l.pid, l.objid FROM pg_locks l"
             " JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE l.locktype = 'advisory'"
-            " AND (a.application_name LIKE 'rel-%' OR a.application_name LIKE 'reconciler daemon %')"
+            " WHERE l.locktype = 'advisory' AND a.application_name LIKE 'rel-%'"
         ).fetchall()
     assert rows == [], f"advisory locks left behind: {rows}"
