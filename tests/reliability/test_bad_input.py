@@ -423,7 +423,8 @@ def _backoff_s(attempt: int, initial: float, cap: float, multiplier: float) -> f
 @given(
     attempt=st.integers(min_value=0, max_value=10_000),
     max_attempts=st.integers(min_value=1, max_value=10_000),
-    initial_s=st.floats(min_value=0, max_value=86_400),
+    # Intervals hold microseconds: 0, or from a millisecond up (no subnormal floats).
+    initial_s=st.one_of(st.just(0.0), st.floats(min_value=0.001, max_value=86_400)),
     cap_factor=st.floats(min_value=1, max_value=1000),
     multiplier=st.floats(min_value=1, max_value=100),
     jitter=st.floats(min_value=0, max_value=0.99),
