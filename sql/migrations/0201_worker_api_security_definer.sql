@@ -13,9 +13,14 @@
 -- can redirect a name. EXECUTE is revoked from PUBLIC: who may call them is
 -- granted explicitly (the schema's owner still can).
 
+-- pg_temp last, unless the migration runner already put it there; note
+-- whether this file added it, to take it away again at the end.
 DO $$
 BEGIN
-    PERFORM set_config('search_path', current_setting('search_path') || ', pg_temp', true);
+    IF current_setting('search_path') !~ '(^|, )pg_temp$' THEN
+        PERFORM set_config('search_path', current_setting('search_path') || ', pg_temp', true);
+        PERFORM set_config('reconciler.m0201_added_pg_temp', 'yes', true);
+    END IF;
 END
 $$;
 
@@ -33,6 +38,10 @@ REVOKE EXECUTE ON FUNCTION enqueue(text, jsonb, text, integer, timestamptz, inte
 
 DO $$
 BEGIN
-    PERFORM set_config('search_path', regexp_replace(current_setting('search_path'), ', pg_temp$', ''), true);
+    IF current_setting('reconciler.m0201_added_pg_temp', true) = 'yes' THEN
+        PERFORM set_config('search_path',
+                           regexp_replace(current_setting('search_path'), ', pg_temp$', ''), true);
+        PERFORM set_config('reconciler.m0201_added_pg_temp', '', true);
+    END IF;
 END
 $$;

@@ -114,15 +114,16 @@ class DaemonReplicas:
         return f"reconciler daemon {live[0].pid}" if live else "reconciler daemon -"
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
-        log = open(self.workdir / f"replica-{index}.log", "ab")  # noqa: SIM115
-        return subprocess.Popen(
-            [self.python, "-m", "reconciler", "daemon"],
-            env=_env(self.settings, self.schedule),
-            cwd=self.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-        )
+        # The child keeps its own descriptor of the log; ours closes at once.
+        with open(self.workdir / f"replica-{index}.log", "ab") as log:
+            return subprocess.Popen(
+                [self.python, "-m", "reconciler", "daemon"],
+                env=_env(self.settings, self.schedule),
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
 
     def start(self) -> None:
         self.procs = [self._spawn(i) for i in range(self.count)]
