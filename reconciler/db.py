@@ -170,7 +170,15 @@ class Database:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             raw = conn.connection.driver_connection
             assert isinstance(raw, psycopg.Connection)
-            yield raw
+            try:
+                yield raw
+            except psycopg.OperationalError:
+                # The server dropped it (restart, pg_terminate_backend): throw it
+                # away, rather than have the pool try to reset a dead connection
+                # and log a traceback doing so.
+                if raw.closed or raw.broken:
+                    conn.invalidate()
+                raise
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -14,9 +14,10 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -91,6 +92,12 @@ def run_task(
     actor = actor or f"reconciler:{task.name}"
     if now is None:
         now = db.now()
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware (the database's clock)")
+    # UTC, so Python-side horizons (now - retention) are absolute: psycopg hands
+    # back timestamptz in the session's TimeZone, where "30 days earlier" is
+    # wall-clock arithmetic and moves by an hour across a DST change.
+    now = now.astimezone(UTC)
     run_id: int | None = None
     lease: Lease | None = None
     if not dry_run:
@@ -126,7 +133,9 @@ def run_task(
     status, error = "ok", None
     try:
         task.execute(ctx)
-    except (TaskFailed, LeaseLost, SQLAlchemyError) as exc:
+    except (TaskFailed, LeaseLost, SQLAlchemyError, psycopg.Error) as exc:
+        # psycopg.Error: vacuum-analyze works on the raw driver connection, so a
+        # killed connection there arrives unwrapped; it is a failed run all the same.
         status, error = "failed", _error_text(exc)
         ctx.progress.stopped = "error"
     progress = ctx.progress

@@ -85,7 +85,9 @@ class TaskContext:
     progress: Progress = field(default_factory=Progress)
     lease: Lease | None = None  # None for dry runs, which write nothing
     should_stop: Callable[[], bool] | None = None
-    _started: float = field(default_factory=time.monotonic)
+    # Looked up at call time, like out_of_time() does, so a test clock
+    # (freezegun) replaces both ends of the measurement or neither.
+    _started: float = field(default_factory=lambda: time.monotonic())
 
     def out_of_time(self) -> bool:
         return time.monotonic() - self._started >= self.time_budget.total_seconds()

@@ -14,10 +14,13 @@ run says so and names the backends that hold it, instead of claiming success.
 When PostgreSQL skips a table (the role may not vacuum it), the run fails.
 
 Safe to re-run: yes; VACUUM takes no lock that blocks workers' reads or
-writes. The task's lease is renewed before each table; a VACUUM that outlasts
-the lease's TTL lets another replica start one, which then waits for the
-first one's lock on the table: slower, never wrong. A dry run only reports
-the dead rows it would try to reclaim.
+writes. It runs on an autocommit session with no timeouts set, so it asks
+for ``SKIP_LOCKED``: a table someone holds a conflicting lock on (DDL, a
+``LOCK TABLE``) is skipped with a warning, which fails the run, instead of
+the run waiting for the lock without end. The task's lease is renewed before
+each table; a VACUUM that outlasts the lease's TTL lets another replica start
+one, which then waits for the first one's lock on the table: slower, never
+wrong. A dry run only reports the dead rows it would try to reclaim.
 """
 
 from __future__ import annotations
@@ -62,7 +65,11 @@ def _vacuum(conn: psycopg.Connection[Any], schema: str, name: str) -> list[tuple
 
     conn.add_notice_handler(keep)
     try:
-        conn.execute(sql.SQL("VACUUM (ANALYZE, VERBOSE) {}").format(sql.Identifier(schema, name)))
+        conn.execute(
+            sql.SQL("VACUUM (ANALYZE, VERBOSE, SKIP_LOCKED) {}").format(
+                sql.Identifier(schema, name)
+            )
+        )
     finally:
         conn.remove_notice_handler(keep)
     return notices

@@ -13,6 +13,7 @@ from reconciler.sqlfiles import migration_files
 from tests.acceptance.conftest import CLI
 from tests.helpers import insert_job, job
 
+# Every migration file, in order (other branches add their own).
 ALL_MIGRATIONS = [path.name for _, _, path in migration_files()]
 
 
@@ -26,10 +27,11 @@ def _one_line_error(result: object) -> str:
 
 
 def test_migrate_then_migrate_again(cli: CLI) -> None:
-    """migrate applies every migration once; the second run reports nothing to do."""
+    """migrate applies every migration once, 0001 first; the second run reports nothing to do."""
     first = cli("migrate", "--json")
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["applied"] == ALL_MIGRATIONS
+    assert ALL_MIGRATIONS[0] == "0001_initial.sql"
     second = cli("migrate", "--json")
     assert json.loads(second.stdout)["applied"] == []
     assert cli("migrate", "--check").returncode == 0

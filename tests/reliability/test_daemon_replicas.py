@@ -1,0 +1,56 @@
+"""The daemon (issue 3) as the maintenance: replicas, one SIGKILLed, connections terminated.
+
+Skipped until this checkout has ``reconciler daemon``; after the merge it runs
+the same workload and invariants as the in-process loop's scenarios.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from reconciler.db import Database
+from tests.reliability.daemon import DaemonReplicas, daemon_available
+from tests.reliability.faults import FaultSchedule
+from tests.reliability.invariants import format_report
+from tests.reliability.workload import Workload, WorkloadConfig, prepare_schema, wait_until
+
+pytestmark = [
+    pytest.mark.reliability,
+    pytest.mark.skipif(not daemon_available(), reason="no `reconciler daemon` in this checkout"),
+]
+
+
+def test_daemon_replicas_keep_every_invariant(
+    db: Database, pg_url: str, schema: str, tmp_path: Path
+) -> None:
+    """Two daemons; one is SIGKILLed and restarted, their connections terminated: all hold."""
+    prepare_schema(db)
+    w = Workload(
+        pg_url,
+        schema,
+        tmp_path / "records",
+        WorkloadConfig(workers=6),
+        maintenance=DaemonReplicas.factory(tmp_path / "daemon", replicas=2),
+    )
+    daemons = w.maintenance
+    assert isinstance(daemons, DaemonReplicas)
+    faults = FaultSchedule(w, ["terminate"], every=1.5)
+    w.start()
+    faults.start()
+    try:
+        half = time.monotonic() + 3
+        wait_until(lambda: time.monotonic() >= half, 10, "the first half")
+        daemons.kill(0)
+        end = time.monotonic() + 4
+        wait_until(lambda: time.monotonic() >= end, 10, "the second half")
+    finally:
+        faults.stop()
+        w.stop(settle=0.5)
+    summary = daemons.summary()
+    assert summary["unexpected_errors"] == []
+    assert summary["transitions"].get("running->stale", 0) > 0
+    _, results = w.check(db)
+    assert all(r.ok for r in results), "\n" + format_report(results)
