@@ -1,12 +1,12 @@
 -- 0200_backoff_in_seconds: backoff() computed in seconds, clamped before it can overflow.
 --
--- Two faults of the first backoff() (0001), found by the reliability suite:
+-- Two faults of backoff() as first written, both found by the tests:
 --
 -- 1. It multiplied intervals: p_initial * multiplier^(attempt-1). With many
 --    attempts (max_attempts 100, multiplier 2) that overflows ("interval out
 --    of range", or "value out of range: overflow" from power()), and the
 --    error aborts the whole requeue batch: one such job stopped every retry
---    of every job.
+--    of every job. (0001, unreleased, was corrected in place for this one.)
 -- 2. An interval written in days ('1 day') keeps its day field, and
 --    timestamptz + '1 day' means "the same wall-clock time tomorrow" in the
 --    session's TimeZone: across a DST change that is 23 or 25 hours, so the
