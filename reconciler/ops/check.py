@@ -10,7 +10,8 @@ longer than the backlog age); dead-letter spike; probably dead workers; jobs
 running too long; maintenance tasks overdue by the daemon's schedule (as
 ``reconciler status`` judges it), never run, or failed in their last run;
 the oldest due job of each priority past its latency target. Paused queues
-are left out of backlog and latency (they back up on purpose) and listed.
+are left out of backlog and latency (they back up on purpose) and listed;
+after ``pause --all`` that is every queue, listed as "all queues".
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sqlalchemy import text
 from reconciler.db import Database
 from reconciler.ops.common import PRIORITIES, OpsError
 from reconciler.ops.output import age, console, emit_json, table
-from reconciler.ops.pause import paused_queues
+from reconciler.ops.pause import paused_queues, queue_label
 from reconciler.ops.stats import LATENCY_TARGETS
 from reconciler.ops.workers import worker_report
 from reconciler.schedule import Schedule, ScheduleError, load_schedule
@@ -208,7 +209,7 @@ def evaluate(
                 f"oldest due {name} job waits {age(wait)} (target {age(target)}; {row.due} due)",
             )
         )
-    paused = [p["queue"] for p in paused_queues(db)]
+    paused = [queue_label(p["queue"]) for p in paused_queues(db)]
     if paused:
         findings.append(
             Finding(

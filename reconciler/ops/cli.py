@@ -233,12 +233,28 @@ def add_ops_commands(sub: Any) -> None:
     ):
         p = _leaf(sub, name, handler, text)
         p.add_argument("queues", nargs="*", metavar="QUEUE")
-        p.add_argument("--all", action="store_true", help="every queue with jobs / every paused")
+        p.add_argument(
+            "--all",
+            action="store_true",
+            help="every queue, also those first used later / lift every pause",
+        )
         p.add_argument("--dry-run", action="store_true", help="show what would change")
         if name == "pause":
             p.add_argument("--force", action="store_true", help="also a queue with no jobs yet")
-            p.add_argument("--reason", help="why, shown by stats and check")
-            p.add_argument("--actor", help="who (default: cli:<os user>)")
+            p.add_argument(
+                "--history",
+                action="store_true",
+                help="list past pauses and resumes, newest first (of the QUEUEs named, if any)",
+            )
+            p.add_argument(
+                "--limit",
+                type=_positive_int,
+                default=20,
+                metavar="N",
+                help="--history: at most N rows (default 20)",
+            )
+        p.add_argument("--reason", help="why: shown by stats and check, kept in the history")
+        p.add_argument("--actor", help="who, for the history (default: cli:<os user>)")
         _json(p)
 
     p = _leaf(

@@ -1,16 +1,23 @@
-"""``reconciler pause`` and ``resume``: stop and restart handing out a queue's jobs.
+"""``reconciler pause`` and ``resume``: stop and restart handing out queues' jobs.
 
 A pause is a row in ``paused_queues``; ``claim()`` hands out no job of a
 paused queue, so workers simply find nothing there, while running jobs finish
 and the reconciler's maintenance (stale jobs, retries, dead letters, purge)
 goes on. It replaces the runbooks' "scale the workers to zero" and "set the
-worker secret to PAUSED". ``stats`` and ``check`` show paused queues.
+worker secret to PAUSED". ``stats``, ``check`` and ``jobs show`` show pauses.
+
+``--all`` is the runbooks' "stop all job processing": one row with queue
+``*``, which covers every queue, including a queue first used after the
+pause. While it is there, resuming one queue is refused (the queue would
+stay paused); ``resume --all`` lifts every pause, ``*`` included.
 
 A queue that has no job is refused unless ``--force``: a typo must not leave
-the real queue running while the operator believes it paused. ``--all``
-pauses every queue that has jobs now; a queue first used later is not paused.
-Safe to re-run: pausing a paused queue or resuming a running one changes
-nothing.
+the real queue running while the operator believes it paused.
+
+Each pause and resume writes a ``queue_pause_events`` row (queue, action,
+time, actor, reason) in the same statement; ``pause --history`` lists them.
+Safe to re-run: pausing a paused queue, or ``resume --all`` with nothing
+paused, changes nothing and records nothing.
 """
 
 from __future__ import annotations
@@ -27,22 +34,45 @@ from reconciler.runner import default_actor
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query
 
-__all__ = ["cmd_pause", "cmd_resume", "paused_queues"]
+__all__ = [
+    "ALL_QUEUES",
+    "cmd_pause",
+    "cmd_resume",
+    "pause_history",
+    "paused_queues",
+    "queue_label",
+]
+
+ALL_QUEUES = "*"
+"""The queue of the ``paused_queues`` row that pauses every queue."""
+
+
+def queue_label(queue: str) -> str:
+    """A paused queue as people read it: ``*`` is "all queues"."""
+    return "all queues" if queue == ALL_QUEUES else queue
 
 
 def paused_queues(db: Database) -> list[dict[str, Any]]:
+    """The pauses in force, ``*`` first, each with its queued jobs."""
     with db.transaction() as conn:
         return [dict(r._mapping) for r in conn.execute(text(query("ops/pause", "list")))]
 
 
-def _queues(db: Database, args: argparse.Namespace, verb: str) -> list[str]:
+def pause_history(db: Database, *, queues: list[str] | None, limit: int) -> list[dict[str, Any]]:
+    """The last ``limit`` pauses and resumes, newest first (of ``queues`` and of ``*``)."""
+    with db.transaction() as conn:
+        rows = conn.execute(text(query("ops/pause", "history")), {"queues": queues, "limit": limit})
+        return [dict(r._mapping) for r in rows]
+
+
+def _queues(args: argparse.Namespace, verb: str) -> list[str]:
+    """The queues named, or ``[*]`` for ``--all``."""
     if args.all and args.queues:
         raise OpsError(f"{verb}: give queue names or --all, not both")
+    if ALL_QUEUES in args.queues:
+        raise OpsError(f"{verb}: '*' stands for every queue; use reconciler {verb} --all")
     if args.all:
-        if verb == "resume":
-            return [p["queue"] for p in paused_queues(db)]
-        with db.transaction() as conn:
-            return list(conn.execute(text(query("ops/pause", "known_queues"))).scalars())
+        return [ALL_QUEUES]
     if not args.queues:
         raise OpsError(f"{verb}: name the queues (e.g. reconciler {verb} email), or --all")
     return list(dict.fromkeys(args.queues))
@@ -55,13 +85,14 @@ def _print(changed: list[str], verb: str, db: Database, as_json: bool, dry_run: 
         return
     out = console()
     done = "would be " if dry_run else ""
-    out.print(f"{done}{verb}d: {', '.join(changed) if changed else 'nothing to change'}")
+    names = ", ".join(map(queue_label, changed)) if changed else "nothing to change"
+    out.print(f"{done}{verb}d: {names}")
     out.print(
         table(
             f"paused queues ({len(paused)})",
             ("queue", "paused at", "by", "reason", "queued jobs"),
             [
-                (p["queue"], p["paused_at"], p["paused_by"], p["reason"], p["queued"])
+                (queue_label(p["queue"]), p["paused_at"], p["paused_by"], p["reason"], p["queued"])
                 for p in paused
             ],
             right=("queued jobs",),
@@ -69,8 +100,30 @@ def _print(changed: list[str], verb: str, db: Database, as_json: bool, dry_run: 
     )
 
 
+def _history(args: argparse.Namespace, db: Database) -> int:
+    if args.all:
+        raise OpsError("pause --history: name queues to narrow it, or nothing for every queue")
+    rows = pause_history(db, queues=list(args.queues) or None, limit=args.limit)
+    if args.json:
+        emit_json({"history": rows})
+        return 0
+    console().print(
+        table(
+            f"pauses and resumes, newest first ({len(rows)}; --limit N for more)",
+            ("at", "queue", "action", "by", "reason"),
+            [
+                (r["at"], queue_label(r["queue"]), r["action"], r["actor"], r["reason"])
+                for r in rows
+            ],
+        )
+    )
+    return 0
+
+
 def cmd_pause(args: argparse.Namespace, settings: Settings, db: Database) -> int:
-    queues = _queues(db, args, "pause")
+    if args.history:
+        return _history(args, db)
+    queues = _queues(args, "pause")
     if not args.force and not args.all:
         with db.transaction() as conn:
             empty = list(
@@ -101,19 +154,37 @@ def cmd_pause(args: argparse.Namespace, settings: Settings, db: Database) -> int
 
 
 def cmd_resume(args: argparse.Namespace, settings: Settings, db: Database) -> int:
-    queues = _queues(db, args, "resume")
-    paused = {p["queue"] for p in paused_queues(db)}
-    not_paused = [q for q in queues if q not in paused]
-    if not_paused and not args.all:
-        raise OpsError(
-            f"queue {not_paused[0]!r} is not paused; paused: {', '.join(sorted(paused)) or 'none'}"
-        )
+    named = _queues(args, "resume")
+    queues = None if args.all else named  # None: every pause, '*' and single queues alike
+    paused = {p["queue"]: p for p in paused_queues(db)}
+    if queues is not None:
+        every = paused.get(ALL_QUEUES)
+        if every is not None:
+            raise OpsError(
+                f"cannot resume {queues[0]!r} alone: all queues are paused (pause --all by "
+                f"{every['paused_by']} at {every['paused_at']:%Y-%m-%d %H:%M:%S}); "
+                "to resume them: reconciler resume --all"
+            )
+        not_paused = [q for q in queues if q not in paused]
+        if not_paused:
+            raise OpsError(
+                f"queue {not_paused[0]!r} is not paused; "
+                f"paused: {', '.join(sorted(paused)) or 'none'}"
+            )
     if args.dry_run:
-        _print(sorted(queues), "resume", db, args.json, dry_run=True)
+        _print(sorted(paused if queues is None else queues), "resume", db, args.json, dry_run=True)
         return 0
     with db.transaction() as conn:
         changed = list(
-            conn.execute(text(query("ops/pause", "resume")), {"queues": queues}).scalars()
+            conn.execute(
+                text(query("ops/pause", "resume")),
+                {
+                    "queues": queues,
+                    "now": db.now(),
+                    "actor": args.actor or default_actor(),
+                    "reason": args.reason,
+                },
+            ).scalars()
         )
     _print(sorted(changed), "resume", db, args.json, dry_run=False)
     return 0

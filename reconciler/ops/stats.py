@@ -4,7 +4,8 @@ Read-only. Depth by queue, priority and status; per queue and priority the
 oldest due job's wait against the priority's latency target (critical < 1 s,
 high < 5 s, default < 30 s, low < 2 min, bulk best effort); status changes
 per hour; average and p95 duration and failure rate by kind, since
-``--since`` (default 24 h); paused queues. ``--watch`` redraws in place.
+``--since`` (default 24 h); paused queues (``*``, shown as "all queues",
+pauses every queue). ``--watch`` redraws in place.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sqlalchemy import text
 from reconciler.db import Database
 from reconciler.ops.common import PRIORITIES
 from reconciler.ops.output import age, console, emit_json, table
-from reconciler.ops.pause import paused_queues
+from reconciler.ops.pause import ALL_QUEUES, paused_queues, queue_label
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query
 
@@ -77,13 +78,15 @@ def render(stats: dict[str, Any]) -> Group:
     for row in stats["depth"]:
         by_queue.setdefault((row["queue"], row["priority"]), {})[row["status"]] = row["jobs"]
     paused = {p["queue"] for p in stats["paused"]}
+    every = ALL_QUEUES in paused
     parts: list[Any] = [
         table(
-            f"depth by queue and priority at {stats['now']:%Y-%m-%d %H:%M:%S}",
+            f"depth by queue and priority at {stats['now']:%Y-%m-%d %H:%M:%S}"
+            + (" (ALL QUEUES PAUSED)" if every else ""),
             ("queue", "priority", *statuses),
             [
                 (
-                    f"{queue} (paused)" if queue in paused else queue,
+                    f"{queue} (paused)" if every or queue in paused else queue,
                     PRIORITIES[priority],
                     *(counts.get(s, 0) for s in statuses),
                 )
@@ -146,7 +149,13 @@ def render(stats: dict[str, Any]) -> Group:
                 "paused queues",
                 ("queue", "paused at", "by", "reason", "queued jobs"),
                 [
-                    (p["queue"], p["paused_at"], p["paused_by"], p["reason"], p["queued"])
+                    (
+                        queue_label(p["queue"]),
+                        p["paused_at"],
+                        p["paused_by"],
+                        p["reason"],
+                        p["queued"],
+                    )
                     for p in stats["paused"]
                 ],
                 right=("queued jobs",),

@@ -1,6 +1,7 @@
 -- `reconciler check`: the runbooks' alert conditions, each one number.
 -- Binds: :now, :since (now - the check window) and per query its threshold.
--- Paused queues are left out of backlog and latency: they back up on purpose.
+-- Paused queues are left out of backlog and latency: they back up on purpose
+-- (a paused_queues row '*' pauses every queue).
 
 -- name: attempts
 SELECT count(*) FILTER (WHERE e.to_status = 'succeeded') AS succeeded,
@@ -15,7 +16,7 @@ SELECT count(*) AS jobs
 FROM jobs j
 WHERE j.status = 'queued'
   AND j.run_at <= CAST(:backlog_horizon AS timestamptz)
-  AND NOT EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue = j.queue)
+  AND NOT EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue IN (j.queue, '*'))
 
 -- name: dead_recent
 SELECT count(*) AS jobs
@@ -34,6 +35,6 @@ SELECT j.priority, count(*) AS due, CAST(:now AS timestamptz) - min(j.run_at) AS
 FROM jobs j
 WHERE j.status = 'queued'
   AND j.run_at <= CAST(:now AS timestamptz)
-  AND NOT EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue = j.queue)
+  AND NOT EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue IN (j.queue, '*'))
 GROUP BY 1
 ORDER BY 1

@@ -36,7 +36,7 @@ LIMIT :limit
 
 -- name: show
 SELECT j.*, CAST(:now AS timestamptz) - coalesce(j.heartbeat_at, j.locked_at) AS heartbeat_age,
-       EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue = j.queue) AS queue_paused
+       EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue IN (j.queue, '*')) AS queue_paused
 FROM jobs j WHERE j.id = :id
 
 -- name: events

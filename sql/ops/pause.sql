@@ -1,26 +1,52 @@
 -- `reconciler pause` / `resume`: rows of paused_queues, which claim() honours
--- (it hands out no job of a paused queue). Maintenance tasks ignore pauses.
+-- (it hands out no job of a paused queue; a row '*' pauses every queue).
+-- Maintenance tasks ignore pauses. Each change writes its queue_pause_events
+-- rows in the same statement, in queue order (ids follow it).
 
 -- name: list
+-- What '*' covers counts every queued job.
 SELECT p.queue, p.paused_at, p.paused_by, p.reason,
-       (SELECT count(*) FROM jobs j WHERE j.queue = p.queue AND j.status = 'queued') AS queued
+       (SELECT count(*) FROM jobs j
+        WHERE j.status = 'queued' AND (j.queue = p.queue OR p.queue = '*')) AS queued
 FROM paused_queues p
-ORDER BY p.queue
-
--- name: known_queues
--- Every queue that has a job now (one scan of jobs: there is no index on queue).
-SELECT DISTINCT j.queue FROM jobs j ORDER BY 1
+ORDER BY p.queue <> '*', p.queue
 
 -- name: without_jobs
 SELECT q.name FROM unnest(CAST(:queues AS text[])) AS q (name)
 WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.queue = q.name)
 
 -- name: pause
-INSERT INTO paused_queues (queue, paused_at, paused_by, reason)
-SELECT q.name, CAST(:now AS timestamptz), :actor, :reason
-FROM unnest(CAST(:queues AS text[])) AS q (name)
-ON CONFLICT (queue) DO NOTHING
-RETURNING queue
+WITH paused AS (
+    INSERT INTO paused_queues (queue, paused_at, paused_by, reason)
+    SELECT q.name, CAST(:now AS timestamptz), CAST(:actor AS text), CAST(:reason AS text)
+    FROM unnest(CAST(:queues AS text[])) AS q (name)
+    ON CONFLICT (queue) DO NOTHING
+    RETURNING queue, paused_at, paused_by, reason
+), event AS (
+    INSERT INTO queue_pause_events (queue, action, at, actor, reason)
+    SELECT p.queue, 'pause', p.paused_at, p.paused_by, p.reason FROM paused p ORDER BY p.queue
+)
+SELECT p.queue FROM paused p
 
 -- name: resume
-DELETE FROM paused_queues WHERE queue = ANY (CAST(:queues AS text[])) RETURNING queue
+-- :queues NULL resumes every paused queue, '*' included.
+WITH resumed AS (
+    DELETE FROM paused_queues p
+    WHERE CAST(:queues AS text[]) IS NULL OR p.queue = ANY (CAST(:queues AS text[]))
+    RETURNING p.queue
+), event AS (
+    INSERT INTO queue_pause_events (queue, action, at, actor, reason)
+    SELECT r.queue, 'resume', CAST(:now AS timestamptz), CAST(:actor AS text),
+           CAST(:reason AS text)
+    FROM resumed r
+    ORDER BY r.queue
+)
+SELECT r.queue FROM resumed r
+
+-- name: history
+-- Newest first; for :queues (NULL: any), also the pauses of every queue ('*').
+SELECT e.id, e.at, e.queue, e.action, e.actor, e.reason
+FROM queue_pause_events e
+WHERE CAST(:queues AS text[]) IS NULL OR e.queue = ANY (CAST(:queues AS text[])) OR e.queue = '*'
+ORDER BY e.id DESC
+LIMIT :limit

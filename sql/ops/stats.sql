@@ -12,7 +12,7 @@ ORDER BY 1, 2, 3
 -- waited since it became due (run_at), against its priority's latency target.
 SELECT j.queue, j.priority, count(*) AS due,
        CAST(:now AS timestamptz) - min(j.run_at) AS oldest_wait,
-       EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue = j.queue) AS paused
+       EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue IN (j.queue, '*')) AS paused
 FROM jobs j
 WHERE j.status = 'queued'
   AND j.run_at <= CAST(:now AS timestamptz)

@@ -368,3 +368,83 @@ def test_every_function_pins_its_search_path(db: Database) -> None:
     assert {
         r.proname: [c for c in r.proconfig or [] if c.startswith("search_path=")] for r in rows
     } == {r.proname: [f"search_path={quote_ident(db.schema)}, pg_temp"] for r in rows}
+
+
+def _claim_attributes(db: Database) -> dict[str, Any]:
+    with db.engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT p.proconfig, p.prosecdef, l.lanname,"
+                " has_function_privilege('public', p.oid, 'EXECUTE') AS public_execute"
+                " FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang"
+                " WHERE p.oid = to_regprocedure(:fn)"
+            ),
+            {"fn": f"{quote_ident(db.schema)}.claim(text, text[], integer)"},
+        ).one()
+    return dict(row._mapping)
+
+
+def _claim_one(pg_url: str, db: Database) -> list[Any]:
+    """enqueue() then claim() from a plain connection, as a worker calls them."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("SELECT {}(kind => 'x', run_at => now() - interval '1 s')").format(
+                sql.Identifier(db.schema, "enqueue")
+            )
+        )
+        return conn.execute(
+            sql.SQL("SELECT id, attempt FROM {}(worker => 'w1')").format(
+                sql.Identifier(db.schema, "claim")
+            )
+        ).fetchall()
+
+
+def test_claim_keeps_its_settings_after_every_migration(pg_url: str, db: Database) -> None:
+    """After all migrations (0003 replaces claim()), claim() is plpgsql, pins its search_path
+    and plans with the caller's values, and hands out a job."""
+    attributes = _claim_attributes(db)
+    assert attributes["lanname"] == "plpgsql"
+    assert sorted(attributes["proconfig"]) == [
+        "plan_cache_mode=force_custom_plan",
+        f"search_path={quote_ident(db.schema)}, pg_temp",
+    ]
+    assert _claim_one(pg_url, db) == [(1, 1)]
+
+
+def test_pause_all_migration_keeps_what_0201_set_on_claim(
+    pg_url: str, fresh: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Applied to a schema whose claim() already runs as its owner with EXECUTE revoked
+    from PUBLIC (0201 applied first), 0003 keeps both; a pause in force enters the history."""
+    every = migration_files()
+    monkeypatch.setattr("reconciler.migrate.migration_files", lambda: every[:2])
+    migrate(fresh)
+    with fresh.transaction() as conn:
+        conn.execute(text("ALTER FUNCTION claim(text, text[], integer) SECURITY DEFINER"))
+        conn.execute(text("REVOKE EXECUTE ON FUNCTION claim(text, text[], integer) FROM PUBLIC"))
+        conn.execute(
+            text(
+                "INSERT INTO paused_queues (queue, paused_at, paused_by, reason)"
+                " VALUES ('media', '2026-01-02 03:04:05+00', 'cli:bob', 'INC-7')"
+            )
+        )
+    monkeypatch.undo()
+
+    assert "0003_pause_all.sql" in migrate(fresh).applied
+
+    attributes = _claim_attributes(fresh)
+    assert (attributes["prosecdef"], attributes["public_execute"]) == (True, False)
+    assert sorted(attributes["proconfig"]) == [
+        "plan_cache_mode=force_custom_plan",
+        f"search_path={quote_ident(fresh.schema)}, pg_temp",
+    ]
+    with fresh.transaction() as conn:
+        history = conn.execute(
+            text("SELECT queue, action, at, actor, reason FROM queue_pause_events")
+        ).all()
+        conn.execute(text("DELETE FROM paused_queues"))
+    assert [(h.queue, h.action, h.actor, h.reason) for h in history] == [
+        ("media", "pause", "cli:bob", "INC-7")
+    ]
+    assert history[0].at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=history[0].at.tzinfo)
+    assert _claim_one(pg_url, fresh) == [(1, 1)]  # as the schema's owner, which keeps EXECUTE

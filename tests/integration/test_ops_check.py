@@ -106,6 +106,26 @@ def test_backlog(cli: CliRun, db: Database, db_now: datetime, healthy: None) -> 
     assert findings(cli)[1]["backlog"] == "ok"
 
 
+def test_pause_all_leaves_every_queue_out_of_backlog_and_latency(
+    cli: CliRun, db: Database, db_now: datetime, healthy: None
+) -> None:
+    """After pause --all no queue counts as backlog or late, one first used after the pause
+    too; the paused finding says "all queues"."""
+    cli.setenv("RECONCILER_CHECK_BACKLOG_WARNING", "1")
+    insert_job(db, status="queued", priority=0, run_at=db_now - timedelta(minutes=10))
+    cli("pause", "--all")
+    for queue in ("default", "first-used-now"):
+        insert_job(db, queue=queue, status="queued", priority=0, run_at=db_now - timedelta(hours=1))
+    code, out, _ = cli("check", "--json")
+    by_check = {f["check"]: f for f in json.loads(out)["findings"]}
+    assert code == 0
+    assert by_check["backlog"]["value"] == 0
+    assert "latency:critical" not in by_check
+    assert by_check["paused_queues"]["message"].endswith(": all queues")
+    cli("resume", "--all")
+    assert findings(cli)[1]["latency:critical"] == "critical"
+
+
 def test_dead_letter_spike(cli: CliRun, db: Database, db_now: datetime, healthy: None) -> None:
     """Jobs that went dead within the window; older deaths do not count."""
     cli.setenv("RECONCILER_CHECK_DEAD_LETTER_WARNING", "1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 
 import pytest
@@ -165,8 +166,113 @@ def test_pause_refuses_a_typo_and_resume_an_unpaused(
 
 
 def test_pause_all_and_dry_run(cli: CliRun, ids: dict[str, list[int]]) -> None:
-    """--all pauses every queue that has jobs; --dry-run changes nothing."""
+    """--all pauses every queue with one row '*'; --dry-run changes nothing."""
     preview = cli.json("pause", "--all", "--dry-run")
-    assert preview["pause"] == ["bulk", "email", "reports"] and preview["paused"] == []
-    assert cli.json("pause", "--all")["pause"] == ["bulk", "email", "reports"]
+    assert preview["pause"] == ["*"] and preview["paused"] == []
+    result = cli.json("pause", "--all")
+    assert result["pause"] == ["*"]
+    assert [(p["queue"], p["queued"]) for p in result["paused"]] == [("*", 2)]
+    assert cli.json("pause", "--all")["pause"] == []
+    assert cli.json("resume", "--all", "--dry-run")["resume"] == ["*"]
     assert cli.json("resume", "--all")["paused"] == []
+
+
+def _claimable(db: Database, queues: list[str] | None = None) -> int:
+    """How many jobs claim() hands out (rolled back, so the jobs stay queued)."""
+    with db.transaction(rollback=True) as conn:
+        return int(
+            conn.execute(
+                text("SELECT count(*) FROM claim('w9', CAST(:q AS text[]), 100)"), {"q": queues}
+            ).scalar_one()
+        )
+
+
+def test_pause_all_stops_every_queue_also_a_new_one(
+    cli: CliRun, db: Database, db_now: datetime, ids: dict[str, list[int]]
+) -> None:
+    """After pause --all, claim() hands out nothing, also of a queue first used later;
+    resume --all lifts it and every single-queue pause with it."""
+    assert _claimable(db) == 2
+    cli("pause", "email")
+    assert cli.json("pause", "--all", "--reason", "DB failover")["pause"] == ["*"]
+    with db.transaction() as conn:
+        conn.execute(
+            text("SELECT enqueue(kind => 'x', queue => 'brand-new', run_at => :t)"),
+            {"t": db_now - timedelta(seconds=1)},
+        )
+    assert _claimable(db) == 0
+    assert _claimable(db, ["brand-new"]) == 0
+
+    result = cli.json("resume", "--all")
+    assert (result["resume"], result["paused"]) == (["*", "email"], [])
+    assert _claimable(db) == 3
+
+
+def test_resume_of_one_queue_under_pause_all_is_refused(
+    cli: CliRun, db: Database, ids: dict[str, list[int]]
+) -> None:
+    """resume QUEUE while every queue is paused: one line saying so and how, exit 2;
+    '*' as a queue name points to --all."""
+    cli("pause", "--all", "--actor", "cli:bob")
+    code, out, err = cli("resume", "email")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1
+    assert "cannot resume 'email' alone: all queues are paused (pause --all by cli:bob at " in err
+    assert err.rstrip().endswith("to resume them: reconciler resume --all")
+    assert _claimable(db) == 0
+    for verb in ("pause", "resume"):
+        code, _, err = cli(verb, "*")
+        assert code == 2 and f"use reconciler {verb} --all" in err
+
+
+def test_pause_and_resume_leave_a_history(
+    cli: CliRun, db: Database, ids: dict[str, list[int]]
+) -> None:
+    """Every pause and resume is a queue_pause_events row with who and why; pause --history
+    lists them newest first, of the queues named plus those of every queue."""
+    cli("pause", "email", "--actor", "cli:bob", "--reason", "SMTP outage")
+    cli("pause", "reports", "--actor", "cli:bob")
+    cli("resume", "email", "--actor", "cli:ann", "--reason", "SMTP back")
+    cli("pause", "--all", "--actor", "cli:ann", "--reason", "failover")
+    cli("resume", "--all", "--actor", "cli:bob")
+    cli("resume", "--all")  # nothing paused: nothing recorded
+
+    rows = cli.json("pause", "--history")["history"]
+    assert [(r["queue"], r["action"], r["actor"], r["reason"]) for r in rows] == [
+        ("reports", "resume", "cli:bob", None),
+        ("*", "resume", "cli:bob", None),
+        ("*", "pause", "cli:ann", "failover"),
+        ("email", "resume", "cli:ann", "SMTP back"),
+        ("reports", "pause", "cli:bob", None),
+        ("email", "pause", "cli:bob", "SMTP outage"),
+    ]
+    assert rows[0]["at"] >= rows[-1]["at"]
+    email = cli.json("pause", "--history", "email", "--limit", "3")["history"]
+    assert [(r["queue"], r["action"]) for r in email] == [
+        ("*", "resume"),
+        ("*", "pause"),
+        ("email", "resume"),
+    ]
+    code, out, _ = cli("pause", "--history")
+    assert code == 0 and "all queues" in out and "SMTP outage" in out
+
+
+def test_pause_all_shows_in_stats_check_and_jobs(
+    cli: CliRun, db: Database, db_now: datetime, ids: dict[str, list[int]]
+) -> None:
+    """stats marks every queue paused and lists "all queues"; check lists it; jobs show says
+    the job's queue is paused."""
+    cli("pause", "--all", "--reason", "outage")
+    stats = cli.json("stats")
+    assert stats["oldest_due"] and all(r["paused"] for r in stats["oldest_due"])
+    assert [p["queue"] for p in stats["paused"]] == ["*"]
+    code, out, _ = cli("stats")
+    assert code == 0
+    assert "ALL QUEUES PAUSED" in out
+    cells = {cell.strip() for line in out.splitlines() for cell in line.split("│")}
+    assert {"email (paused)", "reports (paused)", "bulk (paused)", "all queues"} <= cells
+    _, out, _ = cli("check", "--json")
+    report = json.loads(out)
+    (paused,) = [f for f in report["findings"] if f["check"] == "paused_queues"]
+    assert paused["message"] == "paused (left out of backlog and latency): all queues"
+    assert cli.json("jobs", "show", str(ids["queued_email"][0]))["job"]["queue_paused"] is True

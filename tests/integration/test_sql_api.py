@@ -388,6 +388,28 @@ def test_paused_queue_hands_out_nothing(db: Database, worker: Conn, db_now: date
     assert [r["id"] for r in claim(worker, db.schema, worker="w1", n=10)] == paused
 
 
+def test_pause_of_every_queue_hands_out_nothing(
+    db: Database, worker: Conn, db_now: datetime
+) -> None:
+    """A paused_queues row '*' stops claim() for every queue, one first used after the
+    pause too; the worker-name check still comes first; deleting the row restores claims."""
+    due = db_now - timedelta(seconds=1)
+    before = _queued(db, worker, due)
+    with db.transaction() as conn:
+        conn.execute(text("INSERT INTO paused_queues (queue, paused_by) VALUES ('*', 'ops')"))
+    after = _queued(db, worker, due, queue="new-queue", priority=0)
+
+    assert claim(worker, db.schema, worker="w1", n=10) == []
+    assert claim(worker, db.schema, worker="w1", queues=["new-queue"], n=10) == []
+    with pytest.raises(psycopg.errors.NullValueNotAllowed, match="needs a worker name"):
+        claim(worker, db.schema, worker="")
+    assert job(db, before)["status"] == job(db, after)["status"] == "queued"
+
+    with db.transaction() as conn:
+        conn.execute(text("DELETE FROM paused_queues WHERE queue = '*'"))
+    assert [r["id"] for r in claim(worker, db.schema, worker="w1", n=10)] == [after, before]
+
+
 @pytest.mark.parametrize("attempts_before", [0, 2])
 def test_claim_marks_the_job_running_for_the_worker(
     db: Database, worker: Conn, db_now: datetime, attempts_before: int
