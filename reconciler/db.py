@@ -10,17 +10,24 @@ lost from, whatever client gets the server connection next.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg import sql
-from sqlalchemy import Connection, Engine, create_engine, make_url, text
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+
+from reconciler.logs import get_logger
 
 __all__ = [
     "Database",
@@ -58,6 +65,24 @@ def quote_ident(name: str) -> str:
     return sql.Identifier(name).as_string(None)
 
 
+# How long past its statement_timeout a transaction may go before the client
+# gives up on the server: the server cancels a statement at its timeout and
+# answers at once, so silence this long means the answer is not coming.
+DEADLINE_MARGIN = timedelta(seconds=5)
+
+_log = get_logger("reconciler.db")
+
+
+def _sever(raw: Any) -> None:
+    """Shut down a connection's socket, so a read blocked on it fails at once."""
+    with contextlib.suppress(Exception):
+        dup = socket.socket(fileno=os.dup(raw.pgconn.socket))
+        try:
+            dup.shutdown(socket.SHUT_RDWR)
+        finally:
+            dup.close()
+
+
 def _ms(value: timedelta) -> str:
     return f"{max(1, round(value.total_seconds() * 1000))}ms"
 
@@ -70,6 +95,11 @@ class Database:
     schema: str
     lock_timeout: timedelta
     statement_timeout: timedelta
+    # Every driver connection the engine opened, for the client-side deadline.
+    _open: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet, repr=False)
+
+    def __post_init__(self) -> None:
+        event.listen(self.engine, "connect", lambda raw, _record: self._open.add(raw))
 
     @classmethod
     def connect(
@@ -111,10 +141,40 @@ class Database:
     def qualified_schema(self) -> str:
         return quote_ident(self.schema)
 
+    @contextmanager
+    def deadline(self, statement_timeout: timedelta | None = None) -> Iterator[None]:
+        """Give up on the server if the block outlasts its statement timeout (plus a margin).
+
+        The server enforces statement_timeout, and TCP keepalives notice a dead
+        peer; neither helps when something in between (a proxy, a firewall
+        that drops packets) keeps the connection open and silent: the answer
+        never comes and a read blocks forever. Past the deadline every socket
+        of this engine is shut down, so the blocked read fails, the batch
+        rolls back, and the pool reconnects on next use.
+        """
+        limit = (statement_timeout or self.statement_timeout) + DEADLINE_MARGIN
+        timer = threading.Timer(limit.total_seconds(), self._give_up, args=(limit,))
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    def _give_up(self, limit: timedelta) -> None:
+        connections = list(self._open)
+        _log.warning(
+            "database.deadline_exceeded",
+            limit_s=limit.total_seconds(),
+            connections=len(connections),
+        )
+        for raw in connections:
+            _sever(raw)
+
     def ping(self) -> None:
         """Connect once, or raise DatabaseUnavailable with a printable message."""
         try:
-            with self.engine.connect() as conn:
+            with self.deadline(), self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except OperationalError as exc:
             raise DatabaseUnavailable(
@@ -132,7 +192,11 @@ class Database:
 
         ``rollback=True`` undoes everything at the end (dry runs).
         """
-        with self.engine.connect() as conn, conn.begin() as tx:
+        with (
+            self.deadline(statement_timeout),
+            self.engine.connect() as conn,
+            conn.begin() as tx,
+        ):
             self.pin(conn, statement_timeout=statement_timeout)
             yield conn
             if rollback:
@@ -155,7 +219,7 @@ class Database:
 
     def now(self) -> datetime:
         """The database's clock: the one clock every decision follows."""
-        with self.engine.connect() as conn:
+        with self.deadline(), self.engine.connect() as conn:
             value = conn.execute(text("SELECT statement_timestamp()")).scalar_one()
         assert isinstance(value, datetime)
         return value

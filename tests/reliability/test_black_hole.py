@@ -2,9 +2,10 @@
 
 The server's statement_timeout fires, but its answer never arrives; TCP
 keepalives never fire either, because the proxy's own kernel answers them.
-Only the client can give up. ``run_task`` cannot today: this test is a
-strict xfail that documents it, so it turns into a failure the day a
-client-side deadline (a watchdog that closes the socket) makes it pass.
+Only the client can give up: Database.deadline shuts the engine's sockets
+down once a transaction outlasts its statement timeout by a margin, so the
+blocked read fails and the run ends (failed, or with a database error the
+daemon logs and retries) instead of hanging.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from reconciler.db import Database
 from reconciler.runner import run_task
@@ -85,14 +87,10 @@ def proxy(pg_url: str) -> Iterator[BlackHoleProxy]:
     p.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="no client-side deadline: a black-holed connection hangs run_task until the "
-    "socket is closed (statement_timeout is enforced by the server, keepalives by the proxy)",
-)
 def test_run_task_gives_up_on_a_black_holed_connection(
     db: Database, pg_url: str, schema: str, proxy: BlackHoleProxy
 ) -> None:
+    """A run whose server goes silent ends within its deadline instead of hanging."""
     via = (
         make_url(pg_url)
         .set(host="127.0.0.1", port=proxy.port)
@@ -102,20 +100,27 @@ def test_run_task_gives_up_on_a_black_holed_connection(
         via, schema, statement_timeout=timedelta(seconds=1), lock_timeout=timedelta(seconds=1)
     )
     through = connect(via, schema, settings)
-    results: list[TaskResult] = []
+    results: list[TaskResult | Exception] = []
     try:
         assert run_task(through, settings, "mark-stale").status == "ok"  # the proxy works
         proxy.black_hole()
 
         def run() -> None:
-            with contextlib.suppress(Exception):
+            try:
                 results.append(run_task(through, settings, "mark-stale"))
+            except Exception as exc:  # a database error is giving up too
+                results.append(exc)
 
         threading.Thread(target=run, daemon=True).start()
-        # Liveness, not speed: 5x the statement timeout. (Checked by hand: still
-        # stuck after 75 s, past the keepalives' 30 s + 3 x 10 s.)
-        wait_until(lambda: bool(results), 5, "run_task to give up")
-        assert results[0].status == "failed"
+        # Liveness, not speed: the deadline (statement timeout + 5 s) plus a
+        # reconnect attempt (connect_timeout 10 s), with room to spare. Without
+        # the deadline it was still stuck after 75 s.
+        wait_until(lambda: bool(results), 60, "run_task to give up")
+        outcome = results[0]
+        if isinstance(outcome, TaskResult):
+            assert outcome.status == "failed"
+        else:
+            assert isinstance(outcome, OperationalError | DBAPIError), repr(outcome)
     finally:
         proxy.close()  # releases the stuck run: its socket is closed under it
         through.dispose()

@@ -1,7 +1,7 @@
-"""The daemon (issue 3) as the maintenance: replicas, one SIGKILLed, connections terminated.
+"""The daemon as the maintenance: replicas, one SIGKILLed, connections terminated.
 
-Skipped until this checkout has ``reconciler daemon``; after the merge it runs
-the same workload and invariants as the in-process loop's scenarios.
+The same workload and invariants as the in-process loop's scenarios, with
+real ``reconciler daemon`` processes doing the maintenance.
 """
 
 from __future__ import annotations
