@@ -24,10 +24,11 @@ from sqlalchemy import make_url
 
 from tests.acceptance.daemons import eventually
 
-__all__ = ["Bouncer", "bouncer", "bouncer_url"]
+__all__ = ["Bouncer", "bouncer", "bouncer_url", "free_port"]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (yet)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -81,7 +82,7 @@ def bouncer(pg_url: str) -> Iterator[Bouncer]:
     url = make_url(pg_url)
     if not url.host or url.host.startswith("/"):
         pytest.skip("the test server has no TCP address to put PgBouncer in front of")
-    port = _free_port()
+    port = free_port()
     user = url.username or "postgres"
     work = Path(tempfile.mkdtemp(prefix="reconciler-pgbouncer-"))
     work.chmod(0o777)  # as root, pgbouncer drops to 'nobody', which must write its log here
