@@ -26,6 +26,9 @@ from reconciler.settings import Settings
 
 TEST_URL_ENV = "RECONCILER_TEST_DATABASE_URL"
 
+# The PgBouncer fixtures (`bouncer`, `bouncer_url`), for any test that asks for them.
+pytest_plugins = ["tests.pgbouncer"]
+
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:

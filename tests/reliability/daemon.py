@@ -39,7 +39,7 @@ def daemon_available(python: str = sys.executable, cwd: Path = REPO) -> bool:
     return (cwd / "reconciler" / "daemon.py").exists()
 
 
-def _env(settings: Settings, schedule: Path) -> dict[str, str]:
+def _env(settings: Settings, schedule: Path, extra: dict[str, str]) -> dict[str, str]:
     assert settings.database_url is not None
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
     env.update(
@@ -51,12 +51,14 @@ def _env(settings: Settings, schedule: Path) -> dict[str, str]:
         RECONCILER_RUN_TIME_BUDGET=format_duration(settings.run_time_budget),
         RECONCILER_LOCK_TIMEOUT=format_duration(settings.lock_timeout),
         RECONCILER_STATEMENT_TIMEOUT=format_duration(settings.statement_timeout),
+        RECONCILER_LEASE_TTL=format_duration(settings.lease_ttl),
         RECONCILER_RETENTION_SUCCEEDED=format_duration(settings.retention_succeeded),
         RECONCILER_RETENTION_CANCELLED=format_duration(settings.retention_cancelled),
         RECONCILER_RETENTION_DEAD=format_duration(settings.retention_dead),
         RECONCILER_LOG_FORMAT="json",
         PYTHONDONTWRITEBYTECODE="1",
     )
+    env.update(extra)
     return env
 
 
@@ -72,8 +74,11 @@ class DaemonReplicas:
         replicas: int = 1,
         python: str = sys.executable,
         cwd: Path = REPO,
+        env: dict[str, str] | None = None,
     ) -> None:
+        """``env`` adds variables to every replica's environment (say, a Sentry DSN)."""
         self.settings = settings
+        self.extra_env = dict(env or {})
         self.workdir = workdir
         self.python = python
         self.cwd = cwd
@@ -97,12 +102,19 @@ class DaemonReplicas:
         replicas: int = 1,
         python: str = sys.executable,
         cwd: Path = REPO,
+        env: dict[str, str] | None = None,
     ) -> Callable[[str, str, Settings, Any], DaemonReplicas]:
         """A ``maintenance=`` argument for :class:`~tests.reliability.workload.Workload`."""
 
         def make(url: str, schema: str, settings: Settings, config: Any) -> DaemonReplicas:
             return cls(
-                settings, config.intervals, workdir, replicas=replicas, python=python, cwd=cwd
+                settings,
+                config.intervals,
+                workdir,
+                replicas=replicas,
+                python=python,
+                cwd=cwd,
+                env=env,
             )
 
         return make
@@ -118,7 +130,7 @@ class DaemonReplicas:
         with open(self.workdir / f"replica-{index}.log", "ab") as log:
             return subprocess.Popen(
                 [self.python, "-m", "reconciler", "daemon"],
-                env=_env(self.settings, self.schedule),
+                env=_env(self.settings, self.schedule, self.extra_env),
                 cwd=self.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -127,6 +139,10 @@ class DaemonReplicas:
 
     def start(self) -> None:
         self.procs = [self._spawn(i) for i in range(self.count)]
+
+    def pids(self) -> list[int]:
+        """The live replicas' process ids, in replica order."""
+        return [p.pid for p in self.procs if p.poll() is None]
 
     def kill(self, index: int = 0, restart: bool = True) -> None:
         """SIGKILL one replica mid-whatever; start a new one in its place."""
