@@ -30,7 +30,7 @@ from reconciler.app import Target, open_database
 from reconciler.daemon import DaemonConfigError, serve
 from reconciler.db import Database, DatabaseUnavailable, first_line
 from reconciler.demo import run_demo
-from reconciler.durations import format_duration, parse_duration
+from reconciler.durations import duration_arg, format_duration
 from reconciler.embedded import EmbeddedUnavailable
 from reconciler.leases import TaskBusy
 from reconciler.logs import configure_logging
@@ -57,13 +57,6 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see: {self.prog} --help)")
-
-
-def _duration(value: str) -> Any:
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(value: str) -> int:
@@ -110,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--time-budget",
-        type=_duration,
+        type=duration_arg,
         metavar="DURATION",
         help="stop starting batches after this long, e.g. 20s",
     )
@@ -135,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--priority", type=int, choices=range(5), help="0 critical .. 4 bulk")
     who.add_argument("--kind", help="a job kind; its policy wins over its priority's")
     pol_set.add_argument("--max-attempts", type=_positive_int, metavar="N")
-    pol_set.add_argument("--initial-delay", type=_duration, metavar="DURATION")
-    pol_set.add_argument("--max-delay", type=_duration, metavar="DURATION")
+    pol_set.add_argument("--initial-delay", type=duration_arg, metavar="DURATION")
+    pol_set.add_argument("--max-delay", type=duration_arg, metavar="DURATION")
     pol_set.add_argument("--multiplier", type=_fraction, metavar="X", help="1 or more")
     pol_set.add_argument("--jitter", type=_fraction, metavar="F", help="0 <= F < 1, e.g. 0.1")
     pol_set.add_argument("--json", action="store_true", help="print one JSON object")
@@ -157,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--duration",
-        type=_duration,
+        type=duration_arg,
         default=timedelta(seconds=60),
         metavar="DURATION",
         help="how long to run (default 60s)",

@@ -7,10 +7,11 @@ seconds or milliseconds, and a wrong guess moves jobs at the wrong time.
 
 from __future__ import annotations
 
+import argparse
 import re
 from datetime import timedelta
 
-__all__ = ["format_duration", "parse_duration"]
+__all__ = ["duration_arg", "format_duration", "parse_duration"]
 
 _UNITS = {
     "ms": timedelta(milliseconds=1),
@@ -69,3 +70,11 @@ def format_duration(value: timedelta) -> str:
     if ms:
         parts.append(f"{ms}ms")
     return sign + "".join(parts)
+
+
+def duration_arg(value: str) -> timedelta:
+    """parse_duration for argparse ``type=``: a bad value is a one-line usage error."""
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 from sqlalchemy import text
 
 from reconciler.db import Database
-from reconciler.durations import format_duration, parse_duration
+from reconciler.durations import duration_arg, format_duration
 from reconciler.logs import get_logger
 from reconciler.ops.output import console, emit_json, table
 from reconciler.runner import run_task
@@ -75,13 +75,6 @@ class OpsError(Exception):
 
 
 # --- argument types -----------------------------------------------------------------------
-
-
-def duration_arg(value: str) -> timedelta:
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def statuses_arg(value: str) -> list[str]:
