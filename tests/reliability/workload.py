@@ -43,6 +43,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from reconciler.db import Database, normalise_url
+from reconciler.leases import new_holder
 from reconciler.runner import run_task
 from reconciler.settings import Settings
 from reconciler.tasks import TASKS, TaskResult
@@ -181,6 +182,10 @@ class MaintenanceLoop:
         self.settings = settings
         self.intervals = intervals
         self.db = connect_db(url, schema, settings, self.application_name, pool_size=len(TASKS))
+        # One lease holder for the loop's whole life, as the daemon does: a run
+        # cut off by a restart leaves its lease held until the TTL, and only
+        # the same holder may take it back at once.
+        self.holder = new_holder()
         self.results: list[TaskResult] = []
         self.crashes: Counter[str] = Counter()
         self.unexpected: list[str] = []  # anything run_task should have turned into a failed run
@@ -203,7 +208,7 @@ class MaintenanceLoop:
     def _loop(self, name: str) -> None:
         while not self._stop.is_set():
             try:
-                self.results.append(run_task(self.db, self.settings, name))
+                self.results.append(run_task(self.db, self.settings, name, holder=self.holder))
             except SQLAlchemyError:
                 # The clock read or the run record failed: the connection was
                 # killed. Like the daemon: note it, carry on, retry next tick.
