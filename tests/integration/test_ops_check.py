@@ -16,17 +16,6 @@ from tests.ops_data import CliRun, insert_event
 TASKS = ("mark-stale", "requeue", "dead-letter", "purge", "vacuum-analyze")
 
 
-@pytest.fixture
-def cli(
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    pg_url: str,
-    schema: str,
-    db: Database,
-) -> CliRun:
-    return CliRun(monkeypatch, capsys, pg_url, schema)
-
-
 def ran(db: Database, task: str, at: datetime, status: str = "ok") -> None:
     with db.transaction() as conn:
         conn.execute(

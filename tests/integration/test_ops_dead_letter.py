@@ -3,32 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from pathlib import Path
 
-import pytest
 from sqlalchemy import text
 
 from reconciler.db import Database
 from reconciler.migrate import migrate
 from tests.helpers import job, jobs_by_status
-from tests.ops_data import CliRun, seed
-
-
-@pytest.fixture
-def cli(
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    pg_url: str,
-    schema: str,
-    db: Database,
-) -> CliRun:
-    return CliRun(monkeypatch, capsys, pg_url, schema)
-
-
-@pytest.fixture
-def ids(db: Database, db_now: datetime) -> dict[str, list[int]]:
-    return seed(db, db_now)
+from tests.ops_data import CliRun
 
 
 def test_list_only_dead(cli: CliRun, ids: dict[str, list[int]]) -> None:

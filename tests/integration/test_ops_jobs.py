@@ -12,23 +12,7 @@ from reconciler.db import Database
 from reconciler.runner import run_task
 from reconciler.settings import Settings
 from tests.helpers import events_of, insert_job, job, jobs_by_status
-from tests.ops_data import CliRun, seed
-
-
-@pytest.fixture
-def cli(
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    pg_url: str,
-    schema: str,
-    db: Database,
-) -> CliRun:
-    return CliRun(monkeypatch, capsys, pg_url, schema)
-
-
-@pytest.fixture
-def ids(db: Database, db_now: datetime) -> dict[str, list[int]]:
-    return seed(db, db_now)
+from tests.ops_data import CliRun
 
 
 def test_list_filters_combine(cli: CliRun, ids: dict[str, list[int]]) -> None:

@@ -5,28 +5,11 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 
-import pytest
 from sqlalchemy import text
 
 from reconciler.db import Database
 from reconciler.ops.stats import collect, render, watch
-from tests.ops_data import CliRun, insert_event, seed
-
-
-@pytest.fixture
-def cli(
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    pg_url: str,
-    schema: str,
-    db: Database,
-) -> CliRun:
-    return CliRun(monkeypatch, capsys, pg_url, schema)
-
-
-@pytest.fixture
-def ids(db: Database, db_now: datetime) -> dict[str, list[int]]:
-    return seed(db, db_now)
+from tests.ops_data import CliRun, insert_event
 
 
 def test_stats_numbers(cli: CliRun, ids: dict[str, list[int]]) -> None:
