@@ -19,6 +19,7 @@ from reconciler.roles import render
 from reconciler.runner import run_task
 from tests.conftest import connect, make_settings
 from tests.helpers import insert_job
+from tests.reliability.daemon import DaemonReplicas
 from tests.reliability.invariants import format_report
 from tests.reliability.workload import Workload, WorkloadConfig, prepare_schema, wait_until
 
@@ -153,6 +154,35 @@ def test_workload_under_least_privilege_roles(
     summary = w.maintenance.summary()
     assert summary["unexpected_errors"] == []
     assert summary["transitions"].get("succeeded->purged", 0) > 0
+    _, results = w.check(db)
+    assert all(r.ok for r in results), "\n" + format_report(results)
+    assert w.enqueuer.errors == 0
+
+
+@pytest.mark.reliability
+def test_daemon_replicas_under_least_privilege_roles(
+    db: Database, roles: Roles, pg_url: str, schema: str, tmp_path: Path
+) -> None:
+    """Real `reconciler daemon` replicas as the daemon role, workers as the worker role."""
+    prepare_schema(db)
+    w = Workload(
+        pg_url,
+        schema,
+        tmp_path / "records",
+        WorkloadConfig(workers=4),
+        worker_url=roles.urls["worker"],
+        maintenance_url=roles.urls["daemon"],
+        maintenance=DaemonReplicas.factory(tmp_path / "daemon", replicas=2),
+    )
+    w.start()
+    try:
+        deadline = time.monotonic() + 5
+        wait_until(lambda: time.monotonic() >= deadline, 15, "the workload")
+    finally:
+        w.stop(settle=0.5)
+    summary = w.maintenance.summary()
+    assert summary["unexpected_errors"] == []
+    assert summary["transitions"].get("running->stale", 0) > 0
     _, results = w.check(db)
     assert all(r.ok for r in results), "\n" + format_report(results)
     assert w.enqueuer.errors == 0
