@@ -31,7 +31,7 @@ from reconciler.db import Database
 from reconciler.durations import duration_arg, format_duration
 from reconciler.logs import get_logger
 from reconciler.ops.output import console, emit_json, table
-from reconciler.runner import run_task
+from reconciler.runner import default_actor, run_task
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query
 from reconciler.tasks import Task, TaskContext, TaskResult
@@ -44,6 +44,7 @@ __all__ = [
     "OpsError",
     "add_filter_arguments",
     "apply_change",
+    "apply_from_args",
     "check_ids",
     "check_statuses",
     "confirm",
@@ -481,3 +482,27 @@ def report_change(
         if result.error:
             out.print(f"failed: {result.error}")
     return 0 if result.status == "ok" else 1
+
+
+def apply_from_args(
+    db: Database,
+    settings: Settings,
+    change: Change,
+    args: argparse.Namespace,
+    *,
+    now: datetime,
+    verb: str,
+    job_filter: JobFilter | None,
+) -> int:
+    """apply_change with the command's --actor/--dry-run/--yes/--batch-size; print; exit code."""
+    result = apply_change(
+        db,
+        settings,
+        change,
+        now=now,
+        actor=args.actor or default_actor(),
+        dry_run=args.dry_run,
+        yes=args.yes,
+        batch_size=args.batch_size,
+    )
+    return report_change(result, verb=verb, job_filter=job_filter, as_json=args.json)

@@ -35,10 +35,9 @@ from reconciler.ops.common import (
     Change,
     JobFilter,
     OpsError,
-    apply_change,
+    apply_from_args,
     check_ids,
     filtered_query,
-    report_change,
     resolve_limit,
 )
 from reconciler.ops.jobs import list_jobs, print_jobs, requeue
@@ -260,14 +259,4 @@ def cmd_purge(args: argparse.Namespace, settings: Settings, db: Database) -> int
         sql=filtered_query("ops/dead_letter", "purge"),
         params={**job_filter.binds(now), "no_backup": bool(args.no_backup)},
     )
-    result = apply_change(
-        db,
-        settings,
-        change,
-        now=now,
-        actor=args.actor or default_actor(),
-        dry_run=args.dry_run,
-        yes=args.yes,
-        batch_size=args.batch_size,
-    )
-    return report_change(result, verb="purge", job_filter=given, as_json=args.json)
+    return apply_from_args(db, settings, change, args, now=now, verb="purge", job_filter=given)

@@ -28,7 +28,7 @@ from reconciler.ops.common import (
     Change,
     JobFilter,
     OpsError,
-    apply_change,
+    apply_from_args,
     check_ids,
     check_statuses,
     filtered_query,
@@ -176,17 +176,7 @@ def requeue(
             "note": args.reason,
         },
     )
-    result = apply_change(
-        db,
-        settings,
-        change,
-        now=now,
-        actor=args.actor or default_actor(),
-        dry_run=args.dry_run,
-        yes=args.yes,
-        batch_size=args.batch_size,
-    )
-    return report_change(result, verb="requeue", job_filter=given, as_json=args.json)
+    return apply_from_args(db, settings, change, args, now=now, verb="requeue", job_filter=given)
 
 
 def cmd_requeue(args: argparse.Namespace, settings: Settings, db: Database) -> int:
@@ -228,17 +218,7 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings, db: Database) -> in
             "note": args.reason,
         },
     )
-    result = apply_change(
-        db,
-        settings,
-        change,
-        now=now,
-        actor=args.actor or default_actor(),
-        dry_run=args.dry_run,
-        yes=args.yes,
-        batch_size=args.batch_size,
-    )
-    return report_change(result, verb="cancel", job_filter=given, as_json=args.json)
+    return apply_from_args(db, settings, change, args, now=now, verb="cancel", job_filter=given)
 
 
 def cmd_reset_stuck(args: argparse.Namespace, settings: Settings, db: Database) -> int:
