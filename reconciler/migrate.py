@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -58,15 +59,17 @@ def migrate(db: Database) -> MigrationResult:
         )
         conn.exec_driver_sql(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
+            " version bigint PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
         done = {
             row.version: row.checksum
             for row in conn.execute(text("SELECT version, checksum FROM schema_migrations"))
         }
+        files = migration_files()
+        _refuse_unknown_versions(db.schema, done, files)
         current = max(done, default=0)
-        for version, name, path in migration_files():
+        for version, name, path in files:
             body = path.read_text(encoding="utf-8")
             if version in done:
                 if done[version] != _checksum(body):
@@ -84,12 +87,31 @@ def migrate(db: Database) -> MigrationResult:
             )
             applied.append(path.name)
             current = version
-        if max(done, default=0) > max((v for v, _, _ in migration_files()), default=0):
-            raise MigrationError(
-                f"schema {db.schema!r} is at version {max(done)}, newer than this reconciler "
-                "knows; upgrade the reconciler"
-            )
     return MigrationResult(db.schema, tuple(applied), current)
+
+
+def _refuse_unknown_versions(
+    schema: str, done: dict[int, str], files: list[tuple[int, str, Path]]
+) -> None:
+    """Refuse a schema holding migrations this build does not have, saying what to do."""
+    known = {version for version, _, _ in files}
+    unknown = sorted(v for v in done if v not in known)
+    if not unknown:
+        return
+    if max(unknown) > max(known, default=0):
+        raise MigrationError(
+            f"schema {schema!r} is at version {max(unknown)}, newer than this reconciler "
+            "knows; upgrade the reconciler"
+        )
+    # Versions below the first of this build: a development build from before the
+    # schema history was folded into one initial migration. Nothing was released
+    # with them, so there is no upgrade path; the schema holds only test data.
+    raise MigrationError(
+        f"schema {schema!r} was created by an unreleased development build "
+        f"(migration version(s) {', '.join(map(str, unknown))} are unknown to this one); "
+        f"drop it and migrate again: psql -c 'DROP SCHEMA {quote_ident(schema)} CASCADE' "
+        "&& reconciler migrate"
+    )
 
 
 def pending(db: Database) -> list[str]:

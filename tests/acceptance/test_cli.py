@@ -27,11 +27,11 @@ def _one_line_error(result: object) -> str:
 
 
 def test_migrate_then_migrate_again(cli: CLI) -> None:
-    """migrate applies every migration once, 0001 first; the second run reports nothing to do."""
+    """migrate applies every migration once, the initial one first; a second run does nothing."""
     first = cli("migrate", "--json")
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["applied"] == ALL_MIGRATIONS
-    assert ALL_MIGRATIONS[0] == "0001_initial.sql"
+    assert ALL_MIGRATIONS[0].endswith("_initial.sql")
     second = cli("migrate", "--json")
     assert json.loads(second.stdout)["applied"] == []
     assert cli("migrate", "--check").returncode == 0

@@ -37,7 +37,8 @@ def test_built_wheel_runs_migrate_and_a_task(pg_url: str, schema: str, tmp_path:
     )
     (wheel,) = dist.glob("reconciler-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "reconciler/sql/migrations/0001_initial.sql" in names
+    assert "reconciler/sql/migrations/202612021900_initial.sql" in names
+    assert "reconciler/sql/schema.sql" in names
     assert "reconciler/sql/tasks/mark_stale.sql" in names
 
     site = tmp_path / "site"

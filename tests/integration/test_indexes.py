@@ -33,7 +33,7 @@ from tests.conftest import connect, make_settings
 
 FINISHED_JOBS = 100_000
 INDEX_SCANS = {"Index Scan", "Index Only Scan", "Bitmap Index Scan"}
-# The index meant to serve each selection (sql/migrations/0001_initial.sql).
+# The index meant to serve each selection (sql/schema.sql).
 EXPECTED_INDEX = {
     "mark-stale": "jobs_running_idx",
     "requeue": "jobs_requeue_idx",

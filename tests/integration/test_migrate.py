@@ -254,7 +254,8 @@ def test_changed_migration_is_refused(db: Database) -> None:
     first = _migrations()[0]
     with db.transaction() as conn:
         conn.execute(
-            text("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1"),
+            text("UPDATE schema_migrations SET checksum = 'edited' WHERE version = :v"),
+            {"v": migration_files()[0][0]},
         )
     before = _catalog(db)
 
@@ -400,8 +401,8 @@ def _claim_one(pg_url: str, db: Database) -> list[Any]:
 
 
 def test_claim_keeps_its_settings_after_every_migration(pg_url: str, db: Database) -> None:
-    """After all migrations (0003 replaces claim()), claim() is plpgsql, pins its search_path
-    and plans with the caller's values, and hands out a job."""
+    """After all migrations claim() is plpgsql, pins its search_path, plans with the
+    caller's values, and hands out a job."""
     attributes = _claim_attributes(db)
     assert attributes["lanname"] == "plpgsql"
     assert sorted(attributes["proconfig"]) == [
@@ -411,40 +412,38 @@ def test_claim_keeps_its_settings_after_every_migration(pg_url: str, db: Databas
     assert _claim_one(pg_url, db) == [(1, 1)]
 
 
-def test_pause_all_migration_keeps_what_0201_set_on_claim(
-    pg_url: str, fresh: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Applied to a schema whose claim() already runs as its owner with EXECUTE revoked
-    from PUBLIC (0201 applied first), 0003 keeps both; a pause in force enters the history."""
-    every = migration_files()
-    monkeypatch.setattr("reconciler.migrate.migration_files", lambda: every[:2])
-    migrate(fresh)
-    with fresh.transaction() as conn:
-        conn.execute(text("ALTER FUNCTION claim(text, text[], integer) SECURITY DEFINER"))
-        conn.execute(text("REVOKE EXECUTE ON FUNCTION claim(text, text[], integer) FROM PUBLIC"))
+def test_a_schema_from_an_unreleased_build_is_refused_with_how_to_drop_it(db: Database) -> None:
+    """A schema holding migration versions this build does not have (the numbered files of a
+    development build before the history was folded) is refused in one line saying how to drop
+    it; nothing changes."""
+    with db.transaction() as conn:
         conn.execute(
             text(
-                "INSERT INTO paused_queues (queue, paused_at, paused_by, reason)"
-                " VALUES ('media', '2026-01-02 03:04:05+00', 'cli:bob', 'INC-7')"
+                "INSERT INTO schema_migrations (version, name, checksum)"
+                " VALUES (201, 'worker_api_security_definer', 'x')"
             )
         )
-    monkeypatch.undo()
+    before = _catalog(db)
 
-    assert "0003_pause_all.sql" in migrate(fresh).applied
+    with pytest.raises(MigrationError) as caught:
+        migrate(db)
 
-    attributes = _claim_attributes(fresh)
-    assert (attributes["prosecdef"], attributes["public_execute"]) == (True, False)
-    assert sorted(attributes["proconfig"]) == [
-        "plan_cache_mode=force_custom_plan",
-        f"search_path={quote_ident(fresh.schema)}, pg_temp",
-    ]
-    with fresh.transaction() as conn:
-        history = conn.execute(
-            text("SELECT queue, action, at, actor, reason FROM queue_pause_events")
-        ).all()
-        conn.execute(text("DELETE FROM paused_queues"))
-    assert [(h.queue, h.action, h.actor, h.reason) for h in history] == [
-        ("media", "pause", "cli:bob", "INC-7")
-    ]
-    assert history[0].at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=history[0].at.tzinfo)
-    assert _claim_one(pg_url, fresh) == [(1, 1)]  # as the schema's owner, which keeps EXECUTE
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "unreleased development build" in message
+    assert f"DROP SCHEMA {quote_ident(db.schema)} CASCADE" in message
+    assert _catalog(db) == before
+
+
+def test_a_schema_from_a_newer_build_is_refused(db: Database) -> None:
+    """A schema at a version above every file of this build asks for an upgrade."""
+    with db.transaction() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO schema_migrations (version, name, checksum)"
+                " VALUES (299912312359, 'future', 'x')"
+            )
+        )
+
+    with pytest.raises(MigrationError, match="newer than this reconciler knows"):
+        migrate(db)

@@ -8,7 +8,6 @@ from pathlib import Path
 from sqlalchemy import text
 
 from reconciler.db import Database
-from reconciler.migrate import migrate
 from tests.helpers import job, jobs_by_status
 from tests.ops_data import CliRun
 
@@ -176,24 +175,3 @@ def test_export_records_go_with_their_jobs(
     with db.transaction() as conn:
         assert conn.execute(text("SELECT count(*) FROM ops_exported_jobs")).scalar_one() == 0
         assert conn.execute(text("SELECT job_count FROM ops_exports")).scalar_one() == 3
-
-
-def test_cascade_migration_clears_orphans(db: Database) -> None:
-    """0101 on a schema at 0100: export rows of deleted jobs are removed, then the key added."""
-    with db.transaction() as conn:
-        conn.execute(
-            text("ALTER TABLE ops_exported_jobs DROP CONSTRAINT ops_exported_jobs_job_id_fkey")
-        )
-        conn.execute(text("DELETE FROM schema_migrations WHERE version = 101"))
-        export_id = conn.execute(
-            text(
-                "INSERT INTO ops_exports (exported_at, actor, destination, filter, job_count)"
-                " VALUES (now(), 'cli:t', '-', '{}', 1) RETURNING id"
-            )
-        ).scalar_one()
-        conn.execute(
-            text("INSERT INTO ops_exported_jobs VALUES (:e, 424242, now())"), {"e": export_id}
-        )
-    assert migrate(db).applied == ("0101_ops_export_cascade.sql",)
-    with db.transaction() as conn:
-        assert conn.execute(text("SELECT count(*) FROM ops_exported_jobs")).scalar_one() == 0

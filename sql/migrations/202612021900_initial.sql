@@ -1,4 +1,5 @@
--- 0001_initial: the job table, its lifecycle, and the worker-facing SQL API.
+-- The reconciler's schema: the job table, its lifecycle, the worker-facing
+-- SQL API, and the reconciler's own records (runs, leases, pauses, exports).
 --
 -- Runs with search_path set to the reconciler's schema, then pg_temp (the
 -- migration runner does that), so every name here is unqualified and lands in
@@ -6,6 +7,9 @@
 -- CURRENT, so a caller's own search_path can never redirect them; pg_temp is
 -- listed last so that a caller's temporary table named, say, jobs cannot
 -- shadow ours either (unlisted, pg_temp would be searched first).
+--
+-- sql/schema.sql is this schema as it stands after every migration; a test
+-- checks that the two agree.
 
 -- The lifecycle. A status change not listed here is rejected by a trigger,
 -- whoever attempts it (our code, a worker, or SQL typed into psql).
@@ -42,7 +46,8 @@ CREATE TABLE retry_policies (
     max_attempts  integer  NOT NULL CHECK (max_attempts >= 1),
     initial_delay interval NOT NULL CHECK (initial_delay >= interval '0'),
     max_delay     interval NOT NULL CHECK (max_delay >= initial_delay),
-    multiplier    double precision NOT NULL CHECK (multiplier >= 1),
+    -- NaN compares greater than every number in PostgreSQL, so >= 1 alone admits it.
+    multiplier    double precision NOT NULL CHECK (multiplier >= 1 AND multiplier < 'Infinity'),
     jitter        double precision NOT NULL DEFAULT 0 CHECK (jitter >= 0 AND jitter < 1),
     CHECK ((priority IS NULL) <> (kind IS NULL))
 );
@@ -131,10 +136,60 @@ CREATE INDEX runs_task_started_idx ON runs (task, started_at DESC);
 
 -- Queues an operator paused: claim() hands out none of their jobs.
 CREATE TABLE paused_queues (
-    queue     text PRIMARY KEY,
+    queue     text PRIMARY KEY,           -- a queue, or * for every queue (pause --all)
     paused_at timestamptz NOT NULL DEFAULT now(),
     paused_by text        NOT NULL,
     reason    text
+);
+
+-- One row per pause and resume, written in the same statement as the change
+-- to paused_queues (sql/ops/pause.sql); reconciler pause --history lists them.
+CREATE TABLE queue_pause_events (
+    id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    queue  text        NOT NULL,       -- '*' for every queue
+    action text        NOT NULL CHECK (action IN ('pause', 'resume')),
+    at     timestamptz NOT NULL,
+    actor  text        NOT NULL,       -- cli:alice, or --actor
+    reason text
+);
+
+-- One lease per task, so that replicas never run a task at once. A run takes
+-- its task's lease before it starts (an INSERT ... ON CONFLICT DO UPDATE that
+-- succeeds only when the lease is free or expired), renews it in every batch
+-- transaction, and releases it when it records its outcome. All times are the
+-- database's clock. A row, not a session, carries the lease, so it works
+-- through PgBouncer in transaction pooling mode, where session advisory locks
+-- would be held by whichever client shares the server connection. See
+-- sql/leases.sql and reconciler/leases.py.
+CREATE TABLE task_leases (
+    task        text PRIMARY KEY,
+    holder      text        NOT NULL,  -- host:pid:token of the run that holds or last held it
+    run_id      bigint,                -- that run's row in runs, once recorded
+    acquired_at timestamptz NOT NULL,
+    expires_at  timestamptz NOT NULL   -- free from this moment unless renewed
+);
+
+-- A record of every dead-letter export, so that `reconciler dead-letter purge`
+-- can refuse to delete a job nobody backed up. An export is one row in
+-- ops_exports (who, when, where to, with which filter) and one row per
+-- exported job in ops_exported_jobs, holding the job's updated_at as it was
+-- exported: a job counts as backed up only while that is still its
+-- updated_at (a job that changed since, say replayed and dead again with a
+-- new error, needs a new export). The rows go with the job, whoever deletes it.
+CREATE TABLE ops_exports (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    exported_at timestamptz NOT NULL,
+    actor       text        NOT NULL,
+    destination text        NOT NULL,   -- a file path, or '-' for stdout
+    filter      jsonb       NOT NULL,   -- the filter of the exported set, as given
+    job_count   integer     NOT NULL
+);
+
+CREATE TABLE ops_exported_jobs (
+    export_id      bigint      NOT NULL REFERENCES ops_exports (id) ON DELETE CASCADE,
+    job_id         bigint      NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    job_updated_at timestamptz NOT NULL,
+    PRIMARY KEY (job_id, export_id)
 );
 
 -- Guard: every status change must be a listed transition; updated_at follows.
@@ -169,24 +224,32 @@ $$;
 -- Backoff before attempt number p_attempt + 1, after p_attempt attempts:
 -- min(max_delay, initial_delay * multiplier^(attempt-1)), then spread by
 -- +/- jitter with a factor that is fixed per (job, attempt), so every run of
--- the requeue task agrees on when a job becomes due. The cap is decided on
--- logarithms first, so a job with many attempts (2^99 s does not fit in an
--- interval, 2^1999 not even in a double) gets max_delay instead of an error
--- that would fail every batch of the requeue task.
+-- the requeue task agrees on when a job becomes due. Everything is absolute
+-- seconds: the exponent is compared in logarithms before anything is raised
+-- (2^99 s does not fit in an interval, 2^1999 not even in a double, and an
+-- error would fail every batch of the requeue task), and the result has no
+-- day field (timestamptz + '1 day' is 23 or 25 hours across a DST change).
 CREATE FUNCTION backoff(
     p_attempt integer, p_initial interval, p_max interval,
     p_multiplier double precision, p_jitter double precision, p_job_id bigint
 ) RETURNS interval
 LANGUAGE sql IMMUTABLE SET search_path FROM CURRENT AS $$
-    SELECT (CASE
-        WHEN p_initial <= interval '0' THEN interval '0'
-        WHEN (greatest(p_attempt, 1) - 1) * ln(p_multiplier)
-             >= ln(extract(epoch FROM p_max) / extract(epoch FROM p_initial)) THEN p_max
-        ELSE least(p_max, p_initial * power(p_multiplier, greatest(p_attempt, 1) - 1))
-    END) * (1 + p_jitter * (
-        2 * ((abs(hashtext(p_job_id::text || ':' || p_attempt::text)::bigint) % 10000)
-             / 10000.0) - 1
-    ))
+    SELECT make_interval(secs => b.base_s * (1 + p_jitter * (
+        2 * ((abs(hashtext(p_job_id::text || ':' || p_attempt::text)::bigint) % 10000) / 10000.0) - 1
+    )))
+    FROM (
+        SELECT CASE
+            WHEN s.initial_s <= 0 THEN 0
+            WHEN s.steps = 0 OR p_multiplier <= 1 THEN least(s.initial_s, s.max_s)
+            WHEN s.steps * ln(p_multiplier) >= ln(s.max_s / s.initial_s) THEN s.max_s
+            ELSE s.initial_s * power(p_multiplier, s.steps)
+        END AS base_s
+        FROM (
+            SELECT extract(epoch FROM p_initial)::double precision AS initial_s,
+                   extract(epoch FROM p_max)::double precision AS max_s,
+                   greatest(p_attempt, 1) - 1 AS steps
+        ) s
+    ) b
 $$;
 
 -- enqueue(): add a job; a repeated idempotency key returns the existing id.
@@ -200,7 +263,7 @@ CREATE FUNCTION enqueue(
     idempotency_key text        DEFAULT NULL,
     tenant_id       text        DEFAULT NULL
 ) RETURNS bigint
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 #variable_conflict use_column
 DECLARE
     v_id bigint;
@@ -235,7 +298,8 @@ END
 $$;
 
 -- claim(): take up to n due jobs, highest priority first, never waiting on a
--- row another worker holds, skipping paused queues.
+-- row another worker holds, skipping paused queues (all of them while
+-- paused_queues has the row '*', reconciler pause --all).
 --
 -- plpgsql with plan_cache_mode = force_custom_plan, and the paused queues read
 -- first into a constant: the query is planned with the caller's n and queues
@@ -246,7 +310,7 @@ $$;
 -- rows, whatever the backlog (tests/integration/test_indexes.py).
 CREATE FUNCTION claim(worker text, queues text[] DEFAULT NULL, n integer DEFAULT 1)
 RETURNS SETOF jobs
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path FROM CURRENT
 SET plan_cache_mode = force_custom_plan
 AS $$
@@ -257,6 +321,9 @@ BEGIN
         RAISE EXCEPTION 'claim() needs a worker name'
             USING ERRCODE = 'null_value_not_allowed',
                   HINT = 'pass worker => ''host:pid'' or any name unique to the worker';
+    END IF;
+    IF '*' = ANY (paused) THEN
+        RETURN;  -- every queue is paused (reconciler pause --all)
     END IF;
     RETURN QUERY
     WITH picked AS (
@@ -287,7 +354,7 @@ $$;
 
 -- heartbeat(): true while the job is still this worker's, this attempt.
 CREATE FUNCTION heartbeat(job_id bigint, worker text, attempt integer) RETURNS boolean
-LANGUAGE sql SET search_path FROM CURRENT AS $$
+LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
     WITH beat AS (
         UPDATE jobs j SET heartbeat_at = now()
         WHERE j.id = heartbeat.job_id AND j.status = 'running'
@@ -299,7 +366,7 @@ $$;
 
 -- complete(): running -> succeeded, only for the worker and attempt that hold it.
 CREATE FUNCTION complete(job_id bigint, worker text, attempt integer) RETURNS boolean
-LANGUAGE sql SET search_path FROM CURRENT AS $$
+LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
     WITH done AS (
         UPDATE jobs j
         SET status = 'succeeded', finished_at = now(), locked_by = NULL, locked_at = NULL
@@ -319,7 +386,7 @@ $$;
 -- or dead-letter task takes it from there.
 CREATE FUNCTION fail(job_id bigint, worker text, attempt integer, error jsonb DEFAULT '{}')
 RETURNS boolean
-LANGUAGE sql SET search_path FROM CURRENT AS $$
+LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
     WITH failed AS (
         UPDATE jobs j
         SET status = 'failed', finished_at = now(), locked_by = NULL, locked_at = NULL,
@@ -335,3 +402,14 @@ LANGUAGE sql SET search_path FROM CURRENT AS $$
     )
     SELECT EXISTS (SELECT 1 FROM failed)
 $$;
+
+-- The worker API is the only door to the jobs: its functions run with their
+-- owner's rights (SECURITY DEFINER above), so a worker role needs nothing but
+-- EXECUTE on them (sql/roles.sql), and the fence and the event are the only
+-- way in. What makes that safe: every value is a bound argument (no dynamic
+-- SQL), and search_path is pinned to this schema with pg_temp last. Who may
+-- call them is granted explicitly.
+REVOKE EXECUTE ON FUNCTION enqueue(text, jsonb, text, integer, timestamptz, integer, text, text),
+    claim(text, text[], integer), heartbeat(bigint, text, integer),
+    complete(bigint, text, integer), fail(bigint, text, integer, jsonb)
+    FROM PUBLIC;
