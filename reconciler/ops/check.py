@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import text
 
 from reconciler.db import Database
+from reconciler.heartbeat import HeartbeatRule
 from reconciler.ops.common import PRIORITIES, OpsError
 from reconciler.ops.output import age, console, emit_json, table
 from reconciler.ops.pause import paused_queues, queue_label
@@ -158,7 +159,7 @@ def evaluate(
     )
     _, task_statuses = collect_status(db, schedule)
     workers = worker_report(
-        db, now=now, timeout=s.heartbeat_timeout, interval=s.ops_heartbeat_interval
+        db, now=now, rule=HeartbeatRule.from_settings(s), interval=s.ops_heartbeat_interval
     )
     dead_workers = workers["probably_dead"]
     findings.append(
@@ -168,7 +169,7 @@ def evaluate(
             len(dead_workers),
             0,
             (
-                f"probably dead (no heartbeat for {age(s.heartbeat_timeout)}): "
+                "probably dead (every job silent past its heartbeat timeout): "
                 f"{', '.join(dead_workers)}"
             )
             if dead_workers

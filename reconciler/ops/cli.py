@@ -217,7 +217,8 @@ def add_ops_commands(sub: Any) -> None:
         "--timeout",
         type=duration_arg,
         metavar="DURATION",
-        help="silent this long = probably dead (default RECONCILER_HEARTBEAT_TIMEOUT)",
+        help="silent this long = probably dead, for every job (default: the heartbeat rule, "
+        "RECONCILER_HEARTBEAT_TIMEOUT and its overrides)",
     )
     p.add_argument(
         "--heartbeat-interval",

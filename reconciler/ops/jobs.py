@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import text
 
 from reconciler.db import Database
+from reconciler.heartbeat import spliced
 from reconciler.ops.common import (
     Change,
     JobFilter,
@@ -63,7 +64,7 @@ def list_jobs(db: Database, job_filter: JobFilter, *, limit: int) -> list[dict[s
     now = db.now()
     with db.transaction() as conn:
         rows = conn.execute(
-            text(filtered_query("ops/jobs", "list")),
+            text(spliced(filtered_query("ops/jobs", "list"))),
             {**job_filter.binds(now), "now": now, "limit": limit},
         ).all()
     return [dict(row._mapping) for row in rows]
@@ -123,7 +124,7 @@ def cmd_show(args: argparse.Namespace, settings: Settings, db: Database) -> int:
     now = db.now()
     with db.transaction() as conn:
         found = dict(
-            conn.execute(text(query("ops/jobs", "show")), {"id": args.id, "now": now})
+            conn.execute(text(spliced(query("ops/jobs", "show"))), {"id": args.id, "now": now})
             .one()
             ._mapping
         )

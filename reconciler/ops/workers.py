@@ -2,10 +2,12 @@
 
 Read-only. A worker is what the job table knows of it: the ``locked_by`` of
 running jobs. It is flagged probably dead when every one of its jobs has been
-silent longer than the heartbeat timeout (the mark-stale task will make them
-stale). The heartbeat budget is runbook 000's: expected heartbeats per minute,
-per tenant and in total, of the live running jobs at a given heartbeat
-interval (``--heartbeat-interval``, default ``RECONCILER_OPS_HEARTBEAT_INTERVAL``).
+silent longer than its heartbeat timeout, by the same rule as the mark-stale
+task's (reconciler/heartbeat.py: per kind, else queue, else the default), so
+exactly those jobs are the ones mark-stale will make stale. The heartbeat
+budget is runbook 000's: expected heartbeats per minute, per tenant and in
+total, of the live running jobs at a given heartbeat interval
+(``--heartbeat-interval``, default ``RECONCILER_OPS_HEARTBEAT_INTERVAL``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from sqlalchemy import text
 
 from reconciler.db import Database
+from reconciler.heartbeat import HeartbeatRule, spliced
 from reconciler.ops.output import age, console, emit_json, table
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query
@@ -25,25 +28,26 @@ __all__ = ["cmd_workers", "worker_report"]
 
 
 def worker_report(
-    db: Database, *, now: datetime, timeout: timedelta, interval: timedelta
+    db: Database, *, now: datetime, rule: HeartbeatRule, interval: timedelta
 ) -> dict[str, Any]:
-    binds = {
-        "now": now,
-        "timeout_s": timeout.total_seconds(),
-        "interval_s": interval.total_seconds(),
-    }
+    binds = {"now": now, "interval_s": interval.total_seconds(), **rule.binds()}
     with db.transaction() as conn:
         workers = [
-            dict(r._mapping) for r in conn.execute(text(query("ops/workers", "workers")), binds)
+            dict(r._mapping)
+            for r in conn.execute(text(spliced(query("ops/workers", "workers"))), binds)
         ]
         tenants = [
             dict(r._mapping)
-            for r in conn.execute(text(query("ops/workers", "heartbeat_budget")), binds)
+            for r in conn.execute(text(spliced(query("ops/workers", "heartbeat_budget"))), binds)
         ]
     running = sum(t["running_jobs"] for t in tenants)
     return {
         "now": now,
-        "heartbeat_timeout_s": timeout.total_seconds(),
+        "heartbeat_timeout_s": rule.default.total_seconds(),
+        "heartbeat_timeout_overrides_s": {
+            **{f"kind:{k}": t.total_seconds() for k, t in rule.kinds.items()},
+            **{f"queue:{q}": t.total_seconds() for q, t in rule.queues.items()},
+        },
         "workers": workers,
         "probably_dead": [w["worker"] for w in workers if w["probably_dead"]],
         "heartbeat_budget": {
@@ -59,7 +63,7 @@ def cmd_workers(args: argparse.Namespace, settings: Settings, db: Database) -> i
     report = worker_report(
         db,
         now=db.now(),
-        timeout=args.timeout or settings.heartbeat_timeout,
+        rule=HeartbeatRule.from_settings(settings, only=args.timeout),
         interval=args.heartbeat_interval or settings.ops_heartbeat_interval,
     )
     if args.json:
@@ -69,7 +73,8 @@ def cmd_workers(args: argparse.Namespace, settings: Settings, db: Database) -> i
     out.print(
         table(
             f"workers ({len(report['workers'])}; heartbeat timeout "
-            f"{age(report['heartbeat_timeout_s'])})",
+            f"{age(report['heartbeat_timeout_s'])}"
+            f"{' and overrides' if report['heartbeat_timeout_overrides_s'] else ''})",
             ("worker", "running", "last claim", "last heartbeat", "silent for", "state"),
             [
                 (

@@ -21,6 +21,7 @@ heartbeat/complete/fail then return false: it has been fenced out.
 
 from __future__ import annotations
 
+from reconciler.heartbeat import HeartbeatRule, spliced
 from reconciler.sqlfiles import query
 from reconciler.tasks.base import Task, TaskContext
 
@@ -28,25 +29,12 @@ __all__ = ["TASK"]
 
 
 def execute(ctx: TaskContext) -> None:
-    settings = ctx.settings
-    default = settings.heartbeat_timeout.total_seconds()
-    kinds: dict[str, float] = {}
-    queues: dict[str, float] = {}
-    for key, timeout in settings.heartbeat_timeout_overrides.items():
-        scope, _, name = key.partition(":")
-        (kinds if scope == "kind" else queues)[name] = timeout.total_seconds()
-    if ctx.params.get("timeout") is not None:
-        # An operator's `jobs reset-stuck --older-than 10m`: one timeout for every job.
-        default, kinds, queues = ctx.params["timeout"].total_seconds(), {}, {}
+    # `jobs reset-stuck --older-than 10m` passes one timeout for every job.
+    rule = HeartbeatRule.from_settings(ctx.settings, only=ctx.params.get("timeout"))
     ctx.run_batches(
-        query("tasks/mark_stale", "apply"),
+        spliced(query("tasks/mark_stale", "apply")),
         {
-            "default_timeout_s": default,
-            "min_timeout_s": min([default, *kinds.values(), *queues.values()]),
-            "kind_names": list(kinds),
-            "kind_timeouts_s": list(kinds.values()),
-            "queue_names": list(queues),
-            "queue_timeouts_s": list(queues.values()),
+            **rule.binds(),
             # Optional narrowing (`jobs reset-stuck --queue/--kind/--tenant`); None: every job.
             "only_queues": ctx.params.get("queues"),
             "only_kinds": ctx.params.get("kinds"),

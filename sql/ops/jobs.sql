@@ -27,7 +27,7 @@ SELECT j.id, j.status, j.queue, j.kind, j.tenant_id, j.priority, j.attempt, j.ma
        CASE WHEN j.status = 'running'
             THEN CAST(:now AS timestamptz) - j.started_at END AS running_for,
        CASE WHEN j.status = 'running'
-            THEN CAST(:now AS timestamptz) - coalesce(j.heartbeat_at, j.locked_at) END AS silent_for,
+            THEN CAST(:now AS timestamptz) - /*last_seen*/ END AS silent_for,
        j.last_error ->> 'message' AS error
 FROM jobs j
 WHERE /*job_filter*/
@@ -35,7 +35,7 @@ ORDER BY j.id DESC
 LIMIT :limit
 
 -- name: show
-SELECT j.*, CAST(:now AS timestamptz) - coalesce(j.heartbeat_at, j.locked_at) AS heartbeat_age,
+SELECT j.*, CAST(:now AS timestamptz) - /*last_seen*/ AS heartbeat_age,
        EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue IN (j.queue, '*')) AS queue_paused
 FROM jobs j WHERE j.id = :id
 

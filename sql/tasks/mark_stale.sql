@@ -1,12 +1,16 @@
 -- mark-stale: running jobs with no sign of life within their heartbeat timeout
 -- become stale, and lose their lock.
 --
--- Binds: :now (the run's database clock), :batch_size, :actor, :run_id,
--- :default_timeout_s, :min_timeout_s (the smallest timeout of any queue or
--- kind, so the index on the last sign of life can narrow the scan),
--- :kind_names/:kind_timeouts_s and :queue_names/:queue_timeouts_s (overrides;
--- a kind's wins over its queue's), :only_queues/:only_kinds/:only_tenants
--- (NULL, or an operator's narrowing of an ad hoc run).
+-- The heartbeat rule (last sign of life, timeout by kind, queue or default)
+-- is sql/heartbeat.sql's, spliced in at /*last_seen*/ and
+-- /*heartbeat_timeout_s*/ (reconciler/heartbeat.py), the same rule as
+-- `reconciler workers` and `check` use.
+--
+-- Binds: :now (the run's database clock), :batch_size, :actor, :run_id, the
+-- rule's binds (:min_timeout_s, the smallest timeout of any queue or kind, lets
+-- the index on the last sign of life narrow the scan), and
+-- :only_queues/:only_kinds/:only_tenants (NULL, or an operator's narrowing of
+-- an ad hoc run).
 --
 -- Concurrency: FOR UPDATE SKIP LOCKED skips a row a worker is changing at this
 -- moment (heartbeat, complete, fail), and for every row it does lock,
@@ -16,31 +20,18 @@
 
 -- name: apply
 WITH candidates AS (
-    SELECT j.id, j.locked_by, j.attempt,
-           coalesce(j.heartbeat_at, j.locked_at, j.updated_at) AS last_seen,
-           t.timeout_s
+    SELECT j.id, j.locked_by, j.attempt, /*last_seen*/ AS last_seen, t.timeout_s
     FROM jobs j
-    CROSS JOIN LATERAL (
-        SELECT coalesce(
-            (SELECT k.s FROM unnest(CAST(:kind_names AS text[]),
-                                    CAST(:kind_timeouts_s AS double precision[])) AS k (n, s)
-             WHERE k.n = j.kind),
-            (SELECT q.s FROM unnest(CAST(:queue_names AS text[]),
-                                    CAST(:queue_timeouts_s AS double precision[])) AS q (n, s)
-             WHERE q.n = j.queue),
-            CAST(:default_timeout_s AS double precision)
-        ) AS timeout_s
-    ) t
+    CROSS JOIN LATERAL (SELECT /*heartbeat_timeout_s*/ AS timeout_s) t
     WHERE j.status = 'running'
       AND (CAST(:only_queues AS text[]) IS NULL OR j.queue = ANY (CAST(:only_queues AS text[])))
       AND (CAST(:only_kinds AS text[]) IS NULL OR j.kind = ANY (CAST(:only_kinds AS text[])))
       AND (CAST(:only_tenants AS text[]) IS NULL
            OR j.tenant_id = ANY (CAST(:only_tenants AS text[])))
-      AND coalesce(j.heartbeat_at, j.locked_at, j.updated_at)
+      AND /*last_seen*/
           < CAST(:now AS timestamptz) - make_interval(secs => CAST(:min_timeout_s AS double precision))
-      AND coalesce(j.heartbeat_at, j.locked_at, j.updated_at)
-          < CAST(:now AS timestamptz) - make_interval(secs => t.timeout_s)
-    ORDER BY coalesce(j.heartbeat_at, j.locked_at, j.updated_at), j.id
+      AND /*last_seen*/ < CAST(:now AS timestamptz) - make_interval(secs => t.timeout_s)
+    ORDER BY /*last_seen*/, j.id
     LIMIT :batch_size
     FOR UPDATE OF j SKIP LOCKED
 ), moved AS (
