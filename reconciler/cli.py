@@ -12,7 +12,6 @@ object for scripts.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -36,6 +35,7 @@ from reconciler.leases import TaskBusy
 from reconciler.logs import configure_logging
 from reconciler.migrate import MigrationError, migrate, pending
 from reconciler.ops.cli import OPS_COMMANDS, OpsError, add_ops_commands
+from reconciler.ops.output import emit_json
 from reconciler.runner import run_task
 from reconciler.schedule import Schedule, ScheduleError, load_schedule, next_runs
 from reconciler.schedule import render as render_schedule
@@ -171,10 +171,6 @@ def _out() -> Console:
     return Console(soft_wrap=True, highlight=False)
 
 
-def _emit_json(payload: Any) -> None:
-    sys.stdout.write(json.dumps(payload, default=str) + "\n")
-
-
 def _print_result(result: TaskResult, target: Target) -> None:
     out = _out()
     batches = f"{result.batches} batch{'es' if result.batches != 1 else ''}"
@@ -191,22 +187,8 @@ def _print_result(result: TaskResult, target: Target) -> None:
         out.print("  stopped at the time budget; the rest is left for the next run")
     if result.stopped == "dry_run_limit":
         out.print(f"  (the preview stops at {result.changed}; there are more)")
-    tables = result.details.get("tables")
-    if isinstance(tables, dict):
-        for name, info in tables.items():
-            line = f"  {name:<12} dead rows {info.get('dead_rows_before', 0)}"
-            if "dead_rows_after" in info:
-                line += f" -> {info['dead_rows_after']}"
-            if info.get("not_removable"):
-                line += f" ({info['not_removable']} not removable yet)"
-            out.print(line)
-        for holder in result.details.get("xmin_holders", []):
-            out.print(
-                f"  held back by pid {holder['pid']} ({holder['application_name'] or '?'}, "
-                f"{holder['state']}, transaction open {holder['xact_age_s']} s)"
-            )
-    if result.details.get("runs_deleted"):
-        out.print(f"  old run records deleted: {result.details['runs_deleted']}")
+    for note in result.notes:
+        out.print(f"  {note}")
     if result.error:
         out.print(f"  failed: {result.error}")
 
@@ -257,7 +239,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings, db: Database, target: 
         # Not waiting is deliberate: the other run does the same work, and a
         # script can retry; exit 1 like any run that did not do its job.
         if args.json:
-            _emit_json(
+            emit_json(
                 {
                     "task": busy.task,
                     "status": "busy",
@@ -269,7 +251,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings, db: Database, target: 
             sys.stderr.write(f"reconciler: {busy}\n")
         return EXIT_FAILED
     if args.json:
-        _emit_json(result.to_dict())
+        emit_json(result.to_dict())
     else:
         _print_result(result, target)
     return EXIT_OK if result.status == "ok" else EXIT_FAILED
@@ -279,7 +261,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings, db: Database, targ
     if args.check:
         missing = pending(db)
         if args.json:
-            _emit_json({"schema": db.schema, "pending": missing})
+            emit_json({"schema": db.schema, "pending": missing})
         else:
             _out().print(
                 f"schema {db.schema!r}: "
@@ -288,7 +270,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings, db: Database, targ
         return EXIT_FAILED if missing else EXIT_OK
     result = migrate(db)
     if args.json:
-        _emit_json(
+        emit_json(
             {
                 "schema": result.schema,
                 "applied": list(result.applied),
@@ -310,7 +292,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings, db: Database, targ
 
 def cmd_tasks(args: argparse.Namespace) -> int:
     if args.json:
-        _emit_json({"tasks": [{"name": t.name, "summary": t.summary} for t in TASKS.values()]})
+        emit_json({"tasks": [{"name": t.name, "summary": t.summary} for t in TASKS.values()]})
         return EXIT_OK
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column("task", style="bold")
@@ -359,7 +341,7 @@ def cmd_policies(args: argparse.Namespace, settings: Settings, db: Database, tar
             raise UsageError(f"no policy for kind {args.kind!r}; see: reconciler policies")
     rows = _policy_rows(db)
     if args.json:
-        _emit_json({"policies": rows})
+        emit_json({"policies": rows})
         return EXIT_OK
     names = ["critical", "high", "default", "low", "bulk"]
     table = Table(title="retry policies (a kind's row wins over its priority's)")
@@ -402,7 +384,7 @@ def cmd_schedule(args: argparse.Namespace, settings: Settings) -> int:
     now = datetime.now(UTC)
     if args.json:
         upcoming = next_runs(schedule, now)
-        _emit_json(
+        emit_json(
             {
                 "schedule_file": str(schedule.path),
                 "tasks": [{**e.to_dict(), "next_run": upcoming[e.task]} for e in schedule.entries],
@@ -418,7 +400,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings, db: Database, targe
     _require_schema(db, target)
     now, statuses = collect_status(db, schedule)
     if args.json:
-        _emit_json({"now": now, "tasks": [s.to_dict() for s in statuses]})
+        emit_json({"now": now, "tasks": [s.to_dict() for s in statuses]})
     else:
         render_status(now, statuses, _out())
     return EXIT_OK

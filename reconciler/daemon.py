@@ -95,12 +95,6 @@ def _error_text(exc: BaseException) -> str:
     return first_line(exc) if str(exc) else type(exc).__name__
 
 
-def _did_work(result: TaskResult) -> bool:
-    return bool(
-        result.changed or result.details.get("tables") or result.details.get("runs_deleted")
-    )
-
-
 class Daemon:
     """The scheduler and what each firing does; ``serve`` adds signals and systemd."""
 
@@ -270,7 +264,7 @@ class Daemon:
         failures = self._failures.pop(entry.task, 0)
         if failures:
             log.info("task.recovered", task=entry.task, after_failures=failures)
-        level = logging.INFO if _did_work(result) or result.stopped != "done" else logging.DEBUG
+        level = logging.INFO if result.did_work or result.stopped != "done" else logging.DEBUG
         log.log(level, "task.finished", **fields)
 
     def _retry_later(self, entry: Entry) -> float | None:

@@ -26,7 +26,7 @@ from reconciler.leases import Lease, LeaseLost, acquire, new_holder
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query
 from reconciler.tasks import TASKS, TaskContext, TaskFailed, TaskResult, get_task
-from reconciler.tasks.base import Progress
+from reconciler.tasks.base import Progress, RunStatus
 
 if TYPE_CHECKING:
     from reconciler.tasks import Task
@@ -130,7 +130,8 @@ def run_task(
         lease=lease,
         should_stop=should_stop,
     )
-    status, error = "ok", None
+    status: RunStatus = "ok"
+    error: str | None = None
     try:
         task.execute(ctx)
     except (TaskFailed, LeaseLost, SQLAlchemyError, psycopg.Error) as exc:
@@ -166,6 +167,8 @@ def run_task(
         details=dict(progress.details),
         run_id=run_id,
         error=error,
+        other_work=progress.other_work,
+        notes=tuple(progress.notes),
     )
 
 

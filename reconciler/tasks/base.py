@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Connection, text
 
@@ -35,6 +35,8 @@ __all__ = [
     "DRY_RUN_LIMIT",
     "SAMPLE_SIZE",
     "Progress",
+    "RunStatus",
+    "Stopped",
     "Task",
     "TaskContext",
     "TaskFailed",
@@ -46,6 +48,11 @@ __all__ = [
 DRY_RUN_LIMIT = 10_000
 # Job ids shown as examples in a dry run and in a run's record.
 SAMPLE_SIZE = 10
+
+
+# How a run ended, and why its batch loop stopped.
+RunStatus = Literal["ok", "failed"]
+Stopped = Literal["done", "time_budget", "shutdown", "dry_run_limit", "error"]
 
 
 class TaskFailed(Exception):
@@ -60,7 +67,12 @@ class Progress:
     batches: int = 0
     sample_ids: list[int] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
-    stopped: str = "done"  # or "time_budget", "shutdown", "dry_run_limit", "error"
+    stopped: Stopped = "done"
+    # Work that is not a job transition (tables vacuumed, run records deleted):
+    # a run that did only this still did work, and says so.
+    other_work: int = 0
+    # Lines the task writes about its own details, printed under the CLI's summary.
+    notes: list[str] = field(default_factory=list)
 
     def add(self, rows: Sequence[Any]) -> None:
         for row in rows:
@@ -92,7 +104,7 @@ class TaskContext:
     def out_of_time(self) -> bool:
         return time.monotonic() - self._started >= self.time_budget.total_seconds()
 
-    def stop_reason(self) -> str | None:
+    def stop_reason(self) -> Literal["shutdown", "time_budget"] | None:
         """Why no further batch should start: ``shutdown``, ``time_budget``, or None."""
         if self.should_stop is not None and self.should_stop():
             return "shutdown"
@@ -142,21 +154,28 @@ class TaskResult:
     """The outcome of one run, as the CLI prints it, the daemon logs it and metrics count it."""
 
     task: str
-    status: str  # "ok" or "failed"
+    status: RunStatus
     dry_run: bool
     now: datetime
     transitions: Mapping[str, int]
     batches: int
     duration_ms: int
-    stopped: str  # "done", "time_budget", "shutdown", "dry_run_limit" or "error"
+    stopped: Stopped
     sample_ids: tuple[int, ...]
     details: Mapping[str, Any]
     run_id: int | None
     error: str | None = None
+    other_work: int = 0
+    notes: tuple[str, ...] = ()
 
     @property
     def changed(self) -> int:
         return sum(self.transitions.values())
+
+    @property
+    def did_work(self) -> bool:
+        """True when the run changed a job or did other work (a vacuum, a record deleted)."""
+        return self.changed > 0 or self.other_work > 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -171,6 +190,8 @@ class TaskResult:
             "stopped": self.stopped,
             "sample_ids": list(self.sample_ids),
             "details": dict(self.details),
+            "did_work": self.did_work,
+            "notes": list(self.notes),
             "run_id": self.run_id,
             "error": self.error,
         }

@@ -53,6 +53,10 @@ def execute(ctx: TaskContext) -> None:
         if batch < ctx.batch_size or ctx.dry_run or ctx.stop_reason() is not None:
             break
     ctx.progress.details["runs_deleted"] = removed
+    ctx.progress.other_work += removed
+    if removed:
+        verb = "would delete" if ctx.dry_run else "deleted"
+        ctx.progress.notes.append(f"old run records {verb}: {removed}")
 
 
 TASK = Task(

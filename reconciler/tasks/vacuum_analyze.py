@@ -86,6 +86,7 @@ def execute(ctx: TaskContext) -> None:
                 name: {"dead_rows_before": before.get(name, {}).get("dead_rows", 0)}
                 for name in tables
             }
+            ctx.progress.notes.extend(_notes(ctx.progress.details))
             return
         for name in tables:
             if ctx.stop_reason() == "shutdown":
@@ -124,6 +125,26 @@ def execute(ctx: TaskContext) -> None:
     ctx.progress.details["reclaimed_all"] = not blocked
     if blocked:
         ctx.progress.details["xmin_holders"] = holders
+    ctx.progress.other_work += len(details)
+    ctx.progress.notes.extend(_notes(ctx.progress.details))
+
+
+def _notes(details: dict[str, Any]) -> list[str]:
+    """Per table its dead rows before (and after); who holds back what could not go."""
+    lines = []
+    for name, info in details.get("tables", {}).items():
+        line = f"{name:<12} dead rows {info.get('dead_rows_before', 0)}"
+        if "dead_rows_after" in info:
+            line += f" -> {info['dead_rows_after']}"
+        if info.get("not_removable"):
+            line += f" ({info['not_removable']} not removable yet)"
+        lines.append(line)
+    lines.extend(
+        f"held back by pid {h['pid']} ({h['application_name'] or '?'}, {h['state']}, "
+        f"transaction open {h['xact_age_s']} s)"
+        for h in details.get("xmin_holders", [])
+    )
+    return lines
 
 
 TASK = Task(

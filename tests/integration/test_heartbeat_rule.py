@@ -65,12 +65,12 @@ def test_mark_stale_workers_and_check_agree_with_overrides(
     report = cli.json("workers")
     dead = set(report["probably_dead"])
 
-    code, out, _ = cli("check", "--json")
+    check_exit, out, _ = cli("check", "--json")
     finding = next(f for f in json.loads(out)["findings"] if f["check"] == "dead_workers")
 
     assert would_stale == {silent["encoder"], silent["mailer"]}
     assert dead == {"encoder", "mailer"}
-    assert finding["level"] == "warning"
+    assert (check_exit, finding["level"]) == (1, "warning")
     assert "exporter" not in finding["message"]
     assert "encoder" in finding["message"] and "mailer" in finding["message"]
     assert report["heartbeat_timeout_overrides_s"] == {"kind:export": 3600.0, "queue:media": 900.0}

@@ -244,3 +244,29 @@ def test_every_task_runs_in_a_schema_with_quotes_and_spaces(pg_url: str, db_now:
         with odd.engine.begin() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {quote_ident(name)} CASCADE")
         odd.dispose()
+
+
+def test_a_result_says_whether_it_did_work_and_renders_its_own_notes(
+    db: Database, settings: Settings, db_now: datetime
+) -> None:
+    """Work that is not a transition counts: vacuum-analyze and a purge of old run records
+    did work, with their own notes; an idle mark-stale did none."""
+    with db.transaction() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO runs (task, started_at, finished_at, status, host, pid, actor)"
+                " VALUES ('requeue', :old, :old, 'ok', 'h', 1, 'test')"
+            ),
+            {"old": db_now - timedelta(days=60)},
+        )
+
+    idle = run_task(db, settings, "mark-stale", now=db_now)
+    purge = run_task(db, settings, "purge", now=db_now)
+    vacuum = run_task(db, settings, "vacuum-analyze", now=db_now)
+
+    assert (idle.did_work, idle.notes) == (False, ())
+    assert (purge.changed, purge.did_work) == (0, True)
+    assert purge.notes == ("old run records deleted: 1",)
+    assert vacuum.did_work and vacuum.other_work == 3
+    assert [n.split()[0] for n in vacuum.notes] == ["jobs", "job_events", "runs"]
+    assert json.loads(json.dumps(vacuum.to_dict()))["did_work"] is True
