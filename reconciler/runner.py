@@ -8,6 +8,7 @@ the task running elsewhere raises :class:`~reconciler.leases.TaskBusy`.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -15,7 +16,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from sqlalchemy import text
@@ -27,6 +28,9 @@ from reconciler.settings import Settings
 from reconciler.sqlfiles import query
 from reconciler.tasks import TASKS, TaskContext, TaskFailed, TaskResult, get_task
 from reconciler.tasks.base import Progress, RunStatus
+
+# The error of a run that Ctrl-C (SIGINT) stopped; its runs row is closed as interrupted.
+INTERRUPTED = "interrupted by the operator (SIGINT)"
 
 if TYPE_CHECKING:
     from reconciler.tasks import Task
@@ -139,6 +143,14 @@ def run_task(
         # killed connection there arrives unwrapped; it is a failed run all the same.
         status, error = "failed", _error_text(exc)
         ctx.progress.stopped = "error"
+    except KeyboardInterrupt:
+        # Ctrl-C: the batch under way rolls back with its transaction. Close the record
+        # now, as interrupted, and free the lease, rather than leave both to the next
+        # holder after RECONCILER_LEASE_TTL; then let the interrupt end the command.
+        if run_id is not None:
+            with contextlib.suppress(SQLAlchemyError):
+                _finish(db, run_id, lease, "interrupted", INTERRUPTED, ctx.progress)
+        raise
     progress = ctx.progress
     if run_id is not None:
         try:
@@ -176,7 +188,7 @@ def _finish(
     db: Database,
     run_id: int,
     lease: Lease | None,
-    status: str,
+    status: RunStatus | Literal["interrupted"],
     error: str | None,
     progress: Progress,
 ) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 
 from reconciler.db import Database
@@ -82,3 +85,16 @@ def scalar(db: Database, sql: str, **params: Any) -> Any:
     """One value from one query, in the test schema."""
     with db.transaction() as conn:
         return conn.execute(text(sql), params).scalar_one()
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 60.0) -> None:
+    """Poll ``condition`` until it is truthy; fail naming ``what`` after ``timeout`` seconds.
+
+    The one way the tests wait for something: a deadline generous enough for a loaded
+    2-core machine, never a fixed window in which the thing must happen.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {timeout:g} s waiting until {what}")
+        time.sleep(0.02)
