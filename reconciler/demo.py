@@ -166,10 +166,10 @@ class Simulation:
                 self._do(job, worker, rng.uniform(0.2, 1.0))
                 if fate < CRASH_RATE + FAIL_RATE:
                     error = json.dumps({"message": "upstream timed out"})
-                    self._call("fail", id=job.id, worker=worker, attempt=job.attempt, error=error)
+                    self._call("fail", id=job.id, token=job.claim_token, error=error)
                     self.tally.add("failed")
                 else:
-                    self._call("complete", id=job.id, worker=worker, attempt=job.attempt)
+                    self._call("complete", id=job.id, token=job.claim_token)
                     self.tally.add("completed")
             except SQLAlchemyError:
                 self.tally.add("worker_errors")
@@ -180,7 +180,7 @@ class Simulation:
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             time.sleep(min(0.5, left))  # simulated work, not a test waiting
-            self._call("heartbeat", id=job.id, worker=worker, attempt=job.attempt)
+            self._call("heartbeat", id=job.id, token=job.claim_token)
 
 
 # --- views ---------------------------------------------------------------------------------

@@ -4,16 +4,16 @@
 SELECT enqueue(kind => :kind, priority => CAST(:priority AS smallint), queue => :queue)
 
 -- name: claim
-SELECT id, attempt FROM claim(:worker, NULL, 1)
+SELECT id, attempt, claim_token FROM claim(:worker, NULL, 1)
 
 -- name: heartbeat
-SELECT heartbeat(:id, :worker, :attempt)
+SELECT heartbeat(:id, :token)
 
 -- name: complete
-SELECT complete(:id, :worker, :attempt)
+SELECT complete(:id, :token)
 
 -- name: fail
-SELECT fail(:id, :worker, :attempt, CAST(:error AS jsonb))
+SELECT fail(:id, :token, CAST(:error AS jsonb))
 
 -- name: counts
 SELECT status, count(*) AS n FROM jobs GROUP BY status

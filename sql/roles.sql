@@ -67,9 +67,9 @@ $roles$;
 GRANT EXECUTE ON FUNCTION
     {schema}.enqueue(text, jsonb, text, integer, timestamptz, integer, text, text),
     {schema}.claim(text, text[], integer),
-    {schema}.heartbeat(bigint, text, integer),
-    {schema}.complete(bigint, text, integer),
-    {schema}.fail(bigint, text, integer, jsonb)
+    {schema}.heartbeat(bigint, uuid),
+    {schema}.complete(bigint, uuid),
+    {schema}.fail(bigint, uuid, jsonb)
     TO {worker};
 
 -- Read-only: dashboards and status commands.

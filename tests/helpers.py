@@ -32,7 +32,16 @@ _COLUMNS = (
     "created_at",
     "last_error",
     "idempotency_key",
+    "attempt_base",
+    "claim_token",  # stored as claim_token_hash, as claim() stores it
 )
+
+
+_BINDS = {
+    "payload": "CAST(:payload AS jsonb)",
+    "last_error": "CAST(:last_error AS jsonb)",
+    "claim_token": "sha256(uuid_send(CAST(:claim_token AS uuid)))",
+}
 
 
 def insert_job(db: Database, **values: Any) -> int:
@@ -43,10 +52,8 @@ def insert_job(db: Database, **values: Any) -> int:
         values.setdefault("locked_by", "w1")
     unknown = set(values) - set(_COLUMNS)
     assert not unknown, f"unknown columns {unknown}"
-    cols = ", ".join(values)
-    binds = ", ".join(
-        f"CAST(:{k} AS jsonb)" if k in ("payload", "last_error") else f":{k}" for k in values
-    )
+    cols = ", ".join("claim_token_hash" if k == "claim_token" else k for k in values)
+    binds = ", ".join(_BINDS.get(k, f":{k}") for k in values)
     with db.transaction() as conn:
         job_id = conn.execute(
             text(f"INSERT INTO jobs ({cols}) VALUES ({binds}) RETURNING id"), values

@@ -12,6 +12,7 @@ import json
 import sys
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 from sqlalchemy import text
 
@@ -47,6 +48,10 @@ def insert_event(
                 "reason": json.dumps(reason or {}),
             },
         )
+
+
+# The claim token the live worker of the seed (w-live, job "slow") holds.
+LIVE_TOKEN = UUID("00000000-0000-4000-8000-0000000000aa")
 
 
 def seed(db: Database, now: datetime) -> dict[str, list[int]]:
@@ -133,6 +138,7 @@ def seed(db: Database, now: datetime) -> dict[str, list[int]]:
         status="running",
         attempt=1,
         locked_by="w-live",
+        claim_token=LIVE_TOKEN,
         locked_at=ago(hours=2),
         heartbeat_at=ago(seconds=10),
         started_at=ago(hours=2),

@@ -43,7 +43,8 @@ INSERT INTO transitions (from_status, to_status, meaning) VALUES
 CREATE TABLE retry_policies (
     priority      smallint UNIQUE CHECK (priority BETWEEN 0 AND 4),
     kind          text UNIQUE,
-    max_attempts  integer  NOT NULL CHECK (max_attempts >= 1),
+    -- At most 1000, as enqueue() takes: more would be a retry loop, not a policy.
+    max_attempts  integer  NOT NULL CHECK (max_attempts BETWEEN 1 AND 1000),
     initial_delay interval NOT NULL CHECK (initial_delay >= interval '0'),
     max_delay     interval NOT NULL CHECK (max_delay >= initial_delay),
     -- NaN compares greater than every number in PostgreSQL, so >= 1 alone admits it.
@@ -68,8 +69,12 @@ CREATE TABLE jobs (
     payload         jsonb       NOT NULL DEFAULT '{}',
     status          text        NOT NULL DEFAULT 'queued' CHECK (status IN
                         ('queued', 'running', 'succeeded', 'failed', 'stale', 'dead', 'cancelled')),
+    -- Claims over the job's whole life: never lowered, so (job, attempt) never repeats.
     attempt         integer     NOT NULL DEFAULT 0 CHECK (attempt >= 0),
-    max_attempts    integer     NOT NULL CHECK (max_attempts >= 1),
+    -- The attempt count when an operator last gave the job a fresh retry budget
+    -- (jobs requeue, dead-letter replay): attempts used = attempt - attempt_base.
+    attempt_base    integer     NOT NULL DEFAULT 0 CHECK (attempt_base BETWEEN 0 AND attempt),
+    max_attempts    integer     NOT NULL CHECK (max_attempts BETWEEN 1 AND 1000),
     run_at          timestamptz NOT NULL DEFAULT now(),
     locked_by       text,
     locked_at       timestamptz,
@@ -80,8 +85,17 @@ CREATE TABLE jobs (
     updated_at      timestamptz NOT NULL DEFAULT now(),
     last_error      jsonb,
     idempotency_key text,
+    -- sha256 of the claim token that claim() handed to the worker running this
+    -- attempt; heartbeat/complete/fail must present the token. Only the hash is
+    -- kept, so a role that can read this table cannot act as the worker.
+    claim_token_hash bytea,
     -- A job that is running has an owner; one that is not has none.
-    CHECK ((status = 'running') = (locked_by IS NOT NULL))
+    CHECK ((status = 'running') = (locked_by IS NOT NULL)),
+    -- Infinity is a valid timestamptz but no moment: it would never come due, or
+    -- always be due, and breaks every tool that reads it.
+    CHECK (isfinite(run_at) AND isfinite(created_at) AND isfinite(updated_at)
+           AND isfinite(locked_at) AND isfinite(heartbeat_at)
+           AND isfinite(started_at) AND isfinite(finished_at))
 );
 
 -- claim(): the next job by priority, then run_at, among queued ones.
@@ -92,15 +106,19 @@ CREATE INDEX jobs_running_idx ON jobs ((coalesce(heartbeat_at, locked_at, update
 -- purge: terminal jobs by finish time.
 CREATE INDEX jobs_status_finished_idx ON jobs (status, finished_at);
 -- requeue and dead-letter: failed/stale jobs in finish order, one index per
--- side of attempt < max_attempts. A batch reads its rows in order and stops at
--- its LIMIT; without them every batch reads the whole failed/stale backlog and
--- sorts it (requeue computing each row's backoff), so batches grow with it.
+-- side of "attempts used < max_attempts". A batch reads its rows in order and
+-- stops at its LIMIT; without them every batch reads the whole failed/stale
+-- backlog and sorts it (requeue computing each row's backoff), so batches grow
+-- with it.
 CREATE INDEX jobs_requeue_idx ON jobs (finished_at, id)
-    WHERE status IN ('failed', 'stale') AND attempt < max_attempts;
+    WHERE status IN ('failed', 'stale') AND attempt - attempt_base < max_attempts;
 CREATE INDEX jobs_dead_letter_idx ON jobs (finished_at, id)
-    WHERE status IN ('failed', 'stale') AND attempt >= max_attempts;
-CREATE UNIQUE INDEX jobs_idempotency_key_idx ON jobs (idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
+    WHERE status IN ('failed', 'stale') AND attempt - attempt_base >= max_attempts;
+-- An idempotency key is unique per kind and tenant (NULL tenant: one scope of
+-- its own): the same key sent by another tenant, or for another kind of job,
+-- is another job.
+CREATE UNIQUE INDEX jobs_idempotency_key_idx ON jobs (kind, tenant_id, idempotency_key)
+    NULLS NOT DISTINCT WHERE idempotency_key IS NOT NULL;
 
 -- One row per status change, written in the same statement as the change.
 CREATE TABLE job_events (
@@ -252,7 +270,11 @@ LANGUAGE sql IMMUTABLE SET search_path FROM CURRENT AS $$
     ) b
 $$;
 
--- enqueue(): add a job; a repeated idempotency key returns the existing id.
+-- enqueue(): add a job and return its id. A repeated idempotency key (for the
+-- same kind and tenant) returns the existing job's id and adds nothing.
+-- The event's actor is the session's user (sql:NAME), or what the caller's
+-- transaction set in reconciler.actor (`reconciler enqueue` sets cli:NAME and
+-- reconciler.run_id): a label for the audit trail, not an authentication.
 CREATE FUNCTION enqueue(
     kind            text,
     payload         jsonb       DEFAULT '{}',
@@ -267,39 +289,67 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 #variable_conflict use_column
 DECLARE
     v_id bigint;
+    v_priority integer := coalesce(enqueue.priority, 2);
     v_max integer := enqueue.max_attempts;
+    v_actor text := coalesce(nullif(current_setting('reconciler.actor', true), ''),
+                             'sql:' || session_user);
+    v_run_id text := nullif(current_setting('reconciler.run_id', true), '');
 BEGIN
-    IF enqueue.priority IS NOT NULL AND enqueue.priority NOT BETWEEN 0 AND 4 THEN
-        RAISE EXCEPTION 'priority % is out of range', enqueue.priority
+    IF coalesce(enqueue.kind, '') = '' THEN
+        RAISE EXCEPTION 'enqueue() needs a kind'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'pass kind => ''send_email'', the name workers know the job by';
+    END IF;
+    IF v_priority NOT BETWEEN 0 AND 4 THEN
+        RAISE EXCEPTION 'priority % is out of range', v_priority
             USING ERRCODE = 'check_violation',
                   HINT = 'use 0 (critical), 1 (high), 2 (default), 3 (low) or 4 (bulk)';
     END IF;
+    IF NOT isfinite(enqueue.run_at) THEN
+        RAISE EXCEPTION 'run_at % is not a moment in time', enqueue.run_at
+            USING ERRCODE = 'invalid_datetime_format',
+                  HINT = 'pass a finite timestamp, or leave run_at out to run it now';
+    END IF;
+    IF v_max IS NOT NULL AND v_max NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'max_attempts % is out of range', v_max
+            USING ERRCODE = 'check_violation',
+                  HINT = 'use 1 (never retried) to 1000, or leave it out for the retry policy''s';
+    END IF;
+    IF v_run_id !~ '^[0-9]{1,18}$' THEN
+        v_run_id := NULL;
+    END IF;
     IF v_max IS NULL THEN
-        v_max := (policy_for(enqueue.kind, enqueue.priority::smallint)).max_attempts;
+        v_max := (policy_for(enqueue.kind, v_priority::smallint)).max_attempts;
     END IF;
     WITH inserted AS (
         INSERT INTO jobs AS j (queue, kind, tenant_id, priority, payload, run_at,
                                max_attempts, idempotency_key)
         VALUES (coalesce(enqueue.queue, 'default'), enqueue.kind, enqueue.tenant_id,
-                coalesce(enqueue.priority, 2), coalesce(enqueue.payload, '{}'),
+                v_priority, coalesce(enqueue.payload, '{}'),
                 coalesce(enqueue.run_at, now()), coalesce(v_max, 3), enqueue.idempotency_key)
-        ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        ON CONFLICT (kind, tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL
+        DO NOTHING
         RETURNING j.id
     ), event AS (
-        INSERT INTO job_events (job_id, from_status, to_status, at, actor)
-        SELECT i.id, NULL, 'queued', now(), 'sql:' || session_user FROM inserted i
+        INSERT INTO job_events (job_id, from_status, to_status, at, actor, run_id)
+        SELECT i.id, NULL, 'queued', now(), v_actor, CAST(v_run_id AS bigint) FROM inserted i
     )
     SELECT i.id INTO v_id FROM inserted i;
     IF v_id IS NULL THEN
-        SELECT j.id INTO v_id FROM jobs j WHERE j.idempotency_key = enqueue.idempotency_key;
+        SELECT j.id INTO v_id FROM jobs j
+        WHERE j.idempotency_key = enqueue.idempotency_key
+          AND j.kind = enqueue.kind
+          AND j.tenant_id IS NOT DISTINCT FROM enqueue.tenant_id;
     END IF;
     RETURN v_id;
 END
 $$;
 
--- claim(): take up to n due jobs, highest priority first, never waiting on a
--- row another worker holds, skipping paused queues (all of them while
--- paused_queues has the row '*', reconciler pause --all).
+-- claim(): take up to n (at most 1000) due jobs, highest priority first, never
+-- waiting on a row another worker holds, skipping paused queues (all of them
+-- while paused_queues has the row '*', reconciler pause --all). Each job comes
+-- with a fresh random claim_token: the worker passes it to heartbeat, complete
+-- and fail; only its hash is stored.
 --
 -- plpgsql with plan_cache_mode = force_custom_plan, and the paused queues read
 -- first into a constant: the query is planned with the caller's n and queues
@@ -308,12 +358,21 @@ $$;
 -- planner has no statistics for), PostgreSQL reads and sorts every due job to
 -- hand out one; with them, it walks jobs_claim_idx in order and stops after n
 -- rows, whatever the backlog (tests/integration/test_indexes.py).
+--
+-- Reading paused_queues takes its ACCESS SHARE lock until the claim commits;
+-- `reconciler pause` takes ACCESS EXCLUSIVE before it adds its row, so a pause
+-- waits for claims under way, and no claim commits after it that missed it.
 CREATE FUNCTION claim(worker text, queues text[] DEFAULT NULL, n integer DEFAULT 1)
-RETURNS SETOF jobs
+RETURNS TABLE (
+    id bigint, queue text, kind text, tenant_id text, priority smallint, payload jsonb,
+    attempt integer, max_attempts integer, run_at timestamptz, created_at timestamptz,
+    idempotency_key text, claim_token uuid
+)
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path FROM CURRENT
 SET plan_cache_mode = force_custom_plan
 AS $$
+#variable_conflict use_column
 DECLARE
     paused text[] := ARRAY(SELECT p.queue FROM paused_queues p);
 BEGIN
@@ -322,82 +381,118 @@ BEGIN
             USING ERRCODE = 'null_value_not_allowed',
                   HINT = 'pass worker => ''host:pid'' or any name unique to the worker';
     END IF;
+    IF claim.n NOT BETWEEN 0 AND 1000 THEN
+        RAISE EXCEPTION 'claim() takes 0 to 1000 jobs at a time, not %', claim.n
+            USING ERRCODE = 'check_violation',
+                  HINT = 'claim more often rather than more at once';
+    END IF;
     IF '*' = ANY (paused) THEN
         RETURN;  -- every queue is paused (reconciler pause --all)
     END IF;
     RETURN QUERY
     WITH picked AS (
-        SELECT j.id FROM jobs j
+        SELECT j.id, gen_random_uuid() AS token FROM jobs j
         WHERE j.status = 'queued'
           AND j.run_at <= now()
           AND (claim.queues IS NULL OR j.queue = ANY (claim.queues))
           AND j.queue <> ALL (paused)
         ORDER BY j.priority, j.run_at, j.id
-        LIMIT greatest(coalesce(claim.n, 1), 0)
+        LIMIT coalesce(claim.n, 1)
         FOR UPDATE SKIP LOCKED
     ), claimed AS (
         UPDATE jobs j
         SET status = 'running', attempt = j.attempt + 1, locked_by = claim.worker,
-            locked_at = now(), heartbeat_at = now(), started_at = now(), finished_at = NULL
-        FROM picked
-        WHERE j.id = picked.id AND j.status = 'queued'
-        RETURNING j.*
+            locked_at = now(), heartbeat_at = now(), started_at = now(), finished_at = NULL,
+            claim_token_hash = sha256(uuid_send(p.token))
+        FROM picked p
+        WHERE j.id = p.id AND j.status = 'queued'
+        RETURNING j.id, j.queue, j.kind, j.tenant_id, j.priority, j.payload, j.attempt,
+                  j.max_attempts, j.run_at, j.created_at, j.idempotency_key, p.token
     ), event AS (
         INSERT INTO job_events (job_id, from_status, to_status, at, actor, reason)
         SELECT c.id, 'queued', 'running', now(), 'worker:' || claim.worker,
                jsonb_build_object('attempt', c.attempt)
         FROM claimed c
     )
-    SELECT * FROM claimed c ORDER BY c.priority, c.run_at, c.id;
+    SELECT c.id, c.queue, c.kind, c.tenant_id, c.priority, c.payload, c.attempt,
+           c.max_attempts, c.run_at, c.created_at, c.idempotency_key, c.token
+    FROM claimed c ORDER BY c.priority, c.run_at, c.id;
 END
 $$;
 
--- heartbeat(): true while the job is still this worker's, this attempt.
-CREATE FUNCTION heartbeat(job_id bigint, worker text, attempt integer) RETURNS boolean
+-- heartbeat(): true while the job is still running under this claim.
+CREATE FUNCTION heartbeat(job_id bigint, claim_token uuid) RETURNS boolean
 LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
     WITH beat AS (
         UPDATE jobs j SET heartbeat_at = now()
         WHERE j.id = heartbeat.job_id AND j.status = 'running'
-          AND j.locked_by = heartbeat.worker AND j.attempt = heartbeat.attempt
+          AND j.claim_token_hash = sha256(uuid_send(heartbeat.claim_token))
         RETURNING 1
     )
     SELECT EXISTS (SELECT 1 FROM beat)
 $$;
 
--- complete(): running -> succeeded, only for the worker and attempt that hold it.
-CREATE FUNCTION complete(job_id bigint, worker text, attempt integer) RETURNS boolean
+-- complete(): running -> succeeded, only for the claim that holds the job.
+CREATE FUNCTION complete(job_id bigint, claim_token uuid) RETURNS boolean
 LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
-    WITH done AS (
-        UPDATE jobs j
-        SET status = 'succeeded', finished_at = now(), locked_by = NULL, locked_at = NULL
+    WITH held AS (
+        SELECT j.id, j.locked_by, j.attempt FROM jobs j
         WHERE j.id = complete.job_id AND j.status = 'running'
-          AND j.locked_by = complete.worker AND j.attempt = complete.attempt
-        RETURNING j.id, j.attempt
+          AND j.claim_token_hash = sha256(uuid_send(complete.claim_token))
+        FOR UPDATE
+    ), done AS (
+        UPDATE jobs j
+        SET status = 'succeeded', finished_at = now(), locked_by = NULL, locked_at = NULL,
+            claim_token_hash = NULL
+        FROM held h
+        WHERE j.id = h.id
+        RETURNING j.id, h.locked_by, h.attempt
     ), event AS (
         INSERT INTO job_events (job_id, from_status, to_status, at, actor, reason)
-        SELECT d.id, 'running', 'succeeded', now(), 'worker:' || complete.worker,
+        SELECT d.id, 'running', 'succeeded', now(), 'worker:' || d.locked_by,
                jsonb_build_object('attempt', d.attempt)
         FROM done d
     )
     SELECT EXISTS (SELECT 1 FROM done)
 $$;
 
--- fail(): running -> failed with the error, only for the holder. The requeue
--- or dead-letter task takes it from there.
-CREATE FUNCTION fail(job_id bigint, worker text, attempt integer, error jsonb DEFAULT '{}')
+-- fail(): running -> failed with the error, only for the claim that holds the
+-- job. The requeue or dead-letter task takes it from there. The error is kept
+-- as a JSON object (a bare value becomes {"message": value}); one over 64 kB
+-- is cut to {"message": its first 8192 characters, "truncated": true}.
+CREATE FUNCTION fail(job_id bigint, claim_token uuid, error jsonb DEFAULT '{}')
 RETURNS boolean
 LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
-    WITH failed AS (
+    WITH given AS (
+        SELECT CASE
+            WHEN fail.error IS NULL THEN jsonb '{}'
+            WHEN jsonb_typeof(fail.error) = 'object' THEN fail.error
+            ELSE jsonb_build_object('message', fail.error)
+        END AS error
+    ), kept AS (
+        SELECT CASE
+            WHEN octet_length(g.error::text) <= 65536 THEN g.error
+            ELSE jsonb_build_object(
+                'message', left(coalesce(g.error ->> 'message', g.error::text), 8192),
+                'truncated', true)
+        END AS error
+        FROM given g
+    ), held AS (
+        SELECT j.id, j.locked_by, j.attempt FROM jobs j
+        WHERE j.id = fail.job_id AND j.status = 'running'
+          AND j.claim_token_hash = sha256(uuid_send(fail.claim_token))
+        FOR UPDATE
+    ), failed AS (
         UPDATE jobs j
         SET status = 'failed', finished_at = now(), locked_by = NULL, locked_at = NULL,
-            last_error = coalesce(fail.error, '{}')
-        WHERE j.id = fail.job_id AND j.status = 'running'
-          AND j.locked_by = fail.worker AND j.attempt = fail.attempt
-        RETURNING j.id, j.attempt
+            claim_token_hash = NULL, last_error = k.error
+        FROM held h, kept k
+        WHERE j.id = h.id
+        RETURNING j.id, h.locked_by, h.attempt, k.error
     ), event AS (
         INSERT INTO job_events (job_id, from_status, to_status, at, actor, reason)
-        SELECT f.id, 'running', 'failed', now(), 'worker:' || fail.worker,
-               jsonb_build_object('attempt', f.attempt, 'error', coalesce(fail.error, '{}'))
+        SELECT f.id, 'running', 'failed', now(), 'worker:' || f.locked_by,
+               jsonb_build_object('attempt', f.attempt, 'error', f.error)
         FROM failed f
     )
     SELECT EXISTS (SELECT 1 FROM failed)
@@ -410,6 +505,6 @@ $$;
 -- SQL), and search_path is pinned to this schema with pg_temp last. Who may
 -- call them is granted explicitly.
 REVOKE EXECUTE ON FUNCTION enqueue(text, jsonb, text, integer, timestamptz, integer, text, text),
-    claim(text, text[], integer), heartbeat(bigint, text, integer),
-    complete(bigint, text, integer), fail(bigint, text, integer, jsonb)
+    claim(text, text[], integer), heartbeat(bigint, uuid), complete(bigint, uuid),
+    fail(bigint, uuid, jsonb)
     FROM PUBLIC;

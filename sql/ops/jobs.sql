@@ -44,9 +44,12 @@ SELECT e.id, e.at, e.from_status, e.to_status, e.actor, e.reason, e.run_id
 FROM job_events e WHERE e.job_id = :id ORDER BY e.id
 
 -- name: requeue
--- failed, stale, dead or cancelled -> queued, due now; attempts and error are
--- reset unless :keep_attempts (then a job with no attempts left dies again
--- after one more failure, as its policy says).
+-- failed, stale, dead or cancelled -> queued, due now, with a fresh retry
+-- budget and no error unless :keep_attempts (then a job with no attempts left
+-- dies again after one more failure, as its policy says). The budget starts
+-- again by moving attempt_base up to attempt: attempt itself never goes down,
+-- so the next claim is a new attempt number and no earlier claim of this job
+-- can pass the fence.
 WITH picked AS (
     SELECT j.id, j.status AS from_status, j.attempt
     FROM jobs j
@@ -58,7 +61,8 @@ WITH picked AS (
 ), moved AS (
     UPDATE jobs j
     SET status = 'queued', run_at = CAST(:now AS timestamptz), finished_at = NULL,
-        attempt = CASE WHEN CAST(:keep_attempts AS boolean) THEN j.attempt ELSE 0 END,
+        attempt_base = CASE WHEN CAST(:keep_attempts AS boolean) THEN j.attempt_base
+                            ELSE j.attempt END,
         last_error = CASE WHEN CAST(:keep_attempts AS boolean) THEN j.last_error END
     FROM picked p
     WHERE j.id = p.id

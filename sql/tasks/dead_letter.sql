@@ -2,16 +2,18 @@
 --
 -- Binds: :now, :batch_size, :actor, :run_id.
 --
--- attempt >= max_attempts is the exact complement of requeue's attempt <
--- max_attempts, so every failed or stale job has exactly one way out.
+-- attempts used (attempt - attempt_base) >= max_attempts is the exact
+-- complement of requeue's condition, so every failed or stale job has exactly
+-- one way out.
 -- finished_at becomes the time of death, which the dead retention counts from.
 
 -- name: apply
 WITH candidates AS (
-    SELECT j.id, j.status AS from_status, j.attempt, j.max_attempts
+    SELECT j.id, j.status AS from_status, j.attempt, j.attempt - j.attempt_base AS used,
+           j.max_attempts
     FROM jobs j
     WHERE j.status IN ('failed', 'stale')
-      AND j.attempt >= j.max_attempts
+      AND j.attempt - j.attempt_base >= j.max_attempts
     ORDER BY j.finished_at, j.id
     LIMIT :batch_size
     FOR UPDATE OF j SKIP LOCKED
@@ -20,11 +22,12 @@ WITH candidates AS (
     SET status = 'dead', finished_at = CAST(:now AS timestamptz)
     FROM candidates c
     WHERE j.id = c.id
-    RETURNING j.id, c.from_status, c.attempt, c.max_attempts, j.last_error
+    RETURNING j.id, c.from_status, c.attempt, c.used, c.max_attempts, j.last_error
 ), events AS (
     INSERT INTO job_events (job_id, from_status, to_status, at, actor, reason, run_id)
     SELECT m.id, m.from_status, 'dead', CAST(:now AS timestamptz), :actor,
-           jsonb_build_object('attempt', m.attempt, 'max_attempts', m.max_attempts,
+           jsonb_build_object('attempt', m.attempt, 'attempts_used', m.used,
+                              'max_attempts', m.max_attempts,
                               'last_error', m.last_error),
            CAST(:run_id AS bigint)
     FROM moved m

@@ -4,10 +4,11 @@
 -- Binds: :now, :batch_size, :actor, :run_id.
 --
 -- Backoff comes from the job's retry policy (its kind's row in retry_policies,
--- else its priority's; see backoff() in the migrations), counted from when the
+-- else its priority's; see backoff() in sql/schema.sql), by the attempts used
+-- of the job's current budget (attempt - attempt_base), counted from when the
 -- attempt ended (finished_at). A job with no policy at all is requeued at once
--- rather than left behind. attempt < max_attempts is what separates this task
--- from dead-letter: no job can be eligible for both.
+-- rather than left behind. attempts used < max_attempts is what separates this
+-- task from dead-letter: no job can be eligible for both.
 
 -- name: apply
 WITH candidates AS (
@@ -15,12 +16,13 @@ WITH candidates AS (
     FROM jobs j
     CROSS JOIN LATERAL (
         SELECT coalesce(
-            (SELECT backoff(j.attempt, p.initial_delay, p.max_delay, p.multiplier, p.jitter, j.id)
+            (SELECT backoff(j.attempt - j.attempt_base, p.initial_delay, p.max_delay,
+                            p.multiplier, p.jitter, j.id)
              FROM policy_for(j.kind, j.priority) p),
             interval '0') AS delay
     ) b
     WHERE j.status IN ('failed', 'stale')
-      AND j.attempt < j.max_attempts
+      AND j.attempt - j.attempt_base < j.max_attempts
       AND coalesce(j.finished_at, j.updated_at) + b.delay <= CAST(:now AS timestamptz)
     ORDER BY j.finished_at, j.id
     LIMIT :batch_size

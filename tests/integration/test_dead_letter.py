@@ -45,6 +45,7 @@ def test_attempt_at_max_attempts_becomes_dead(
     )
     assert event["reason"] == {
         "attempt": 3,
+        "attempts_used": 3,
         "max_attempts": 3,
         "last_error": {"message": "boom"},
     }

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import pytest
 from sqlalchemy import text
@@ -55,12 +56,16 @@ def _snapshot(db: Database) -> dict[str, list[dict[str, Any]]]:
         }
 
 
-def _call(db: Database, function: str, job_id: int, worker: str, attempt: int) -> bool:
+# The claim token of the jobs these tests insert as running (claim() makes a random one).
+TOKEN = UUID("00000000-0000-4000-8000-000000000001")
+
+
+def _call(db: Database, function: str, job_id: int, token: UUID = TOKEN) -> bool:
     """A worker's call (heartbeat, complete, fail) in its own committed transaction."""
     with db.transaction() as conn:
         ok = conn.execute(
-            text(f"SELECT {function}(job_id => :id, worker => :w, attempt => :a)"),
-            {"id": job_id, "w": worker, "a": attempt},
+            text(f"SELECT {function}(job_id => :id, claim_token => :t)"),
+            {"id": job_id, "t": token},
         ).scalar_one()
     assert isinstance(ok, bool)
     return ok
@@ -188,9 +193,13 @@ def test_heartbeat_committed_before_the_run_keeps_the_job(
 ) -> None:
     """A heartbeat from another connection that commits first makes the job fresh: not stale."""
     job_id = insert_job(
-        db, status="running", attempt=1, heartbeat_at=db_now - timedelta(minutes=10)
+        db,
+        status="running",
+        attempt=1,
+        heartbeat_at=db_now - timedelta(minutes=10),
+        claim_token=TOKEN,
     )
-    assert _call(db, "heartbeat", job_id, "w1", 1)
+    assert _call(db, "heartbeat", job_id)
 
     result = run_task(db, settings, "mark-stale", now=db_now)
 
@@ -205,13 +214,17 @@ def test_row_held_by_a_worker_is_skipped_not_waited_for(
 ) -> None:
     """A worker's open transaction on the row is skipped (SKIP LOCKED); its commit then wins."""
     job_id = insert_job(
-        db, status="running", attempt=1, heartbeat_at=db_now - timedelta(minutes=10)
+        db,
+        status="running",
+        attempt=1,
+        heartbeat_at=db_now - timedelta(minutes=10),
+        claim_token=TOKEN,
     )
     other = insert_job(db, status="running", attempt=1, heartbeat_at=db_now - timedelta(minutes=10))
 
     with db.transaction() as worker:
         assert worker.execute(
-            text(f"SELECT {call}(job_id => :id, worker => 'w1', attempt => 1)"), {"id": job_id}
+            text(f"SELECT {call}(job_id => :id, claim_token => :t)"), {"id": job_id, "t": TOKEN}
         ).scalar_one()
         result = run_task(db, settings, "mark-stale", now=db_now)
         assert result.status == "ok"
@@ -230,7 +243,7 @@ def test_row_held_by_a_worker_is_skipped_not_waited_for(
 
 def _beat_after(start: threading.Barrier, db: Database, job_id: int, out: dict[int, bool]) -> None:
     start.wait()
-    out[job_id] = _call(db, "heartbeat", job_id, "w1", 1)
+    out[job_id] = _call(db, "heartbeat", job_id)
 
 
 @pytest.fixture
@@ -257,7 +270,13 @@ def test_racing_heartbeats_and_mark_stale_never_lose_a_live_job(
     rounds, per_round = 20, 5
     for _ in range(rounds):
         ids = [
-            insert_job(db, status="running", attempt=1, heartbeat_at=db_now - timedelta(minutes=10))
+            insert_job(
+                db,
+                status="running",
+                attempt=1,
+                heartbeat_at=db_now - timedelta(minutes=10),
+                claim_token=TOKEN,
+            )
             for _ in range(per_round)
         ]
         start = threading.Barrier(per_round + 1)
@@ -295,18 +314,22 @@ def test_late_worker_is_fenced_out_after_being_marked_stale(
 ) -> None:
     """A stale worker is fenced: heartbeat/complete/fail return false, also after a re-claim."""
     job_id = insert_job(
-        db, status="running", attempt=1, heartbeat_at=db_now - timedelta(minutes=10)
+        db,
+        status="running",
+        attempt=1,
+        heartbeat_at=db_now - timedelta(minutes=10),
+        claim_token=TOKEN,
     )
     run_task(db, settings, "mark-stale", now=db_now)
     stale = job(db, job_id)
     events = events_of(db, job_id)
 
-    assert not _call(db, "heartbeat", job_id, "w1", 1)
-    assert not _call(db, "complete", job_id, "w1", 1)
+    assert not _call(db, "heartbeat", job_id)
+    assert not _call(db, "complete", job_id)
     with db.transaction() as conn:
         assert not conn.execute(
-            text("SELECT fail(job_id => :id, worker => 'w1', attempt => 1, error => '{}')"),
-            {"id": job_id},
+            text("SELECT fail(job_id => :id, claim_token => :t, error => '{}')"),
+            {"id": job_id, "t": TOKEN},
         ).scalar_one()
     assert job(db, job_id) == stale
     assert events_of(db, job_id) == events
@@ -316,10 +339,11 @@ def test_late_worker_is_fenced_out_after_being_marked_stale(
         conn.execute(
             text("UPDATE jobs SET run_at = now() - interval '1 s' WHERE id = :id"), {"id": job_id}
         )
-        (claimed,) = conn.execute(text("SELECT id, attempt FROM claim(worker => 'w2')")).all()
-    assert tuple(claimed) == (job_id, 2)
-    assert not _call(db, "heartbeat", job_id, "w1", 1)
-    assert not _call(db, "complete", job_id, "w1", 1)
-    assert not _call(db, "complete", job_id, "w1", 2)
+        (claimed,) = conn.execute(
+            text("SELECT id, attempt, claim_token FROM claim(worker => 'w2')")
+        ).all()
+    assert (claimed.id, claimed.attempt) == (job_id, 2)
+    assert not _call(db, "heartbeat", job_id)
+    assert not _call(db, "complete", job_id)
     assert job(db, job_id)["locked_by"] == "w2"
-    assert _call(db, "complete", job_id, "w2", 2)
+    assert _call(db, "complete", job_id, claimed.claim_token)

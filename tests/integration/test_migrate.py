@@ -314,16 +314,16 @@ def test_functions_ignore_the_callers_search_path(pg_url: str, db: Database, whe
             ).fetchone()
             assert row is not None
             job_id = row["id"]
-            claimed = conn.execute(
-                sql.SQL("SELECT id, attempt FROM {}(worker => 'w1')").format(fn("claim"))
+            (claimed,) = conn.execute(
+                sql.SQL("SELECT id, attempt, claim_token FROM {}(worker => 'w1')").format(
+                    fn("claim")
+                )
             ).fetchall()
-            assert claimed == [{"id": job_id, "attempt": 1}]
+            assert (claimed["id"], claimed["attempt"]) == (job_id, 1)
             for name in ("heartbeat", "complete"):
                 ok = conn.execute(
-                    sql.SQL("SELECT {}(job_id => %s, worker => 'w1', attempt => 1) AS ok").format(
-                        fn(name)
-                    ),
-                    [job_id],
+                    sql.SQL("SELECT {}(job_id => %s, claim_token => %s) AS ok").format(fn(name)),
+                    [job_id, claimed["claim_token"]],
                 ).fetchone()
                 assert ok == {"ok": True}
             with pytest.raises(psycopg.errors.CheckViolation, match="illegal job transition"):
@@ -334,16 +334,16 @@ def test_functions_ignore_the_callers_search_path(pg_url: str, db: Database, whe
                 sql.SQL("SELECT {}(kind => 'y', priority => 0) AS id").format(fn("enqueue"))
             ).fetchone()
             assert second is not None
-            conn.execute(
-                sql.SQL("SELECT * FROM {}(worker => 'w2', queues => NULL, n => 5)").format(
-                    fn("claim")
-                )
-            )
-            assert conn.execute(
+            (token,) = conn.execute(
                 sql.SQL(
-                    "SELECT {}(job_id => %s, worker => 'w2', attempt => 1, error => %s)"
-                ).format(fn("fail")),
-                [second["id"], '{"e": 1}'],
+                    "SELECT claim_token FROM {}(worker => 'w2', queues => NULL, n => 5)"
+                ).format(fn("claim"))
+            ).fetchall()
+            assert conn.execute(
+                sql.SQL("SELECT {}(job_id => %s, claim_token => %s, error => %s)").format(
+                    fn("fail")
+                ),
+                [second["id"], token["claim_token"], '{"e": 1}'],
             ).fetchone() == {"fail": True}
         finally:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(decoy)))

@@ -12,7 +12,7 @@ from reconciler.db import Database
 from reconciler.runner import run_task
 from reconciler.settings import Settings
 from tests.helpers import events_of, insert_job, job, jobs_by_status
-from tests.ops_data import CliRun
+from tests.ops_data import LIVE_TOKEN, CliRun
 
 
 def test_list_filters_combine(cli: CliRun, ids: dict[str, list[int]]) -> None:
@@ -92,12 +92,14 @@ def test_show_has_full_history(cli: CliRun, ids: dict[str, list[int]]) -> None:
 def test_requeue_resets_attempts_and_records_who(
     cli: CliRun, db: Database, ids: dict[str, list[int]]
 ) -> None:
-    """requeue: dead -> queued due now, attempts and error reset, event with actor and note."""
+    """requeue: dead -> queued due now, a fresh retry budget (attempt_base moves up to attempt;
+    attempt itself never goes down), no error, an event with actor and note."""
     job_id = ids["dead_report"][0]
     result = cli.json("jobs", "requeue", str(job_id), "--actor", "cli:alice", "--reason", "INC-7")
     assert result["transitions"] == {"dead->queued": 1}
     row = job(db, job_id)
-    assert (row["status"], row["attempt"], row["last_error"]) == ("queued", 0, None)
+    assert (row["status"], row["attempt"], row["attempt_base"]) == ("queued", 3, 3)
+    assert row["last_error"] is None
     assert row["run_at"] == datetime.fromisoformat(result["now"])
     event = events_of(db, job_id)[-1]
     assert event["actor"] == "cli:alice"
@@ -196,7 +198,9 @@ def test_cancel_fences_out_the_worker(cli: CliRun, db: Database, ids: dict[str, 
     assert job(db, job_id)["locked_by"] is None
     assert events_of(db, job_id)[-1]["reason"]["worker"] == "w-live"
     with db.transaction() as conn:
-        done = conn.execute(text("SELECT complete(:id, 'w-live', 1)"), {"id": job_id}).scalar_one()
+        done = conn.execute(
+            text("SELECT complete(:id, :token)"), {"id": job_id, "token": LIVE_TOKEN}
+        ).scalar_one()
     assert done is False
 
 

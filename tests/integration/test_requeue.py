@@ -85,7 +85,7 @@ def test_critical_third_attempt_waits_500ms_times_1_5_squared(
         (2, 10, timedelta(minutes=5)),  # 1 s x 2^9 = 512 s > 5 min
         (0, 12, timedelta(seconds=30)),  # 500 ms x 1.5^11 = 43 s > 30 s
         (2, 100, timedelta(minutes=5)),  # 2^99 s would overflow an interval
-        (2, 2000, timedelta(minutes=5)),  # 2^1999 would overflow a double
+        (2, 999, timedelta(minutes=5)),  # 2^998 s: the most max_attempts (1000) allows
     ],
 )
 def test_backoff_is_capped_at_max_delay(
@@ -102,6 +102,25 @@ def test_backoff_is_capped_at_max_delay(
     assert result.status == "ok", result.error
     assert _statuses(db, [due, early]) == ["queued", "failed"]
     assert events_of(db, due)[0]["reason"]["backoff_s"] == cap.total_seconds()
+
+
+def test_backoff_and_budget_count_attempts_since_the_operator_reset(
+    db: Database, settings: Settings, db_now: datetime
+) -> None:
+    """A replayed job (attempt 5, budget reset at 4) has used 1 of 3 attempts: it is retried
+    after attempt 1's backoff (1 s), not attempt 5's (16 s), and never dead-lettered."""
+    due = _failed(db, db_now, timedelta(seconds=1), attempt=5, attempt_base=4)
+    early = _failed(db, db_now, timedelta(seconds=1) - MS, attempt=5, attempt_base=4)
+    spent = _failed(db, db_now, timedelta(hours=1), attempt=7, attempt_base=4)
+
+    requeued = run_task(db, settings, "requeue", now=db_now)
+    dead = run_task(db, settings, "dead-letter", now=db_now)
+
+    assert _statuses(db, [due, early, spent]) == ["queued", "failed", "dead"]
+    assert requeued.sample_ids == (due,)
+    assert dead.sample_ids == (spent,)
+    assert events_of(db, due)[0]["reason"] == {"attempt": 5, "backoff_s": 1.0}
+    assert events_of(db, spent)[0]["reason"]["attempts_used"] == 3
 
 
 def test_kind_policy_wins_over_priority_policy(
@@ -188,9 +207,9 @@ def test_bulk_jobs_are_never_retried(db: Database, settings: Settings) -> None:
     """enqueue() gives bulk priority 1 attempt, so a failed bulk job is never requeued."""
     with db.transaction() as conn:
         job_id = conn.execute(text("SELECT enqueue(kind => 'b', priority => 4::smallint)")).scalar()
-        assert conn.execute(text("SELECT count(*) FROM claim(worker => 'w1')")).scalar() == 1
+        (token,) = conn.execute(text("SELECT claim_token FROM claim(worker => 'w1')")).scalars()
         assert conn.execute(
-            text("SELECT fail(job_id => :id, worker => 'w1', attempt => 1)"), {"id": job_id}
+            text("SELECT fail(job_id => :id, claim_token => :t)"), {"id": job_id, "t": token}
         ).scalar()
     assert isinstance(job_id, int)
     assert job(db, job_id)["max_attempts"] == 1

@@ -7,12 +7,15 @@ name, with named arguments (``SELECT "schema".enqueue(kind => 'x')``).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID, uuid4
 
 import psycopg
 import pytest
@@ -20,11 +23,13 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from reconciler.db import Database
 from reconciler.runner import run_task
 from reconciler.settings import Settings
 from tests.helpers import events_of, insert_job, job
+from tests.ops_data import CliRun
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -257,6 +262,132 @@ def test_repeated_idempotency_key_returns_the_same_job(db: Database, worker: Con
     assert other != first
 
 
+def test_an_idempotency_key_is_scoped_per_kind_and_tenant(db: Database, worker: Conn) -> None:
+    """One key used by another tenant, or for another kind, is another job (before the fix a
+    send_email job with a charge_card job's key was never created and got the other's id);
+    within one kind and tenant, NULL tenant included, the key still returns the first job."""
+    acme = call(
+        worker, db.schema, "enqueue", kind="charge_card", tenant_id="acme", idempotency_key="o-1"
+    )
+    globex = call(
+        worker, db.schema, "enqueue", kind="charge_card", tenant_id="globex", idempotency_key="o-1"
+    )
+    email = call(
+        worker, db.schema, "enqueue", kind="send_email", tenant_id="acme", idempotency_key="o-1"
+    )
+    no_tenant = call(worker, db.schema, "enqueue", kind="send_email", idempotency_key="o-1")
+
+    assert len({acme, globex, email, no_tenant}) == 4
+    again = [
+        call(worker, db.schema, "enqueue", kind=k, tenant_id=t, idempotency_key="o-1")
+        for k, t in (("charge_card", "acme"), ("send_email", None))
+    ]
+    assert again == [acme, no_tenant]
+    assert len(snapshot(db)["jobs"]) == 4
+
+
+HOSTILE_ENQUEUES: dict[str, tuple[dict[str, Any], type[Exception], str]] = {
+    "run_at infinity": (
+        {"kind": "x", "run_at": "infinity"},
+        psycopg.errors.InvalidDatetimeFormat,
+        "run_at infinity is not a moment in time",
+    ),
+    "run_at -infinity": (
+        {"kind": "x", "run_at": "-infinity"},
+        psycopg.errors.InvalidDatetimeFormat,
+        "is not a moment in time",
+    ),
+    "no kind": ({"kind": None}, psycopg.errors.NullValueNotAllowed, "needs a kind"),
+    "empty kind": ({"kind": ""}, psycopg.errors.NullValueNotAllowed, "needs a kind"),
+    "max_attempts 0": (
+        {"kind": "x", "max_attempts": 0},
+        psycopg.errors.CheckViolation,
+        "max_attempts 0 is out of range",
+    ),
+    "max_attempts huge": (
+        {"kind": "x", "max_attempts": 2_000_000_000},
+        psycopg.errors.CheckViolation,
+        "out of range",
+    ),
+    "priority negative": (
+        {"kind": "x", "priority": -1},
+        psycopg.errors.CheckViolation,
+        "priority -1 is out of range",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_ENQUEUES))
+def test_enqueue_refuses_hostile_values_with_a_clear_error(
+    db: Database, worker: Conn, case: str
+) -> None:
+    """Non-finite times, no kind, absurd attempts or priorities: one clear error, nothing
+    stored (before the fix run_at => '-infinity' was stored and broke check and stats)."""
+    args, error, message = HOSTILE_ENQUEUES[case]
+    with pytest.raises(error, match=message):
+        call(worker, db.schema, "enqueue", **args)
+    worker.rollback()
+    assert snapshot(db) == {"jobs": [], "job_events": []}
+
+
+def test_no_statement_can_store_an_infinite_time_in_jobs(db: Database) -> None:
+    """Even SQL that bypasses the API cannot write infinity into a job's timestamps."""
+    job_id = insert_job(db, status="queued")
+    for column in ("run_at", "finished_at", "heartbeat_at"):
+        with pytest.raises(IntegrityError, match="check"), db.transaction() as conn:
+            conn.execute(
+                text(f"UPDATE jobs SET {column} = '-infinity' WHERE id = :id"), {"id": job_id}
+            )
+
+
+def test_enqueue_with_a_null_priority_takes_the_default_priority_policy(
+    db: Database, worker: Conn
+) -> None:
+    """priority => NULL is the default priority 2, with its policy's max_attempts (before the
+    fix it took whatever policy row came first)."""
+    with db.transaction() as conn:
+        conn.execute(text("UPDATE retry_policies SET max_attempts = 7 WHERE priority = 2"))
+    job_id = call(worker, db.schema, "enqueue", kind="x", priority=None)
+    stored = job(db, job_id)
+    assert (stored["priority"], stored["max_attempts"]) == (2, 7)
+
+
+@pytest.mark.parametrize("n", [-1, 1001])
+def test_claim_refuses_a_count_out_of_range(db: Database, worker: Conn, n: int) -> None:
+    """claim(n) takes 0 to 1000 jobs at a time; anything else is a clear error."""
+    call(worker, db.schema, "enqueue", kind="x")
+    with pytest.raises(psycopg.errors.CheckViolation, match="0 to 1000 jobs"):
+        claim(worker, db.schema, worker="w1", n=n)
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("timeout", {"message": "timeout"}),
+        (["a", 1], {"message": ["a", 1]}),
+        (None, {}),
+        ({"message": "x" * 70_000}, {"message": "x" * 8192, "truncated": True}),
+    ],
+    ids=["string", "array", "null", "huge"],
+)
+def test_fail_keeps_an_error_object_of_bounded_size(
+    db: Database, worker: Conn, given: Any, kept: dict[str, Any]
+) -> None:
+    """A bare value becomes {"message": value}; an error over 64 kB is cut to its first 8192
+    characters, marked truncated; the job still fails."""
+    call(worker, db.schema, "enqueue", kind="x")
+    (held,) = claim(worker, db.schema, worker="w1")
+    error = Jsonb(given) if given is not None else None
+    ok = worker.execute(
+        sql.SQL("SELECT {}(job_id => %s, claim_token => %s, error => %s) AS ok").format(
+            sql.Identifier(db.schema, "fail")
+        ),
+        [held["id"], held["claim_token"], error],
+    ).fetchone()
+    assert ok == {"ok": True}
+    assert job(db, held["id"])["last_error"] == kept
+
+
 @pytest.mark.parametrize("first_ends", ["commit", "rollback"])
 def test_concurrent_enqueues_with_one_key_make_one_job(
     pg_url: str, db: Database, worker: Conn, first_ends: str
@@ -428,8 +559,10 @@ def test_claim_marks_the_job_running_for_the_worker(
     ).fetchall()
 
     claimed_at = row.pop("claimed_at")
+    token = row.pop("claim_token")
     stored = job(db, job_id)
-    assert row == stored
+    assert row == {k: v for k, v in stored.items() if k in row}
+    assert stored["claim_token_hash"] == hashlib.sha256(token.bytes).digest()
     assert stored["status"] == "running"
     assert stored["attempt"] == attempts_before + 1
     assert stored["locked_by"] == "w7"
@@ -478,7 +611,7 @@ def test_concurrent_claimers_never_share_a_job(
         with _connect(pg_url) as conn:
             start.wait(timeout=DEADLINE_S)
             while rows := claim(conn, db.schema, worker=name, n=1 + index % 3):
-                got.extend((row["id"], row["locked_by"]) for row in rows)
+                got.extend((row["id"], name) for row in rows)
         return got
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -514,15 +647,16 @@ def _claimed(db: Database, worker: Conn, name: str = "w1") -> dict[str, Any]:
 
 
 def test_heartbeat_by_the_holder_moves_heartbeat_at_only(db: Database, worker: Conn) -> None:
-    """heartbeat() by the holder returns true and sets heartbeat_at; it is not a transition."""
+    """heartbeat() with the claim's token returns true and sets heartbeat_at; no transition."""
     held = _claimed(db, worker)
+    before = job(db, held["id"])
     events = events_of(db, held["id"])
 
     row = worker.execute(
-        sql.SQL("SELECT {}(job_id => %s, worker => 'w1', attempt => 1) AS ok, now()").format(
+        sql.SQL("SELECT {}(job_id => %s, claim_token => %s) AS ok, now()").format(
             sql.Identifier(db.schema, "heartbeat")
         ),
-        [held["id"]],
+        [held["id"], held["claim_token"]],
     ).fetchone()
 
     assert row is not None
@@ -530,19 +664,35 @@ def test_heartbeat_by_the_holder_moves_heartbeat_at_only(db: Database, worker: C
     after = job(db, held["id"])
     assert after["heartbeat_at"] == row["now"]
     assert {k: v for k, v in after.items() if k not in ("heartbeat_at", "updated_at")} == {
-        k: v for k, v in held.items() if k not in ("heartbeat_at", "updated_at")
+        k: v for k, v in before.items() if k not in ("heartbeat_at", "updated_at")
     }
     assert events_of(db, held["id"]) == events
+
+
+def test_claim_returns_a_token_and_stores_only_its_hash(db: Database, worker: Conn) -> None:
+    """Each claim hands out a fresh random token; the row keeps sha256 of it, never the token."""
+    first = _claimed(db, worker)
+    second = _claimed(db, worker)
+
+    assert isinstance(first["claim_token"], UUID)
+    assert first["claim_token"] != second["claim_token"]
+    stored = job(db, first["id"])
+    assert stored["claim_token_hash"] == hashlib.sha256(first["claim_token"].bytes).digest()
+    assert str(first["claim_token"]) not in json.dumps(
+        [stored, events_of(db, first["id"])], default=str
+    )
 
 
 def test_complete_by_the_holder_succeeds_with_one_event(db: Database, worker: Conn) -> None:
     """complete() by the holder: succeeded, finished, unlocked, one running->succeeded event."""
     held = _claimed(db, worker)
 
-    assert call(worker, db.schema, "complete", job_id=held["id"], worker="w1", attempt=1) is True
+    ok = call(worker, db.schema, "complete", job_id=held["id"], claim_token=held["claim_token"])
 
+    assert ok is True
     done = job(db, held["id"])
     assert (done["status"], done["locked_by"], done["locked_at"]) == ("succeeded", None, None)
+    assert done["claim_token_hash"] is None
     assert done["finished_at"] is not None
     assert done["last_error"] is None
     new_events = events_of(db, held["id"])[2:]
@@ -557,7 +707,9 @@ def test_fail_by_the_holder_stores_the_error_with_one_event(db: Database, worker
     held = _claimed(db, worker)
     error = {"type": "TimeoutError", "message": "upstream took 30s", "trace": ["a", "b"]}
 
-    ok = call(worker, db.schema, "fail", job_id=held["id"], worker="w1", attempt=1, error=error)
+    ok = call(
+        worker, db.schema, "fail", job_id=held["id"], claim_token=held["claim_token"], error=error
+    )
 
     assert ok is True
     failed = job(db, held["id"])
@@ -571,29 +723,28 @@ def test_fail_by_the_holder_stores_the_error_with_one_event(db: Database, worker
     assert new_events[0]["reason"] == {"attempt": 1, "error": error}
 
 
-def _fenced_call(worker: Conn, schema: str, function: str, job_id: int, name: str, n: int) -> Any:
+def _fenced_call(worker: Conn, schema: str, function: str, job_id: int, token: Any) -> Any:
     if function == "fail":
-        return call(
-            worker, schema, "fail", job_id=job_id, worker=name, attempt=n, error={"late": True}
-        )
-    return call(worker, schema, function, job_id=job_id, worker=name, attempt=n)
+        return call(worker, schema, "fail", job_id=job_id, claim_token=token, error={"late": True})
+    return call(worker, schema, function, job_id=job_id, claim_token=token)
 
 
 FUNCTIONS = ["heartbeat", "complete", "fail"]
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)
-@pytest.mark.parametrize(
-    ("caller", "attempt"), [("w2", 1), ("w1", 2), ("w1", 0)], ids=["worker", "attempt", "older"]
-)
-def test_a_caller_that_does_not_hold_the_job_changes_nothing(
-    db: Database, worker: Conn, function: str, caller: str, attempt: int
+@pytest.mark.parametrize("token", ["guessed", "another_jobs", "none"])
+def test_a_caller_without_the_claims_token_changes_nothing(
+    db: Database, worker: Conn, function: str, token: str
 ) -> None:
-    """heartbeat/complete/fail with the wrong worker or attempt return false; no row changes."""
+    """heartbeat/complete/fail with a guessed token, another job's token (the same worker holds
+    both) or no token return false; no row changes."""
     held = _claimed(db, worker)
+    other = _claimed(db, worker)
+    presented = {"guessed": uuid4(), "another_jobs": other["claim_token"], "none": None}[token]
     before = snapshot(db)
 
-    assert _fenced_call(worker, db.schema, function, held["id"], caller, attempt) is False
+    assert _fenced_call(worker, db.schema, function, held["id"], presented) is False
 
     assert snapshot(db) == before
 
@@ -608,8 +759,7 @@ def test_late_worker_is_fenced_after_stale_requeue_and_reclaim(
     function: str,
     reclaimed_by: str,
 ) -> None:
-    """After mark-stale, requeue and a new claim, the first attempt's call is refused in full."""
-    # Re-claimed by the same worker name, only the attempt number tells the two apart.
+    """After mark-stale, requeue and a new claim, the first claim's call is refused in full."""
     held = _claimed(db, worker, "w1")
     # The worker went silent: its last sign of life is an hour old.
     with db.transaction() as conn:
@@ -626,13 +776,67 @@ def test_late_worker_is_fenced_after_stale_requeue_and_reclaim(
     assert stale.transitions == {"running->stale": 1}
     assert requeued.transitions == {"stale->queued": 1}
     (again,) = claim(worker, db.schema, worker=reclaimed_by)
-    assert (again["id"], again["attempt"], again["locked_by"]) == (held["id"], 2, reclaimed_by)
+    assert (again["id"], again["attempt"]) == (held["id"], 2)
     before = snapshot(db)
 
-    assert _fenced_call(worker, db.schema, function, held["id"], "w1", 1) is False
+    assert _fenced_call(worker, db.schema, function, held["id"], held["claim_token"]) is False
 
     assert snapshot(db) == before
-    assert _fenced_call(worker, db.schema, function, held["id"], reclaimed_by, 2) is True
+    assert _fenced_call(worker, db.schema, function, held["id"], again["claim_token"]) is True
+
+
+OPERATOR_PATHS = {
+    # How an operator sends a job back to the queue, from a running first attempt.
+    "cancel-requeue": (("jobs", "cancel"), ("jobs", "requeue")),
+    "stale-requeue": (("jobs", "reset-stuck"), ("jobs", "requeue")),
+    "dead-replay": (None, ("dead-letter", "replay")),
+}
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+@pytest.mark.parametrize("path", sorted(OPERATOR_PATHS))
+def test_the_fence_never_repeats_after_an_operator_sends_the_job_back(
+    db: Database, worker: Conn, cli: CliRun, function: str, path: str
+) -> None:
+    """An operator's requeue gives the job a fresh retry budget but never a used attempt number:
+    the same worker name claiming it again gets attempt 2, and the first claim's late
+    heartbeat/complete/fail is refused (before the fix, attempt was reset to 0 and the old
+    (worker, attempt 1) passed the fence)."""
+    held = _claimed(db, worker, "host:1")
+    first, then = OPERATOR_PATHS[path]
+    if first is None:  # a job that ran out of attempts: failed, then dead-lettered
+        assert _fenced_call(worker, db.schema, "fail", held["id"], held["claim_token"]) is True
+        with db.transaction() as conn:
+            conn.execute(
+                text("UPDATE jobs SET max_attempts = 1 WHERE id = :id"), {"id": held["id"]}
+            )
+        assert cli.json("run", "dead-letter")["transitions"] == {"failed->dead": 1}
+    elif first == ("jobs", "reset-stuck"):
+        with db.transaction() as conn:
+            conn.execute(
+                text(
+                    "UPDATE jobs SET heartbeat_at = heartbeat_at - interval '1 hour' WHERE id = :id"
+                ),
+                {"id": held["id"]},
+            )
+        assert cli.json(*first, "--older-than", "10m", "--yes")["changed"] == 1
+    else:
+        assert cli.json(*first, str(held["id"]), "--yes")["changed"] == 1
+    assert cli.json(*then, str(held["id"]), "--yes")["changed"] == 1
+
+    (again,) = claim(worker, db.schema, worker="host:1")
+    before = snapshot(db)
+
+    assert again["attempt"] == 2
+    assert _fenced_call(worker, db.schema, function, held["id"], held["claim_token"]) is False
+    assert snapshot(db) == before
+    assert _fenced_call(worker, db.schema, function, held["id"], again["claim_token"]) is True
+    stored = job(db, held["id"])
+    assert (stored["attempt"], stored["attempt_base"]) == (2, 1)
+    claims = [
+        e["reason"]["attempt"] for e in events_of(db, held["id"]) if e["to_status"] == "running"
+    ]
+    assert claims == [1, 2]
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)
@@ -640,12 +844,12 @@ def test_late_worker_is_fenced_after_stale_requeue_and_reclaim(
 def test_a_job_that_is_not_running_is_not_touched(
     db: Database, worker: Conn, db_now: datetime, function: str, state: str
 ) -> None:
-    """heartbeat/complete/fail on a job not running return false, even for its last holder."""
+    """heartbeat/complete/fail on a job not running return false, even with its last token."""
     if state == "queued":
-        job_id, attempt = call(worker, db.schema, "enqueue", kind="x"), 0
+        job_id, token = call(worker, db.schema, "enqueue", kind="x"), uuid4()
     else:
         held = _claimed(db, worker, "w1")
-        job_id, attempt = held["id"], 1
+        job_id, token = held["id"], held["claim_token"]
         with db.transaction() as conn:
             conn.execute(
                 text(
@@ -656,7 +860,7 @@ def test_a_job_that_is_not_running_is_not_touched(
             )
     before = snapshot(db)
 
-    assert _fenced_call(worker, db.schema, function, job_id, "w1", attempt) is False
+    assert _fenced_call(worker, db.schema, function, job_id, token) is False
 
     assert snapshot(db) == before
 
@@ -664,7 +868,7 @@ def test_a_job_that_is_not_running_is_not_touched(
 @pytest.mark.parametrize("function", FUNCTIONS)
 def test_an_unknown_job_id_returns_false(db: Database, worker: Conn, function: str) -> None:
     """heartbeat/complete/fail for a job id that does not exist return false, no error."""
-    assert _fenced_call(worker, db.schema, function, 999_999, "w1", 1) is False
+    assert _fenced_call(worker, db.schema, function, 999_999, uuid4()) is False
     assert snapshot(db) == {"jobs": [], "job_events": []}
 
 

@@ -131,19 +131,24 @@ def test_sql_api_transitions_write_one_event_in_the_same_statement(db: Database)
     _assert_one_event_same_statement(db, done, [], None, "queued")
     failing = api("SELECT enqueue(kind => 'x', priority => 0)")
 
+    tokens = {}
     for job_id in (failing, done):  # claim() takes the critical job first
         events = _stamp(db, job_id)[2]
-        assert api("SELECT id FROM claim(worker => 'w1', n => 1)") == job_id
+        with db.transaction() as conn:
+            claimed = conn.execute(text("SELECT id, claim_token FROM claim(worker => 'w1')")).one()
+        assert claimed.id == job_id
+        tokens[job_id] = claimed.claim_token
         _assert_one_event_same_statement(db, job_id, events, "queued", "running")
 
     events = _stamp(db, done)[2]
-    assert api("SELECT complete(job_id => :id, worker => 'w1', attempt => 1)", id=done)
+    assert api("SELECT complete(job_id => :id, claim_token => :t)", id=done, t=tokens[done])
     _assert_one_event_same_statement(db, done, events, "running", "succeeded")
 
     events = _stamp(db, failing)[2]
     assert api(
-        "SELECT fail(job_id => :id, worker => 'w1', attempt => 1, error => '{\"e\": 1}')",
+        "SELECT fail(job_id => :id, claim_token => :t, error => '{\"e\": 1}')",
         id=failing,
+        t=tokens[failing],
     )
     _assert_one_event_same_statement(db, failing, events, "running", "failed")
 

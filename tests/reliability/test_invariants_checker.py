@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID, uuid4
 
 import pytest
 from sqlalchemy import text
@@ -59,6 +60,7 @@ class Sim:
         self.settings = settings
         self.calls: list[Call] = []
         self.enqueued: set[int] = set()
+        self.tokens: dict[tuple[int, int], UUID] = {}
 
     def sql(self, query: str, **params: Any) -> Any:
         with self.db.transaction() as conn:
@@ -70,18 +72,19 @@ class Sim:
         return job
 
     def claim(self, worker: str) -> tuple[int, int]:
-        job, attempt, at = self.sql(
-            "SELECT c.id, c.attempt, now() FROM claim(worker => :w) c", w=worker
+        job, attempt, at, token = self.sql(
+            "SELECT c.id, c.attempt, now(), c.claim_token FROM claim(worker => :w) c", w=worker
         )
         self.calls.append(Call("start", job, attempt, worker, at))
+        self.tokens[(int(job), int(attempt))] = token
         return int(job), int(attempt)
 
     def call(self, fn: str, job: int, worker: str, attempt: int) -> bool:
+        """The call a worker makes with the token of its claim of (job, attempt)."""
         ok, at = self.sql(
-            f"SELECT {fn}(job_id => :j, worker => :w, attempt => :a), now()",
+            f"SELECT {fn}(job_id => :j, claim_token => :t), now()",
             j=job,
-            w=worker,
-            a=attempt,
+            t=self.tokens.get((job, attempt), uuid4()),
         )
         self.calls.append(
             Call({"heartbeat": "heartbeat"}.get(fn, fn), job, attempt, worker, at, ok)
@@ -187,7 +190,10 @@ def test_2_an_unfenced_reclaim_while_alive_is_reported(sim: Sim) -> None:
     _, att = sim.claim("w1")
     with sim.db.transaction() as conn:
         conn.execute(
-            text("UPDATE jobs SET locked_by = 'w2', attempt = attempt + 1 WHERE id = :id"),
+            text(
+                "UPDATE jobs SET locked_by = 'w2', attempt = attempt + 1,"
+                " claim_token_hash = sha256(uuid_send(gen_random_uuid())) WHERE id = :id"
+            ),
             {"id": job},
         )
     at = sim.now()

@@ -97,9 +97,9 @@ def test_the_worker_role_can_only_call_the_worker_functions(
         conn.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(schema)))
         job_id = conn.execute("SELECT enqueue(kind => 'k')").fetchone()
         assert job_id is not None
-        row = conn.execute("SELECT id, attempt FROM claim(worker => 'w1')").fetchone()
+        row = conn.execute("SELECT id, claim_token FROM claim(worker => 'w1')").fetchone()
         assert row is not None and row[0] == job_id[0]
-        assert conn.execute("SELECT heartbeat(%s, 'w1', %s)", row).fetchone() == (True,)
+        assert conn.execute("SELECT heartbeat(%s, %s)", row).fetchone() == (True,)
         for statement in (
             "UPDATE jobs SET status = 'succeeded', locked_by = NULL WHERE id = %s",
             "UPDATE jobs SET heartbeat_at = now() WHERE id = %s",
@@ -111,7 +111,7 @@ def test_the_worker_role_can_only_call_the_worker_functions(
                 conn.execute(statement, (row[0],))
         # A temporary table named like ours cannot redirect the functions (pg_temp is last).
         conn.execute("CREATE TEMP TABLE jobs (id bigint)")
-        assert conn.execute("SELECT complete(%s, 'w1', %s)", row).fetchone() == (True,)
+        assert conn.execute("SELECT complete(%s, %s)", row).fetchone() == (True,)
 
 
 def test_the_readonly_role_reads_and_cannot_write_or_claim(

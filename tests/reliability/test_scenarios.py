@@ -305,10 +305,10 @@ def test_uncommitted_complete_holds_the_row_while_mark_stale_runs(
     """A worker's complete() not yet committed: mark-stale skips the row; the job ends succeeded."""
     with db.transaction() as conn:
         job_id = conn.execute(text("SELECT enqueue(kind => 'k')")).scalar_one()
-        claimed = conn.execute(text("SELECT id, attempt FROM claim(worker => 'w1')")).one()
+        claimed = conn.execute(text("SELECT id, claim_token FROM claim(worker => 'w1')")).one()
     assert claimed.id == job_id
     ok = other.execute(
-        "SELECT complete(job_id => %s, worker => 'w1', attempt => %s)", (job_id, claimed.attempt)
+        "SELECT complete(job_id => %s, claim_token => %s)", (job_id, claimed.claim_token)
     ).fetchone()
     assert ok == (True,)
     late = db.now() + timedelta(hours=1)  # long past the timeout
@@ -332,8 +332,8 @@ def test_a_rolled_back_complete_leaves_the_job_to_mark_stale(
     """The same race where the worker's transaction rolls back: the next mark-stale takes it."""
     with db.transaction() as conn:
         job_id = conn.execute(text("SELECT enqueue(kind => 'k')")).scalar_one()
-        attempt = conn.execute(text("SELECT attempt FROM claim(worker => 'w1')")).scalar_one()
-    other.execute("SELECT complete(job_id => %s, worker => 'w1', attempt => %s)", (job_id, attempt))
+        token = conn.execute(text("SELECT claim_token FROM claim(worker => 'w1')")).scalar_one()
+    other.execute("SELECT complete(job_id => %s, claim_token => %s)", (job_id, token))
     late = db.now() + timedelta(hours=1)
     assert run_task(db, settings, "mark-stale", now=late).transitions == {}
     other.rollback()

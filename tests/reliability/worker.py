@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from types import FrameType
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from psycopg import sql
@@ -110,21 +111,21 @@ class Worker:
         self.stopping = False
         s = sql.Identifier(schema)
         self._claim = sql.SQL(
-            "SELECT c.id, c.attempt, now() FROM {}.claim(worker => %(w)s) AS c"
+            "SELECT c.id, c.attempt, now(), c.claim_token FROM {}.claim(worker => %(w)s) AS c"
         ).format(s)
         self._heartbeat = sql.SQL(
-            "SELECT {}.heartbeat(job_id => %(j)s, worker => %(w)s, attempt => %(a)s), now()"
+            "SELECT {}.heartbeat(job_id => %(j)s, claim_token => %(t)s), now()"
         ).format(s)
         self._complete = sql.SQL(
-            "SELECT {}.complete(job_id => %(j)s, worker => %(w)s, attempt => %(a)s), now()"
+            "SELECT {}.complete(job_id => %(j)s, claim_token => %(t)s), now()"
         ).format(s)
         self._fail = sql.SQL(
-            "SELECT {}.fail(job_id => %(j)s, worker => %(w)s, attempt => %(a)s,"
-            " error => %(e)s::jsonb), now()"
+            "SELECT {}.fail(job_id => %(j)s, claim_token => %(t)s, error => %(e)s::jsonb), now()"
         ).format(s)
 
-    def call(self, query: sql.Composed, job: int, attempt: int, **extra: Any) -> tuple[bool, Any]:
-        row = self.conn.execute(query, {"j": job, "w": self.name, "a": attempt, **extra}).fetchone()
+    def call(self, query: sql.Composed, job: int, token: UUID, **extra: Any) -> tuple[bool, Any]:
+        """heartbeat/complete/fail of ``job`` with the claim's token: (the answer, DB time)."""
+        row = self.conn.execute(query, {"j": job, "t": token, **extra}).fetchone()
         assert row is not None
         return bool(row[0]), row[1]
 
@@ -136,7 +137,7 @@ class Worker:
             if row is None:
                 time.sleep(plan.idle_s)
                 continue
-            job, attempt, at = int(row[0]), int(row[1]), row[2]
+            job, attempt, at, token = int(row[0]), int(row[1]), row[2], row[3]
             self.records.write("start", job, attempt, at)
             behaviour = rng.choices(names, weights)[0]
             if behaviour == "crash_after_claim":
@@ -144,27 +145,33 @@ class Worker:
                 os._exit(3)
             work = rng.uniform(*plan.work_s)
             crash_after = rng.uniform(0, work) if behaviour == "crash" else None
-            if not self._work(job, attempt, work, crash_after, plan):
+            if not self._work(job, attempt, token, work, crash_after, plan):
                 continue  # fenced out: drop the job, never report it
             if behaviour == "freeze":
                 time.sleep(plan.freeze_s)  # no heartbeats: the job goes stale meanwhile
             if behaviour == "fail":
-                ok, at = self.call(self._fail, job, attempt, e=json.dumps({"message": "boom"}))
+                ok, at = self.call(self._fail, job, token, e=json.dumps({"message": "boom"}))
                 self.records.write("fail", job, attempt, at, ok)
             else:
-                ok, at = self.call(self._complete, job, attempt)
+                ok, at = self.call(self._complete, job, token)
                 self.records.write("complete", job, attempt, at, ok)
         return 0
 
     def _work(
-        self, job: int, attempt: int, work: float, crash_after: float | None, plan: Plan
+        self,
+        job: int,
+        attempt: int,
+        token: UUID,
+        work: float,
+        crash_after: float | None,
+        plan: Plan,
     ) -> bool:
         """Simulate work, heartbeating on the interval; False when fenced out."""
         started = time.monotonic()
         while True:
             elapsed = time.monotonic() - started
             if crash_after is not None and elapsed >= crash_after:
-                ok, at = self.call(self._heartbeat, job, attempt)
+                ok, at = self.call(self._heartbeat, job, token)
                 self.records.write("heartbeat", job, attempt, at, ok)
                 self.records.write("crash", job, attempt, at)
                 os._exit(4)
@@ -172,7 +179,7 @@ class Worker:
                 return True
             time.sleep(min(plan.heartbeat_interval_s, work - elapsed))
             if time.monotonic() - started < work:
-                ok, at = self.call(self._heartbeat, job, attempt)
+                ok, at = self.call(self._heartbeat, job, token)
                 self.records.write("heartbeat", job, attempt, at, ok)
                 if not ok:
                     return False
