@@ -25,7 +25,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
 
 from reconciler.db import Database
 from reconciler.ops.common import OpsError
@@ -33,6 +34,9 @@ from reconciler.ops.output import console, emit_json, table
 from reconciler.runner import default_actor
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query
+
+# SQLSTATE of a lock_timeout that ran out.
+LOCK_NOT_AVAILABLE = "55P03"
 
 __all__ = [
     "ALL_QUEUES",
@@ -137,20 +141,39 @@ def cmd_pause(args: argparse.Namespace, settings: Settings, db: Database) -> int
     if args.dry_run:
         _print([q for q in queues if q not in already], "pause", db, args.json, dry_run=True)
         return 0
-    with db.transaction() as conn:
-        changed = list(
-            conn.execute(
-                text(query("ops/pause", "pause")),
-                {
-                    "queues": queues,
-                    "now": db.now(),
-                    "actor": args.actor or default_actor(),
-                    "reason": args.reason,
-                },
-            ).scalars()
-        )
+    try:
+        with db.transaction() as conn:
+            conn.execute(text(query("ops/pause", "wait_for_claims")))
+            changed = _pause(conn, queues, db, args)
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+            raise
+        raise OpsError(
+            "nothing paused: a transaction that called claim() has been open for longer than "
+            "RECONCILER_LOCK_TIMEOUT, and a pause waits for every claim under way (so that no "
+            "job of a paused queue is handed out after it); try again, or find it with: "
+            "SELECT pid, xact_start, query FROM pg_stat_activity ORDER BY xact_start",
+            code=1,
+        ) from None
     _print(sorted(changed), "pause", db, args.json, dry_run=False)
     return 0
+
+
+def _pause(
+    conn: Connection, queues: list[str], db: Database, args: argparse.Namespace
+) -> list[str]:
+    """Insert the pauses and their events, in the transaction holding paused_queues."""
+    return list(
+        conn.execute(
+            text(query("ops/pause", "pause")),
+            {
+                "queues": queues,
+                "now": db.now(),
+                "actor": args.actor or default_actor(),
+                "reason": args.reason,
+            },
+        ).scalars()
+    )
 
 
 def cmd_resume(args: argparse.Namespace, settings: Settings, db: Database) -> int:

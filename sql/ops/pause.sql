@@ -15,6 +15,15 @@ ORDER BY p.queue <> '*', p.queue
 SELECT q.name FROM unnest(CAST(:queues AS text[])) AS q (name)
 WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.queue = q.name)
 
+-- name: wait_for_claims
+-- A pause is strict: claim() holds paused_queues' ACCESS SHARE lock from its
+-- read of the pauses to its commit, so this lock waits for every claim under
+-- way (each has committed, or rolled back, before the pause is written) and
+-- every later claim waits for the pause and sees it. Bounded by the
+-- transaction's lock_timeout: a long transaction that called claim() makes
+-- the pause fail rather than stall every worker behind it.
+LOCK TABLE paused_queues IN ACCESS EXCLUSIVE MODE
+
 -- name: pause
 WITH paused AS (
     INSERT INTO paused_queues (queue, paused_at, paused_by, reason)

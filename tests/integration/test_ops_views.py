@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from typing import Any
 
+import psycopg
+from psycopg import sql
 from sqlalchemy import text
 
 from reconciler.db import Database
 from reconciler.ops.stats import collect, render, watch
+from tests.helpers import insert_job, wait_until
 from tests.ops_data import CliRun, insert_event
 
 
@@ -259,3 +264,69 @@ def test_pause_all_shows_in_stats_check_and_jobs(
     (paused,) = [f for f in report["findings"] if f["check"] == "paused_queues"]
     assert paused["message"] == "paused (left out of backlog and latency): all queues"
     assert cli.json("jobs", "show", str(ids["queued_email"][0]))["job"]["queue_paused"] is True
+
+
+def _claim_in(conn: psycopg.Connection[Any], schema: str, queue: str) -> list[int]:
+    return [
+        row[0]
+        for row in conn.execute(
+            sql.SQL("SELECT id FROM {}(worker => 'w9', queues => ARRAY[%s], n => 10)").format(
+                sql.Identifier(schema, "claim")
+            ),
+            [queue],
+        )
+    ]
+
+
+def test_a_pause_waits_for_the_claims_under_way_and_no_claim_after_it_gets_a_job(
+    cli: CliRun, db: Database, pg_url: str, schema: str, db_now: datetime
+) -> None:
+    """Strict pause: a claim in an open transaction holds the pause back; once the pause
+    returns, that claim has committed (its job was handed out before the pause) and every
+    later claim of the queue gets nothing. Before the fix the pause committed at once and the
+    claim in flight still handed out its job after it."""
+    first = insert_job(db, status="queued", queue="q", run_at=db_now - timedelta(seconds=1))
+    second = insert_job(db, status="queued", queue="q", run_at=db_now - timedelta(seconds=1))
+    cli.setenv("RECONCILER_LOCK_TIMEOUT", "2m")  # the pause waits until the test says
+    with (
+        psycopg.connect(pg_url) as worker,
+        psycopg.connect(pg_url, autocommit=True) as watch,
+        ThreadPoolExecutor(max_workers=1) as pool,
+    ):
+        in_flight = _claim_in(worker, schema, "q")  # transaction left open
+        pausing = pool.submit(cli, "pause", "q", "--json")
+        wait_until(
+            lambda: (
+                watch.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%%LOCK TABLE paused_queues%%'"
+                ).fetchone()
+                == (1,)
+                or pausing.done()
+            ),
+            "the pause waits for the claim under way",
+        )
+        assert not pausing.done(), pausing.result()
+        worker.commit()
+        code, _, err = pausing.result(timeout=60)
+        assert code == 0, err
+        after = _claim_in(worker, schema, "q")
+        worker.commit()
+    assert (sorted(in_flight), after) == (sorted([first, second]), [])
+
+
+def test_a_pause_blocked_past_the_lock_timeout_pauses_nothing(
+    cli: CliRun, db: Database, pg_url: str, schema: str, db_now: datetime
+) -> None:
+    """A transaction that called claim() and stays open past the lock timeout: the pause fails
+    with one line saying why (exit 1) and nothing is paused; workers were never stalled."""
+    insert_job(db, status="queued", queue="q")
+    cli.setenv("RECONCILER_LOCK_TIMEOUT", "200ms")
+    with psycopg.connect(pg_url) as worker:
+        _claim_in(worker, schema, "q")
+        code, _, err = cli("pause", "q")
+        worker.rollback()
+    assert code == 1
+    assert err.count("\n") == 1 and "nothing paused" in err
+    with db.transaction() as conn:
+        assert conn.execute(text("SELECT count(*) FROM paused_queues")).scalar_one() == 0
