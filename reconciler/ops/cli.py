@@ -146,16 +146,17 @@ def add_ops_commands(sub: Any) -> None:
         g,
         "reset-stuck",
         jobs.cmd_reset_stuck,
-        "running jobs silent for longer than --older-than become stale (the normal path)",
-        "Run the mark-stale task with this timeout: running jobs whose last heartbeat is "
-        "older become stale; the requeue task (or dead-letter) takes them from there.",
+        "running jobs (by id, or silent for longer than --older-than) become stale",
+        "Run the mark-stale task for these running jobs (ids), or with this timeout (running "
+        "jobs whose last heartbeat is older): they become stale, their workers are fenced "
+        "out, and the requeue task (or dead-letter) takes them from there.",
     )
+    p.add_argument("ids", nargs="*", type=_positive_int, metavar="ID", help="job ids")
     p.add_argument(
         "--older-than",
         type=duration_arg,
-        required=True,
         metavar="DURATION",
-        help="heartbeat age, e.g. 10m",
+        help="heartbeat age, e.g. 10m (required without ids)",
     )
     p.add_argument("--queue", action="append", type=names_arg, metavar="QUEUE")
     p.add_argument("--kind", action="append", type=names_arg, metavar="KIND")

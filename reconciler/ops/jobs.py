@@ -19,6 +19,7 @@ bulk change, and leave a ``job_events`` row per job with the operator's name.
 from __future__ import annotations
 
 import argparse
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -227,11 +228,20 @@ def cmd_reset_stuck(args: argparse.Namespace, settings: Settings, db: Database) 
         groups = getattr(args, attr, None) or []
         return [item for group in groups for item in group] or None
 
+    ids = list(dict.fromkeys(args.ids or ()))
+    if not ids and args.older_than is None:
+        raise OpsError(
+            "jobs reset-stuck needs job ids or --older-than (e.g. reconciler jobs reset-stuck 42, "
+            "or --older-than 10m for every job silent that long)"
+        )
+    check_ids(db, ids, allowed=("running",), verb="jobs reset-stuck")
     params = {
-        "timeout": args.older_than,
+        # Ids alone: the operator has judged these jobs stuck, however recent their heartbeat.
+        "timeout": args.older_than if args.older_than is not None else timedelta(0),
         "queues": names("queue"),
         "kinds": names("kind"),
         "tenants": names("tenant"),
+        "ids": ids or None,
     }
     result = run_reused_task(
         db,

@@ -11,7 +11,7 @@ Why: a worker that crashed never reports; without this its job stays
 dead-letter decide next, by the job's attempts and retry policy.
 
 Parameters (ad hoc runs): ``timeout`` replaces every heartbeat timeout;
-``queues``, ``kinds`` and ``tenants`` narrow the run to those jobs.
+``queues``, ``kinds``, ``tenants`` and ``ids`` narrow the run to those jobs.
 
 Safe to re-run: yes. A second run finds nothing (the rows are no longer
 running), and a job whose heartbeat lands while the run is under way is never
@@ -39,6 +39,8 @@ def execute(ctx: TaskContext) -> None:
             "only_queues": ctx.params.get("queues"),
             "only_kinds": ctx.params.get("kinds"),
             "only_tenants": ctx.params.get("tenants"),
+            # `jobs reset-stuck ID...`: these jobs, whatever their silence.
+            "only_ids": ctx.params.get("ids"),
         },
     )
 

@@ -9,7 +9,7 @@
 -- Binds: :now (the run's database clock), :batch_size, :actor, :run_id, the
 -- rule's binds (:min_timeout_s, the smallest timeout of any queue or kind, lets
 -- the index on the last sign of life narrow the scan), and
--- :only_queues/:only_kinds/:only_tenants (NULL, or an operator's narrowing of
+-- :only_queues/:only_kinds/:only_tenants/:only_ids (NULL, or an operator's narrowing of
 -- an ad hoc run).
 --
 -- Concurrency: FOR UPDATE SKIP LOCKED skips a row a worker is changing at this
@@ -28,6 +28,7 @@ WITH candidates AS (
       AND (CAST(:only_kinds AS text[]) IS NULL OR j.kind = ANY (CAST(:only_kinds AS text[])))
       AND (CAST(:only_tenants AS text[]) IS NULL
            OR j.tenant_id = ANY (CAST(:only_tenants AS text[])))
+      AND (CAST(:only_ids AS bigint[]) IS NULL OR j.id = ANY (CAST(:only_ids AS bigint[])))
       AND /*last_seen*/
           < CAST(:now AS timestamptz) - make_interval(secs => CAST(:min_timeout_s AS double precision))
       AND /*last_seen*/ < CAST(:now AS timestamptz) - make_interval(secs => t.timeout_s)

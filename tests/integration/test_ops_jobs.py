@@ -225,6 +225,37 @@ def test_reset_stuck_goes_through_mark_stale(
     assert event["reason"]["timeout_s"] == 600
 
 
+def test_reset_stuck_by_id_takes_that_job_however_fresh_its_heartbeat(
+    cli: CliRun, db: Database, ids: dict[str, list[int]]
+) -> None:
+    """reset-stuck ID: the operator judged this running job stuck (runbooks 000, 001): it goes
+    stale even with a fresh heartbeat, its worker is fenced out, nothing else moves."""
+    live = ids["slow"][0]
+    preview = cli.json("jobs", "reset-stuck", str(live), "--dry-run")
+    assert (preview["dry_run"], preview["sample_ids"]) == (True, [live])
+    result = cli.json("jobs", "reset-stuck", str(live), "--reason", "INC-9")
+    assert result["transitions"] == {"running->stale": 1}
+    assert job(db, live)["status"] == "stale"
+    assert job(db, ids["stuck"][0])["status"] == "running"
+    assert events_of(db, live)[-1]["actor"].startswith("cli:")
+    with db.transaction() as conn:
+        done = conn.execute(
+            text("SELECT complete(:id, :token)"), {"id": live, "token": LIVE_TOKEN}
+        ).scalar_one()
+    assert done is False
+
+
+def test_reset_stuck_refuses_ids_not_running_and_no_choice_at_all(
+    cli: CliRun, db: Database, ids: dict[str, list[int]]
+) -> None:
+    """An id that is not running, or neither ids nor --older-than: one line, exit 2."""
+    code, _, err = cli("jobs", "reset-stuck", str(ids["dead_report"][0]))
+    assert code == 2 and "jobs reset-stuck takes running jobs" in err
+    code, _, err = cli("jobs", "reset-stuck")
+    assert code == 2 and "needs job ids or --older-than" in err
+    assert err.count("\n") == 1
+
+
 def test_reset_stuck_narrowed_by_queue(
     cli: CliRun, db: Database, ids: dict[str, list[int]]
 ) -> None:
