@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-__all__ = ["duration_arg", "format_duration", "parse_duration"]
+__all__ = ["duration_arg", "format_duration", "moment_arg", "parse_duration"]
 
 _UNITS = {
     "ms": timedelta(milliseconds=1),
@@ -78,3 +78,23 @@ def duration_arg(value: str) -> timedelta:
         return parse_duration(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def moment_arg(value: str) -> datetime:
+    """An ISO 8601 time with its zone (``2026-12-03T02:00Z``, ``...+01:00``) for argparse.
+
+    A time without a zone is refused: the operator's terminal, the reconciler host and the
+    database may each be in another zone, and a job due an hour early or late is a mistake
+    nobody sees until it runs.
+    """
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("z", "Z"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a time; write it like 2026-12-03T02:00Z or 2026-12-03T03:00+01:00"
+        ) from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} has no time zone; add one, e.g. {value.strip()}Z for UTC"
+        )
+    return moment

@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from reconciler.db import Database
+from reconciler.durations import moment_arg
 from reconciler.ops import check, dead_letter, errors, jobs, pause, purge, stats, workers
 from reconciler.ops.common import (
     OpsError,
@@ -41,6 +42,20 @@ def _positive_int(value: str) -> int:
 def _json(parser: argparse.ArgumentParser, lines: bool = False) -> None:
     what = "JSON lines, one object per row" if lines else "one JSON object"
     parser.add_argument("--json", action="store_true", help=f"print {what}")
+
+
+def _due_options(parser: argparse.ArgumentParser) -> None:
+    """When a requeued job becomes due: now (default), at a time, or after a delay."""
+    when = parser.add_mutually_exclusive_group()
+    when.add_argument(
+        "--at",
+        type=moment_arg,
+        metavar="TIME",
+        help="due at this time, with its zone, e.g. 2026-12-03T02:00Z (default: now)",
+    )
+    when.add_argument(
+        "--in", dest="in_", type=duration_arg, metavar="DURATION", help="due after, e.g. 2h"
+    )
 
 
 def _change_options(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +137,7 @@ def add_ops_commands(sub: Any) -> None:
     )
     add_filter_arguments(p, ids=True)
     p.add_argument("--keep-attempts", action="store_true", help="keep attempt count and error")
+    _due_options(p)
     _change_options(p)
     p = _leaf(
         g,
@@ -131,6 +147,7 @@ def add_ops_commands(sub: Any) -> None:
     )
     add_filter_arguments(p)
     p.add_argument("--keep-attempts", action="store_true", help="keep attempt count and error")
+    _due_options(p)
     _change_options(p)
     p = _leaf(
         g,
@@ -187,6 +204,7 @@ def add_ops_commands(sub: Any) -> None:
     add_filter_arguments(p, ids=True, status=False)
     p.add_argument("--all", action="store_true", help="every dead job, when no filter is given")
     p.add_argument("--keep-attempts", action="store_true", help="keep attempt count and error")
+    _due_options(p)
     _change_options(p)
     p = _leaf(
         g,

@@ -19,12 +19,13 @@ bulk change, and leave a ``job_events`` row per job with the operator's name.
 from __future__ import annotations
 
 import argparse
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
 
 from reconciler.db import Database
+from reconciler.durations import format_duration
 from reconciler.heartbeat import spliced
 from reconciler.ops.common import (
     Change,
@@ -165,6 +166,7 @@ def requeue(
     check_statuses(job_filter, eligible, name)
     check_ids(db, job_filter.ids, allowed=eligible, verb=name)
     now = db.now()
+    run_at = _due(args, now)
     given, job_filter = job_filter, resolve_limit(db, job_filter, now, eligible)
     change = Change(
         name=name,
@@ -176,9 +178,23 @@ def requeue(
             "eligible": list(job_filter.statuses or eligible),
             "keep_attempts": bool(getattr(args, "keep_attempts", False)),
             "note": args.reason,
+            "run_at": run_at,
         },
     )
     return apply_from_args(db, settings, change, args, now=now, verb="requeue", job_filter=given)
+
+
+def _due(args: argparse.Namespace, now: datetime) -> datetime:
+    """When requeued jobs become due: ``--at`` a time, ``--in`` a delay, or at once."""
+    at: datetime | None = getattr(args, "at", None)
+    delay: timedelta | None = getattr(args, "in_", None)
+    if at is not None:
+        return at
+    if delay is not None:
+        if delay < timedelta(0):
+            raise OpsError(f"--in {format_duration(delay)} is in the past; give a delay, e.g. 2h")
+        return now + delay
+    return now
 
 
 def cmd_requeue(args: argparse.Namespace, settings: Settings, db: Database) -> int:

@@ -44,7 +44,8 @@ SELECT e.id, e.at, e.from_status, e.to_status, e.actor, e.reason, e.run_id
 FROM job_events e WHERE e.job_id = :id ORDER BY e.id
 
 -- name: requeue
--- failed, stale, dead or cancelled -> queued, due now, with a fresh retry
+-- failed, stale, dead or cancelled -> queued, due at :run_at (now, or the
+-- operator's --at/--in), with a fresh retry
 -- budget and no error unless :keep_attempts (then a job with no attempts left
 -- dies again after one more failure, as its policy says). The budget starts
 -- again by moving attempt_base up to attempt: attempt itself never goes down,
@@ -60,7 +61,7 @@ WITH picked AS (
     FOR UPDATE OF j SKIP LOCKED
 ), moved AS (
     UPDATE jobs j
-    SET status = 'queued', run_at = CAST(:now AS timestamptz), finished_at = NULL,
+    SET status = 'queued', run_at = CAST(:run_at AS timestamptz), finished_at = NULL,
         attempt_base = CASE WHEN CAST(:keep_attempts AS boolean) THEN j.attempt_base
                             ELSE j.attempt END,
         last_error = CASE WHEN CAST(:keep_attempts AS boolean) THEN j.last_error END
@@ -74,6 +75,8 @@ WITH picked AS (
                'command', CAST(:command AS text),
                'attempt_before', m.attempt,
                'attempts_reset', NOT CAST(:keep_attempts AS boolean),
+               'run_at', CASE WHEN CAST(:run_at AS timestamptz) <> CAST(:now AS timestamptz)
+                              THEN CAST(:run_at AS timestamptz) END,
                'note', CAST(:note AS text))),
            CAST(:run_id AS bigint)
     FROM moved m

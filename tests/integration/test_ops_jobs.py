@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
@@ -312,3 +312,41 @@ def test_a_change_logs_one_event(cli: CliRun, ids: dict[str, list[int]]) -> None
         3,
     )
     assert line["filter"] == {"statuses": ["failed"]}
+
+
+def test_replay_and_requeue_at_a_given_time(
+    cli: CliRun, db: Database, ids: dict[str, list[int]]
+) -> None:
+    """--at TIME and --in DURATION make the requeued job due then, not now (runbook 000's
+    "reschedule"); the event says when; claim() leaves it alone until then."""
+    first, second = ids["dead_report"][:2]
+    at = cli.json("dead-letter", "replay", str(first), "--at", "2099-01-02T03:04:05Z")
+    later = cli.json("jobs", "requeue", str(second), "--in", "2h")
+
+    assert job(db, first)["run_at"] == datetime(2099, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert job(db, second)["run_at"] == datetime.fromisoformat(later["now"]) + timedelta(hours=2)
+    assert events_of(db, first)[-1]["reason"]["run_at"].startswith("2099-01-02T03:04:05")
+    assert at["transitions"] == {"dead->queued": 1}
+    with db.transaction() as conn:
+        claimed = (
+            conn.execute(text("SELECT id FROM claim(worker => 'w1', n => 100)")).scalars().all()
+        )
+    assert first not in claimed and second not in claimed
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--at", "2099-01-02T03:04"], "has no time zone"),
+        (["--at", "tomorrow"], "is not a time"),
+        (["--in", "2h", "--at", "2099-01-02T03:04Z"], "not allowed with argument"),
+    ],
+)
+def test_a_requeue_time_that_is_not_clear_is_refused(
+    cli: CliRun, db: Database, ids: dict[str, list[int]], args: list[str], message: str
+) -> None:
+    """A time without a zone, not a time, or both --at and --in: one line, exit 2, no change."""
+    job_id = ids["dead_report"][0]
+    code, _, err = cli("dead-letter", "replay", str(job_id), *args)
+    assert code == 2 and message in err
+    assert job(db, job_id)["status"] == "dead"
