@@ -132,12 +132,23 @@ def add_ops_commands(sub: Any) -> None:
         "requeue",
         jobs.cmd_requeue,
         "failed, stale, dead or cancelled jobs back to queued, due now",
-        "Put jobs back to queued, due now. Attempts and error are reset unless "
-        "--keep-attempts. Takes job ids and/or the filters.",
+        "Put jobs back to queued, due now (or --at/--in). The retry budget and error are reset "
+        "unless --keep-attempts. Takes job ids and/or the filters. A succeeded job is replayed "
+        "as a new attempt only when named by id or by --status succeeded.",
     )
     add_filter_arguments(p, ids=True)
     p.add_argument("--keep-attempts", action="store_true", help="keep attempt count and error")
     _due_options(p)
+    _change_options(p)
+    p = _leaf(
+        g,
+        "mark-succeeded",
+        jobs.cmd_mark_succeeded,
+        "mark jobs succeeded by hand, with --reason (queued, running, failed, stale, dead)",
+        "Mark jobs succeeded by hand (the work was done another way). Needs job ids and "
+        "--reason. A running job's worker is fenced out.",
+    )
+    p.add_argument("ids", nargs="+", type=_positive_int, metavar="ID", help="job ids")
     _change_options(p)
     p = _leaf(
         g,

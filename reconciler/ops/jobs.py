@@ -46,9 +46,12 @@ from reconciler.sqlfiles import query
 
 __all__ = [
     "CANCELLABLE",
+    "MARKABLE_SUCCEEDED",
+    "REPLAYABLE",
     "REQUEUEABLE",
     "cmd_cancel",
     "cmd_list",
+    "cmd_mark_succeeded",
     "cmd_requeue",
     "cmd_reset_stuck",
     "cmd_retry_failed",
@@ -58,7 +61,11 @@ __all__ = [
 ]
 
 REQUEUEABLE = ("failed", "stale", "dead", "cancelled")
+# Replaying a succeeded job runs it again: only when asked by id or --status succeeded,
+# never as part of a filter that did not name it.
+REPLAYABLE = (*REQUEUEABLE, "succeeded")
 CANCELLABLE = ("queued", "running", "failed", "stale")
+MARKABLE_SUCCEEDED = ("queued", "running", "failed", "stale", "dead")
 
 
 def list_jobs(db: Database, job_filter: JobFilter, *, limit: int) -> list[dict[str, Any]]:
@@ -204,7 +211,37 @@ def cmd_requeue(args: argparse.Namespace, settings: Settings, db: Database) -> i
             "jobs requeue needs job ids or a filter (e.g. --status dead --queue email); "
             "to retry every failed job: reconciler jobs retry-failed"
         )
-    return requeue(args, settings, db, job_filter, name="jobs requeue", eligible=REQUEUEABLE)
+    asked = bool(job_filter.ids) or "succeeded" in job_filter.statuses
+    eligible = REPLAYABLE if asked else REQUEUEABLE
+    return requeue(args, settings, db, job_filter, name="jobs requeue", eligible=eligible)
+
+
+def cmd_mark_succeeded(args: argparse.Namespace, settings: Settings, db: Database) -> int:
+    """queued, running, failed, stale or dead -> succeeded by hand; the reason is required."""
+    job_filter = JobFilter.from_args(args)
+    if not job_filter.ids:
+        raise OpsError("jobs mark-succeeded needs job ids (e.g. reconciler jobs mark-succeeded 42)")
+    if not (args.reason or "").strip():
+        raise OpsError(
+            "jobs mark-succeeded needs --reason (e.g. --reason 'done by hand, INC-12'): "
+            "a job that did not run needs a why in its history"
+        )
+    check_ids(db, job_filter.ids, allowed=MARKABLE_SUCCEEDED, verb="jobs mark-succeeded")
+    now = db.now()
+    change = Change(
+        name="jobs mark-succeeded",
+        verb="mark succeeded",
+        details={"filter": job_filter.describe()},
+        sql=filtered_query("ops/jobs", "mark_succeeded"),
+        params={
+            **job_filter.binds(now),
+            "eligible": list(MARKABLE_SUCCEEDED),
+            "note": args.reason,
+        },
+    )
+    return apply_from_args(
+        db, settings, change, args, now=now, verb="mark succeeded", job_filter=job_filter
+    )
 
 
 def cmd_retry_failed(args: argparse.Namespace, settings: Settings, db: Database) -> int:

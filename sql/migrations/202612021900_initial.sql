@@ -23,7 +23,7 @@ CREATE TABLE transitions (
 INSERT INTO transitions (from_status, to_status, meaning) VALUES
     ('queued',    'running',   'claim(): a worker took the job'),
     ('queued',    'cancelled', 'an operator cancelled the job before it ran'),
-    ('running',   'succeeded', 'complete(): the worker finished the job'),
+    ('running',   'succeeded', 'complete(): the worker finished the job (or an operator marked it succeeded; the worker is fenced out)'),
     ('running',   'failed',    'fail(): the worker reported an error'),
     ('running',   'stale',     'mark-stale: no heartbeat within the timeout'),
     ('running',   'cancelled', 'an operator cancelled a running job (the worker is fenced out)'),
@@ -34,7 +34,12 @@ INSERT INTO transitions (from_status, to_status, meaning) VALUES
     ('stale',     'dead',      'dead-letter: no attempts left'),
     ('stale',     'cancelled', 'an operator cancelled a stale job'),
     ('dead',      'queued',    'an operator replayed a dead job'),
-    ('cancelled', 'queued',    'an operator requeued a cancelled job');
+    ('cancelled', 'queued',    'an operator requeued a cancelled job'),
+    ('succeeded', 'queued',    'an operator replayed a succeeded job as a new attempt'),
+    ('queued',    'succeeded', 'an operator marked the job succeeded by hand, with a reason'),
+    ('failed',    'succeeded', 'an operator marked the job succeeded by hand, with a reason'),
+    ('stale',     'succeeded', 'an operator marked the job succeeded by hand, with a reason'),
+    ('dead',      'succeeded', 'an operator marked the job succeeded by hand, with a reason');
 
 -- Retry policies: the one source of truth for max_attempts (used by
 -- enqueue()) and for backoff (used by the requeue task). A row is either for

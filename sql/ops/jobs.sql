@@ -113,3 +113,35 @@ WITH picked AS (
     FROM moved m
 )
 SELECT id, from_status, 'cancelled' AS to_status FROM moved
+
+-- name: mark_succeeded
+-- queued, running, failed, stale or dead -> succeeded, by an operator's hand,
+-- with a reason (runbook 001: "mark as succeeded"). A running job loses its
+-- lock and claim: its worker's heartbeat/complete/fail return false from then on.
+WITH picked AS (
+    SELECT j.id, j.status AS from_status, j.locked_by, j.attempt
+    FROM jobs j
+    WHERE j.status = ANY (CAST(:eligible AS text[]))
+      AND /*job_filter*/
+    ORDER BY j.id
+    LIMIT :batch_size
+    FOR UPDATE OF j SKIP LOCKED
+), moved AS (
+    UPDATE jobs j
+    SET status = 'succeeded', finished_at = CAST(:now AS timestamptz),
+        locked_by = NULL, locked_at = NULL, claim_token_hash = NULL
+    FROM picked p
+    WHERE j.id = p.id
+    RETURNING j.id, p.from_status, p.locked_by, p.attempt
+), events AS (
+    INSERT INTO job_events (job_id, from_status, to_status, at, actor, reason, run_id)
+    SELECT m.id, m.from_status, 'succeeded', CAST(:now AS timestamptz), :actor,
+           jsonb_strip_nulls(jsonb_build_object(
+               'command', CAST(:command AS text),
+               'attempt', m.attempt,
+               'worker', m.locked_by,
+               'note', CAST(:note AS text))),
+           CAST(:run_id AS bigint)
+    FROM moved m
+)
+SELECT id, from_status, 'succeeded' AS to_status FROM moved

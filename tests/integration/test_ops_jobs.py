@@ -350,3 +350,61 @@ def test_a_requeue_time_that_is_not_clear_is_refused(
     code, _, err = cli("dead-letter", "replay", str(job_id), *args)
     assert code == 2 and message in err
     assert job(db, job_id)["status"] == "dead"
+
+
+def test_a_succeeded_job_is_replayed_only_when_named(
+    cli: CliRun, db: Database, ids: dict[str, list[int]]
+) -> None:
+    """jobs requeue ID replays a succeeded job as a new attempt (runbook 003); a filter that
+    does not name --status succeeded never sweeps succeeded jobs along."""
+    done = ids["succeeded_recent"][0]
+    swept = cli.json("jobs", "requeue", "--queue", "reports", "--yes")
+    assert "succeeded->queued" not in swept["transitions"]
+    assert job(db, done)["status"] == "succeeded"
+
+    replayed = cli.json("jobs", "requeue", str(done), "--reason", "re-run report")
+    assert replayed["transitions"] == {"succeeded->queued": 1}
+    row = job(db, done)
+    assert (row["status"], row["finished_at"], row["attempt_base"]) == (
+        "queued",
+        None,
+        row["attempt"],
+    )
+
+
+@pytest.mark.parametrize("role", ["slow", "failed_email", "dead_report"])
+def test_mark_succeeded_by_hand_with_a_reason(
+    cli: CliRun, db: Database, ids: dict[str, list[int]], role: str
+) -> None:
+    """mark-succeeded: running, failed or dead -> succeeded by an operator, with the reason in
+    the event (runbook 001); a running job's worker is fenced out."""
+    job_id = ids[role][0]
+    before = job(db, job_id)["status"]
+    result = cli.json("jobs", "mark-succeeded", str(job_id), "--reason", "sent by hand, INC-12")
+    assert result["transitions"] == {f"{before}->succeeded": 1}
+    row = job(db, job_id)
+    assert (row["status"], row["locked_by"], row["claim_token_hash"]) == ("succeeded", None, None)
+    event = events_of(db, job_id)[-1]
+    assert event["reason"]["note"] == "sent by hand, INC-12"
+    assert event["actor"].startswith("cli:")
+    if role == "slow":
+        with db.transaction() as conn:
+            assert (
+                conn.execute(
+                    text("SELECT heartbeat(:id, :t)"), {"id": job_id, "t": LIVE_TOKEN}
+                ).scalar_one()
+                is False
+            )
+
+
+def test_mark_succeeded_needs_ids_and_a_reason(
+    cli: CliRun, db: Database, ids: dict[str, list[int]]
+) -> None:
+    """Without --reason, or for a cancelled job: one line, exit 2, nothing changes."""
+    job_id = ids["dead_report"][0]
+    code, _, err = cli("jobs", "mark-succeeded", str(job_id))
+    assert code == 2 and "needs --reason" in err
+    cancelled = cli.json("jobs", "cancel", str(ids["stuck"][0]))["sample_ids"][0]
+    code, _, err = cli("jobs", "mark-succeeded", str(cancelled), "--reason", "x")
+    assert code == 2 and "is cancelled" in err
+    assert job(db, job_id)["status"] == "dead"

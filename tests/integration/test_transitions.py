@@ -34,6 +34,12 @@ ALLOWED = {
     ("stale", "cancelled"),
     ("dead", "queued"),
     ("cancelled", "queued"),
+    # Operators: replay a succeeded job (runbook 003), mark one succeeded by hand (001).
+    ("succeeded", "queued"),
+    ("queued", "succeeded"),
+    ("failed", "succeeded"),
+    ("stale", "succeeded"),
+    ("dead", "succeeded"),
 }
 
 
