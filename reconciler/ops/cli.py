@@ -14,7 +14,17 @@ from typing import Any
 
 from reconciler.db import Database
 from reconciler.durations import moment_arg
-from reconciler.ops import check, dead_letter, errors, jobs, pause, purge, stats, workers
+from reconciler.ops import (
+    check,
+    dead_letter,
+    enqueue,
+    errors,
+    jobs,
+    pause,
+    purge,
+    stats,
+    workers,
+)
 from reconciler.ops.common import (
     OpsError,
     add_filter_arguments,
@@ -191,6 +201,37 @@ def add_ops_commands(sub: Any) -> None:
     p.add_argument("--tenant", action="append", type=names_arg, metavar="TENANT")
     _change_options(p)
 
+    # enqueue ---------------------------------------------------------------------------
+    p = _leaf(
+        sub,
+        "enqueue",
+        enqueue.cmd_enqueue,
+        "add a job, or many from JSON lines on stdin (--jsonl), through enqueue()",
+        "Add a job through the workers' own enqueue() (same defaults, retry policy and "
+        "idempotency keys), or many: --jsonl reads one JSON object per line from stdin "
+        "(kind, payload, queue, priority, run_at, max_attempts, idempotency_key, tenant_id); "
+        "every line is checked before anything is written.",
+    )
+    p.add_argument("kind", nargs="?", metavar="KIND", help="the job's kind, e.g. report.build")
+    p.add_argument("--jsonl", action="store_true", help="read the jobs from stdin, one per line")
+    p.add_argument("--payload", metavar="JSON", help="the job's payload (default {})")
+    p.add_argument("--queue", metavar="QUEUE", help="default: default")
+    p.add_argument("--priority", metavar="P", help="0..4 or critical, high, default, low, bulk")
+    p.add_argument("--max-attempts", type=_positive_int, metavar="N", help="default: policy")
+    p.add_argument("--idempotency-key", metavar="KEY", help="unique per kind and tenant")
+    p.add_argument("--tenant", metavar="TENANT")
+    _due_options(p)
+    p.add_argument("--dry-run", action="store_true", help="check and preview; write nothing")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask, however many jobs")
+    p.add_argument("--actor", help="who to record in job_events (default: cli:<os user>)")
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        metavar="N",
+        help="jobs per transaction (default: RECONCILER_BATCH_SIZE)",
+    )
+    _json(p)
+
     # dead-letter -----------------------------------------------------------------------
     g = _group(sub, "dead-letter", "list, group, export, replay or purge dead jobs")
     p = _leaf(g, "list", dead_letter.cmd_list, "dead jobs, newest first")
@@ -323,5 +364,16 @@ def _dispatch(args: argparse.Namespace, settings: Settings, db: Database) -> int
     return handler(args, settings, db)
 
 
-_NAMES = ("stats", "jobs", "dead-letter", "errors", "workers", "pause", "resume", "purge", "check")
+_NAMES = (
+    "stats",
+    "jobs",
+    "enqueue",
+    "dead-letter",
+    "errors",
+    "workers",
+    "pause",
+    "resume",
+    "purge",
+    "check",
+)
 OPS_COMMANDS: dict[str, Handler] = dict.fromkeys(_NAMES, _dispatch)

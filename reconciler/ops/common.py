@@ -479,6 +479,8 @@ def report_change(
             out.print(table(None, ("from -> to", "jobs"), rows, right=("jobs",)))
         if result.sample_ids:
             out.print(f"e.g. job ids {', '.join(map(str, result.sample_ids))}")
+        for note in result.notes:
+            out.print(note)
         if result.error:
             out.print(f"failed: {result.error}")
     return 0 if result.status == "ok" else 1
