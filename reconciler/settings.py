@@ -233,6 +233,12 @@ class Settings(BaseSettings):
         default=timedelta(hours=1),
         description="`check` warns about jobs running longer than this (runbooks: 1 hour).",
     )
+    check_pause_all_age: Duration = Field(
+        default=timedelta(hours=1),
+        description="`check` warns when every queue has been paused (pause --all) for longer "
+        "than this. 1h: a failover or an incident's pause lasts minutes; one left behind "
+        "silently stops all work.",
+    )
     check_latency_critical_factor: float = Field(
         default=10.0,
         ge=1,
@@ -241,7 +247,11 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "ops_heartbeat_interval", "check_window", "check_backlog_age", "check_slow_job_age"
+        "ops_heartbeat_interval",
+        "check_window",
+        "check_backlog_age",
+        "check_slow_job_age",
+        "check_pause_all_age",
     )
     @classmethod
     def _ops_positive(cls, value: timedelta) -> timedelta:

@@ -210,7 +210,23 @@ def evaluate(
                 f"oldest due {name} job waits {age(wait)} (target {age(target)}; {row.due} due)",
             )
         )
-    paused = [queue_label(p["queue"]) for p in paused_queues(db)]
+    pauses = paused_queues(db)
+    everything = next((p for p in pauses if p["queue"] == "*"), None)
+    if everything is not None:
+        held = now - everything["paused_at"]
+        forgotten = held > s.check_pause_all_age
+        findings.append(
+            Finding(
+                "pause_all",
+                "warning" if forgotten else "ok",
+                round(held.total_seconds()),
+                round(s.check_pause_all_age.total_seconds()),
+                f"every queue paused for {age(held)} by {everything['paused_by']}"
+                + (f" ({everything['reason']})" if everything["reason"] else "")
+                + ("; forgotten? resume with: reconciler resume --all" if forgotten else ""),
+            )
+        )
+    paused = [queue_label(p["queue"]) for p in pauses]
     if paused:
         findings.append(
             Finding(

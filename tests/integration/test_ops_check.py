@@ -241,3 +241,30 @@ def test_worst_finding_wins(cli: CliRun, db: Database, db_now: datetime) -> None
     code, out, _ = cli("check")
     assert code == 2
     assert "CRITICAL" in out and "WARNING" in out and "latency:critical" in out
+
+
+def test_a_forgotten_pause_of_every_queue_is_a_warning(
+    cli: CliRun, db: Database, db_now: datetime, healthy: None
+) -> None:
+    """pause --all older than RECONCILER_CHECK_PAUSE_ALL_AGE (1h) warns, naming who paused and
+    how to resume; a fresh one is only reported."""
+    with db.transaction() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO paused_queues (queue, paused_at, paused_by, reason)"
+                " VALUES ('*', :at, 'cli:bob', 'DB failover')"
+            ),
+            {"at": db_now - timedelta(minutes=30)},
+        )
+    code, out, _ = cli("check", "--json")
+    (finding,) = [f for f in json.loads(out)["findings"] if f["check"] == "pause_all"]
+    assert (code, finding["level"]) == (0, "ok")
+
+    with db.transaction() as conn:
+        conn.execute(
+            text("UPDATE paused_queues SET paused_at = :at"), {"at": db_now - timedelta(hours=2)}
+        )
+    code, out, _ = cli("check", "--json")
+    (finding,) = [f for f in json.loads(out)["findings"] if f["check"] == "pause_all"]
+    assert (code, finding["level"]) == (1, "warning")
+    assert "cli:bob" in finding["message"] and "reconciler resume --all" in finding["message"]

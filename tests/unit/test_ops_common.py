@@ -123,6 +123,7 @@ def test_ops_setting_defaults() -> None:
         "check_dead_letter_critical": 1000,
         "check_slow_job_age": timedelta(hours=1),
         "check_latency_critical_factor": 10.0,
+        "check_pause_all_age": timedelta(hours=1),
     }
 
 
