@@ -22,7 +22,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +30,9 @@ from typing import Any, TextIO
 
 from sqlalchemy import text
 
+from reconciler.backups import spliced
 from reconciler.db import Database
+from reconciler.ops.backed_up import refuse_unless_backed_up, report_left
 from reconciler.ops.common import (
     Change,
     JobFilter,
@@ -53,7 +55,8 @@ __all__ = [
     "cmd_list",
     "cmd_purge",
     "cmd_replay",
-    "export_dead",
+    "record_export",
+    "write_export",
 ]
 
 DEAD = ("dead",)
@@ -120,6 +123,7 @@ class ExportResult:
     export_id: int
     jobs: int
     destination: str
+    durable: bool  # a file on disk: a backup; stdout: only a record
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,24 +149,34 @@ def _pages(db: Database, job_filter: JobFilter, now: datetime) -> Iterator[list[
             return
 
 
-def export_dead(
-    db: Database,
-    job_filter: JobFilter,
-    stream: TextIO,
-    *,
-    destination: str,
-    actor: str,
-) -> ExportResult:
-    """Write the filtered dead jobs to ``stream`` as JSON lines; record the export."""
+def write_export(
+    db: Database, job_filter: JobFilter, stream: TextIO
+) -> tuple[datetime, list[int], list[datetime]]:
+    """Write the filtered dead jobs to ``stream`` as JSON lines; (now, ids, updated_at)."""
     now = db.now()
     ids: list[int] = []
     updated: list[datetime] = []
     for rows in _pages(db, job_filter, now):
         for row in rows:
+            row.pop("claim_token_hash", None)  # never in an export
             stream.write(json.dumps(jsonable(row)) + "\n")
             ids.append(row["id"])
             updated.append(row["updated_at"])
     stream.flush()
+    return now, ids, updated
+
+
+def record_export(
+    db: Database,
+    job_filter: JobFilter,
+    written: tuple[datetime, list[int], list[datetime]],
+    *,
+    destination: str,
+    actor: str,
+    durable: bool,
+) -> ExportResult:
+    """Record an export that is complete (and, when ``durable``, safely on disk)."""
+    now, ids, updated = written
     with db.transaction() as conn:
         export_id = conn.execute(
             text(query("ops/dead_letter", "record_export")),
@@ -172,6 +186,7 @@ def export_dead(
                 "destination": destination,
                 "filter": json.dumps(job_filter.describe()),
                 "job_count": len(ids),
+                "durable": durable,
             },
         ).scalar_one()
         for start in range(0, len(ids), 10_000):
@@ -183,7 +198,31 @@ def export_dead(
                     "updated": updated[start : start + 10_000],
                 },
             )
-    return ExportResult(int(export_id), len(ids), destination)
+    return ExportResult(int(export_id), len(ids), destination, durable)
+
+
+def _durable_file(path: Path, write: Callable[[TextIO], None]) -> None:
+    """Write ``path`` so that it is complete and on disk when this returns, or not there.
+
+    The steps, each before the next: write ``NAME.partial`` (created exclusively), fsync it,
+    hard-link it to ``NAME`` (which fails if NAME exists: an export never replaces a file, and
+    unlike a check-then-rename no other process can slip a file in between), remove the
+    partial name, fsync the folder so the new name survives a crash. Any failure or Ctrl-C
+    removes the partial file and leaves NAME as it was.
+    """
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with partial.open("x", encoding="utf-8") as stream:
+            write(stream)
+            os.fsync(stream.fileno())
+        os.link(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings, db: Database) -> int:
@@ -191,29 +230,41 @@ def cmd_export(args: argparse.Namespace, settings: Settings, db: Database) -> in
     check_ids(db, job_filter.ids, allowed=DEAD, verb="dead-letter export")
     actor = args.actor or default_actor()
     if args.output in (None, "-"):
-        result = export_dead(db, job_filter, sys.stdout, destination="-", actor=actor)
+        written = write_export(db, job_filter, sys.stdout)
+        result = record_export(db, job_filter, written, destination="-", actor=actor, durable=False)
         summary_stream = sys.stderr
     else:
         path = Path(args.output)
         if path.exists():
             raise OpsError(f"{path} exists; an export never replaces a file, choose another name")
-        partial = path.with_name(path.name + ".partial")
+        found: list[tuple[datetime, list[int], list[datetime]]] = []
         try:
-            with partial.open("x", encoding="utf-8") as stream:
-                result = export_dead(
-                    db, job_filter, stream, destination=str(path.resolve()), actor=actor
-                )
-                os.fsync(stream.fileno())
+            _durable_file(path, lambda stream: found.append(write_export(db, job_filter, stream)))
+        except FileExistsError:
+            raise OpsError(
+                f"{path} exists; an export never replaces a file, choose another name"
+            ) from None
         except OSError as exc:
-            raise OpsError(f"cannot write {path}: {exc.strerror or exc}") from None
-        partial.replace(path)
+            raise OpsError(
+                f"cannot write {path}: {exc.strerror or exc}; nothing was recorded as a backup",
+                code=1,
+            ) from None
+        # Only now, with the file and its name on disk, does the export count as a backup.
+        result = record_export(
+            db, job_filter, found[0], destination=str(path.resolve()), actor=actor, durable=True
+        )
         summary_stream = sys.stdout
     if args.json:
         summary_stream.write(json.dumps(result.to_dict()) + "\n")
     else:
+        kept = (
+            ""
+            if result.durable
+            else " (stdout: recorded, but not a backup; purge needs an export to a file)"
+        )
         summary_stream.write(
             f"exported {result.jobs} dead job(s) to {result.destination} "
-            f"(export {result.export_id})\n"
+            f"(export {result.export_id}){kept}\n"
         )
     return 0
 
@@ -242,21 +293,17 @@ def cmd_purge(args: argparse.Namespace, settings: Settings, db: Database) -> int
     now = db.now()
     given, job_filter = job_filter, resolve_limit(db, job_filter, now, DEAD)
     if not args.no_backup:
-        with db.transaction() as conn:
-            missing = conn.execute(
-                text(filtered_query("ops/dead_letter", "not_backed_up")), job_filter.binds(now)
-            ).one()
-        if missing.jobs:
-            raise OpsError(
-                f"{missing.jobs} of these dead jobs (e.g. job {missing.example_id}) have no "
-                "export since their last change; back them up first with the same filter: "
-                "reconciler dead-letter export ... --output FILE (or pass --no-backup)"
-            )
+        refuse_unless_backed_up(
+            db, job_filter, now, "reconciler dead-letter export ... --output FILE"
+        )
     change = Change(
         name="dead-letter purge",
         verb="purge",
         details={"filter": given.describe()},
-        sql=filtered_query("ops/dead_letter", "purge"),
+        sql=spliced(filtered_query("ops/dead_letter", "purge")),
         params={**job_filter.binds(now), "no_backup": bool(args.no_backup)},
     )
-    return apply_from_args(db, settings, change, args, now=now, verb="purge", job_filter=given)
+    code = apply_from_args(db, settings, change, args, now=now, verb="purge", job_filter=given)
+    if args.no_backup or args.dry_run:
+        return code
+    return report_left(db, job_filter, now) or code

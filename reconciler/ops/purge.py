@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 
-from sqlalchemy import text
-
 from reconciler.db import Database
 from reconciler.durations import format_duration
+from reconciler.ops.backed_up import refuse_unless_backed_up, report_left
 from reconciler.ops.common import (
     JobFilter,
     OpsError,
-    filtered_query,
     report_change,
     run_reused_task,
 )
@@ -42,28 +40,34 @@ def cmd_purge(args: argparse.Namespace, settings: Settings, db: Database) -> int
             "those are still being worked on or retried"
         )
     now = db.now()
-    if "dead" in statuses and not args.no_backup:
-        dead = JobFilter(statuses=("dead",), older_than=args.older_than)
-        with db.transaction() as conn:
-            missing = conn.execute(
-                text(filtered_query("ops/dead_letter", "not_backed_up")), dead.binds(now)
-            ).one()
-        if missing.jobs:
-            raise OpsError(
-                f"{missing.jobs} of the dead jobs to purge (e.g. job {missing.example_id}) have "
-                f"no export; back them up first: reconciler dead-letter export --older-than "
-                f"{format_duration(args.older_than)} --output FILE (or pass --no-backup)"
-            )
+    dead = JobFilter(statuses=("dead",), older_than=args.older_than)
+    guarded = "dead" in statuses and not args.no_backup
+    if guarded:
+        refuse_unless_backed_up(
+            db,
+            dead,
+            now,
+            f"reconciler dead-letter export --older-than {format_duration(args.older_than)} "
+            "--output FILE",
+        )
     result = run_reused_task(
         db,
         settings,
         "purge",
         verb="purge",
-        params={"statuses": statuses, "older_than": args.older_than},
+        params={
+            "statuses": statuses,
+            "older_than": args.older_than,
+            # The backup rule again in the deleting statement, under the row locks.
+            "require_backup": guarded,
+        },
         now=now,
         actor=args.actor or default_actor(),
         dry_run=args.dry_run,
         yes=args.yes,
         batch_size=args.batch_size,
     )
-    return report_change(result, verb="purge", job_filter=None, as_json=args.json)
+    code = report_change(result, verb="purge", job_filter=None, as_json=args.json)
+    if guarded and not args.dry_run:
+        return report_left(db, dead, now) or code
+    return code

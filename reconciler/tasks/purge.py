@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
+from reconciler.backups import spliced
 from reconciler.sqlfiles import query
 from reconciler.tasks.base import Task, TaskContext
 
@@ -35,7 +36,15 @@ def execute(ctx: TaskContext) -> None:
             ctx.progress.stopped = reason
             return
         horizon = ctx.now - ctx.params.get("older_than", retention[status])
-        ctx.run_batches(query("tasks/purge", "apply"), {"status": status, "horizon": horizon})
+        ctx.run_batches(
+            spliced(query("tasks/purge", "apply")),
+            {
+                "status": status,
+                "horizon": horizon,
+                # Ad hoc `purge --status dead`: only what a durable export holds as it is now.
+                "require_backup": status == "dead" and bool(ctx.params.get("require_backup")),
+            },
+        )
     if ctx.params.get("statuses"):
         return  # an ad hoc purge of chosen statuses leaves the run records alone
     runs_horizon = ctx.now - ctx.settings.retention_runs

@@ -205,7 +205,11 @@ CREATE TABLE ops_exports (
     actor       text        NOT NULL,
     destination text        NOT NULL,   -- a file path, or '-' for stdout
     filter      jsonb       NOT NULL,   -- the filter of the exported set, as given
-    job_count   integer     NOT NULL
+    job_count   integer     NOT NULL,
+    -- true: a file, written, fsynced and renamed into place (its folder fsynced
+    -- too) before this row was recorded; only such an export is a backup.
+    -- false: stdout, kept for the record; nobody can tell the bytes were kept.
+    durable     boolean     NOT NULL
 );
 
 CREATE TABLE ops_exported_jobs (

@@ -1,8 +1,8 @@
 -- `reconciler dead-letter ...`: what is dead and why, a backup of it, and
 -- clearing it. Queries with /*job_filter*/ get the filter of sql/ops/filter.sql.
 --
--- A job counts as backed up when an export recorded it (ops_exported_jobs)
--- with the updated_at it still has: if it changed since, the export is stale.
+-- A job counts as backed up by the rule of sql/backup.sql (spliced in at
+-- /*backed_up*/): a durable export holds it with the updated_at it still has.
 
 -- name: errors
 SELECT coalesce(j.last_error ->> 'message', '(no error recorded)') AS error,
@@ -31,8 +31,11 @@ ORDER BY j.id
 LIMIT :page
 
 -- name: record_export
-INSERT INTO ops_exports (exported_at, actor, destination, filter, job_count)
-VALUES (CAST(:now AS timestamptz), :actor, :destination, CAST(:filter AS jsonb), :job_count)
+-- Written only once the file and its folder are durable (or for stdout, with
+-- durable false: recorded, but no backup).
+INSERT INTO ops_exports (exported_at, actor, destination, filter, job_count, durable)
+VALUES (CAST(:now AS timestamptz), :actor, :destination, CAST(:filter AS jsonb), :job_count,
+        CAST(:durable AS boolean))
 RETURNING id
 
 -- name: record_exported_jobs
@@ -47,8 +50,7 @@ SELECT count(*) AS jobs, min(j.id) AS example_id
 FROM jobs j
 WHERE j.status = 'dead'
   AND /*job_filter*/
-  AND NOT EXISTS (SELECT 1 FROM ops_exported_jobs x
-                  WHERE x.job_id = j.id AND x.job_updated_at = j.updated_at)
+  AND NOT /*backed_up*/
 
 -- name: purge
 -- Deletes dead jobs of the filter with their events; unless :no_backup, only
@@ -58,9 +60,7 @@ WITH doomed AS (
     FROM jobs j
     WHERE j.status = 'dead'
       AND /*job_filter*/
-      AND (CAST(:no_backup AS boolean) OR EXISTS (
-              SELECT 1 FROM ops_exported_jobs x
-              WHERE x.job_id = j.id AND x.job_updated_at = j.updated_at))
+      AND (CAST(:no_backup AS boolean) OR /*backed_up*/)
     ORDER BY j.id
     LIMIT :batch_size
     FOR UPDATE OF j SKIP LOCKED

@@ -2,7 +2,11 @@
 -- with their events, and the reconciler's own old run records.
 --
 -- Binds: :status (one terminal status per pass), :horizon (the run's now minus
--- that status's retention), :batch_size; for runs: :runs_horizon.
+-- that status's retention), :batch_size, :require_backup (an operator's
+-- `purge --status dead` without --no-backup: only dead jobs backed up by the
+-- rule of sql/backup.sql, checked here under the row lock; the scheduled
+-- retention purge is the operator's standing policy and does not ask); for
+-- runs: :runs_horizon.
 --
 -- The job rows and their job_events rows go in one statement, so no event is
 -- ever left pointing at a deleted job, nor a job without its history.
@@ -18,6 +22,7 @@ WITH doomed AS (
     FROM jobs j
     WHERE j.status = CAST(:status AS text)
       AND j.finished_at < CAST(:horizon AS timestamptz)
+      AND (NOT CAST(:require_backup AS boolean) OR /*backed_up*/)
     ORDER BY j.finished_at, j.id
     LIMIT :batch_size
     FOR UPDATE OF j SKIP LOCKED
