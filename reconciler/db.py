@@ -133,6 +133,9 @@ class Database:
             max_overflow=2,
             pool_pre_ping=True,
             pool_recycle=1800,
+            # Bound values never appear in SQLAlchemy's log lines (at debug level)
+            # or error messages: they may be secrets, such as a claim token.
+            hide_parameters=True,
             connect_args=connect_args,
         )
         return cls(engine, schema, lock_timeout, statement_timeout)

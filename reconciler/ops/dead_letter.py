@@ -158,7 +158,6 @@ def write_export(
     updated: list[datetime] = []
     for rows in _pages(db, job_filter, now):
         for row in rows:
-            row.pop("claim_token_hash", None)  # never in an export
             stream.write(json.dumps(jsonable(row)) + "\n")
             ids.append(row["id"])
             updated.append(row["updated_at"])

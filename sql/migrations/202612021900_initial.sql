@@ -219,7 +219,8 @@ CREATE TABLE ops_exported_jobs (
     PRIMARY KEY (job_id, export_id)
 );
 
--- Guard: every status change must be a listed transition; updated_at follows.
+-- Guard: every status change must be a listed transition, attempt never goes
+-- down, a token hash only while running; updated_at follows.
 CREATE FUNCTION jobs_before_update() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
@@ -230,6 +231,17 @@ BEGIN
         RAISE EXCEPTION 'illegal job transition % -> % (job %)', OLD.status, NEW.status, OLD.id
             USING ERRCODE = 'check_violation',
                   HINT = 'allowed transitions are listed in the transitions table';
+    END IF;
+    -- The fence: attempt numbers a job's claims for its whole life, so a late
+    -- copy of an old attempt can never match again, whoever runs the UPDATE.
+    IF NEW.attempt < OLD.attempt THEN
+        RAISE EXCEPTION 'attempt of job % cannot go down (% -> %)', OLD.id, OLD.attempt, NEW.attempt
+            USING ERRCODE = 'check_violation',
+                  HINT = 'to give a job a fresh retry budget, set attempt_base = attempt';
+    END IF;
+    -- A claim's token is only good while the job runs under that claim.
+    IF NEW.status <> 'running' THEN
+        NEW.claim_token_hash := NULL;
     END IF;
     NEW.updated_at := now();
     RETURN NEW;

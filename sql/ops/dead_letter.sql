@@ -19,8 +19,12 @@ ORDER BY count(*) DESC, 1, 2, 3
 LIMIT :limit
 
 -- name: export_page
--- Keyset pages in id order; each job with its whole history.
-SELECT j.*,
+-- Keyset pages in id order; each job with its whole history (every column
+-- but claim_token_hash).
+SELECT j.id, j.queue, j.kind, j.tenant_id, j.priority, j.payload, j.status, j.attempt,
+       j.attempt_base, j.max_attempts, j.run_at, j.locked_by, j.locked_at, j.heartbeat_at,
+       j.started_at, j.finished_at, j.created_at, j.updated_at, j.last_error,
+       j.idempotency_key,
        (SELECT coalesce(jsonb_agg(to_jsonb(e) - 'job_id' ORDER BY e.id), '[]'::jsonb)
         FROM job_events e WHERE e.job_id = j.id) AS events
 FROM jobs j

@@ -35,7 +35,12 @@ ORDER BY j.id DESC
 LIMIT :limit
 
 -- name: show
-SELECT j.*, CAST(:now AS timestamptz) - /*last_seen*/ AS heartbeat_age,
+-- Every column but claim_token_hash: a token's hash is nobody's business.
+SELECT j.id, j.queue, j.kind, j.tenant_id, j.priority, j.payload, j.status, j.attempt,
+       j.attempt_base, j.max_attempts, j.run_at, j.locked_by, j.locked_at, j.heartbeat_at,
+       j.started_at, j.finished_at, j.created_at, j.updated_at, j.last_error,
+       j.idempotency_key,
+       CAST(:now AS timestamptz) - /*last_seen*/ AS heartbeat_age,
        EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue IN (j.queue, '*')) AS queue_paused
 FROM jobs j WHERE j.id = :id
 

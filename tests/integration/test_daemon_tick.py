@@ -63,7 +63,8 @@ def sentry(settings: Settings) -> Iterator[Recorder]:
 @pytest.fixture
 def log_lines() -> Iterator[io.StringIO]:
     """Logging into a buffer, as JSON at debug level; the test runner's handlers restored."""
-    loggers = [logging.getLogger(n) for n in ("", "sqlalchemy", "apscheduler", "sentry_sdk")]
+    names = ("", "sqlalchemy", "sqlalchemy.engine", "apscheduler", "sentry_sdk")
+    loggers = [logging.getLogger(n) for n in names]
     saved = [(lg, lg.handlers[:], lg.level) for lg in loggers]
     buffer = io.StringIO()
     configure_logging("json", "debug", stream=buffer)

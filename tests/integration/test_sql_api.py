@@ -8,7 +8,9 @@ name, with named arguments (``SELECT "schema".enqueue(kind => 'x')``).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from reconciler.db import Database
+from reconciler.logs import configure_logging
 from reconciler.runner import run_task
 from reconciler.settings import Settings
 from tests.helpers import events_of, insert_job, job
@@ -872,6 +875,66 @@ def test_an_unknown_job_id_returns_false(db: Database, worker: Conn, function: s
     assert snapshot(db) == {"jobs": [], "job_events": []}
 
 
+@pytest.fixture
+def debug_log() -> Iterator[io.StringIO]:
+    """The reconciler's logging at debug level, into a buffer; restored afterwards."""
+    names = ("", "sqlalchemy", "sqlalchemy.engine", "apscheduler", "sentry_sdk")
+    saved = [(lg, lg.handlers[:], lg.level) for lg in map(logging.getLogger, names)]
+    buffer = io.StringIO()
+    configure_logging("json", "debug", stream=buffer)
+    try:
+        yield buffer
+    finally:
+        for lg, handlers, level in saved:
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+
+
+def test_tokens_stay_out_of_debug_logs(db: Database, debug_log: io.StringIO) -> None:
+    """At RECONCILER_LOG_LEVEL=debug, SQLAlchemy's lines name the statements run through the
+    reconciler's engine (the demo's workers use it) but show neither bound values nor rows."""
+    with db.transaction() as conn:
+        conn.execute(text("SELECT enqueue(kind => 'x')"))
+        token = conn.execute(text("SELECT claim_token FROM claim(worker => 'w1')")).scalar_one()
+        assert conn.execute(
+            text("SELECT heartbeat(job_id => 1, claim_token => :t)"), {"t": token}
+        ).scalar_one()
+
+    logged = debug_log.getvalue()
+    assert "SELECT heartbeat(job_id => 1, claim_token => %(t)s)" in logged
+    assert str(token) not in logged and token.hex not in logged
+
+
+def test_tokens_appear_in_no_event_and_no_output(
+    db: Database, worker: Conn, cli: CliRun, settings: Settings
+) -> None:
+    """The claim token is in claim()'s result only: not in job_events, jobs show --json,
+    jobs list, or a dead-letter export; the stored hash is in none of them either."""
+    running = _claimed(db, worker)
+    dead = _claimed(db, worker)
+    with db.transaction() as conn:
+        conn.execute(text("UPDATE jobs SET max_attempts = 1 WHERE id = :id"), {"id": dead["id"]})
+    assert call(worker, db.schema, "fail", job_id=dead["id"], claim_token=dead["claim_token"])
+    assert run_task(db, settings, "dead-letter").transitions == {"failed->dead": 1}
+    tokens = [running["claim_token"], dead["claim_token"]]
+    (stored_hash,) = [r["claim_token_hash"] for r in snapshot(db)["jobs"] if r["claim_token_hash"]]
+    secrets = [*(str(t) for t in tokens), *(t.hex for t in tokens), stored_hash.hex()]
+
+    outputs = {
+        "events": repr(snapshot(db)["job_events"]),
+        "show": cli("jobs", "show", str(running["id"]), "--json")[1],
+        "show table": cli("jobs", "show", str(running["id"]))[1],
+        "list": cli("jobs", "list", "--json")[1],
+        "export": cli("dead-letter", "export")[1],
+    }
+
+    assert "claim_token" not in outputs["show"]
+    assert str(dead["id"]) in outputs["export"]
+    for name, output in outputs.items():
+        for secret in secrets:
+            assert secret not in output, f"{name} shows a token or its hash"
+
+
 @pytest.mark.parametrize("name", [None, ""])
 def test_claim_without_a_worker_name_is_refused(
     db: Database, worker: Conn, db_now: datetime, name: str | None
@@ -881,3 +944,18 @@ def test_claim_without_a_worker_name_is_refused(
     with pytest.raises(psycopg.errors.NullValueNotAllowed, match="claim\\(\\) needs a worker name"):
         claim(worker, db.schema, worker=name)
     assert job(db, job_id)["status"] == "queued"
+
+
+def test_attempt_cannot_go_down_whoever_writes(db: Database, worker: Conn) -> None:
+    """Even SQL typed into psql cannot lower attempt (the fence would repeat); a job that stops
+    running loses its token's hash."""
+    held = _claimed(db, worker)
+    with pytest.raises(IntegrityError, match="cannot go down"), db.transaction() as conn:
+        conn.execute(text("UPDATE jobs SET attempt = 0 WHERE id = :id"), {"id": held["id"]})
+    with db.transaction() as conn:
+        conn.execute(
+            text("UPDATE jobs SET status = 'stale', locked_by = NULL WHERE id = :id"),
+            {"id": held["id"]},
+        )
+    assert job(db, held["id"])["claim_token_hash"] is None
+    assert job(db, held["id"])["attempt"] == 1
