@@ -12,7 +12,7 @@ import re
 from functools import cache
 from pathlib import Path
 
-__all__ = ["data_dir", "migration_files", "queries", "query"]
+__all__ = ["SKIP_LOCKED", "data_dir", "locking", "migration_files", "queries", "query"]
 
 _HEADER = re.compile(r"^--\s*name:\s*([a-z0-9_\-]+)\s*$", re.MULTILINE)
 _PACKAGE = Path(__file__).resolve().parent
@@ -53,3 +53,18 @@ def migration_files() -> list[tuple[int, str, Path]]:
         version, _, name = path.stem.partition("_")
         found.append((int(version), name, path))
     return found
+
+
+SKIP_LOCKED = "/*skip_locked*/"
+
+
+def locking(sql: str, *, wait: bool) -> str:
+    """``sql`` with its ``FOR UPDATE ... /*skip_locked*/`` made ``SKIP LOCKED``, or, when
+    ``wait``, a plain ``FOR UPDATE`` that waits for a locked row up to the lock timeout.
+
+    Tasks and bulk changes skip rows a worker holds (they come back to them next run); an
+    operator who names job ids waits for those rows, so a job is never passed over silently.
+    """
+    if SKIP_LOCKED not in sql:
+        raise KeyError(f"the query has no {SKIP_LOCKED} marker")
+    return sql.replace(SKIP_LOCKED, "" if wait else "SKIP LOCKED")

@@ -33,7 +33,7 @@ from reconciler.logs import get_logger
 from reconciler.ops.output import console, emit_json, table
 from reconciler.runner import default_actor, run_task
 from reconciler.settings import Settings
-from reconciler.sqlfiles import query
+from reconciler.sqlfiles import locking, query
 from reconciler.tasks import Task, TaskContext, TaskResult
 from reconciler.tasks.base import DRY_RUN_LIMIT
 
@@ -52,6 +52,7 @@ __all__ = [
     "filtered_query",
     "names_arg",
     "report_change",
+    "report_unchanged",
     "resolve_limit",
     "run_reused_task",
     "statuses_arg",
@@ -356,7 +357,40 @@ class Change:
 
 def _run_change(change: Change, ctx: TaskContext) -> None:
     ctx.progress.details.update(change.details)
-    ctx.run_batches(change.sql, {"command": change.name, **change.params})
+    # Job ids named by the operator are waited for (up to the lock timeout); a filter's
+    # rows that a worker holds this instant are skipped.
+    sql = locking(change.sql, wait=bool(change.params.get("f_ids")))
+    ctx.run_batches(sql, {"command": change.name, **change.params})
+
+
+def report_unchanged(db: Database, ids: Sequence[int], result: TaskResult) -> int:
+    """After a change of named job ids: one line per id it did not change, and why; 1 if any.
+
+    A named job is never passed over silently: held by another transaction past the lock
+    timeout (the change failed), or moved meanwhile to a status the change does not take.
+    """
+    if not ids or result.dry_run:
+        return 0
+    with db.transaction() as conn:
+        changed = set(
+            conn.execute(
+                text(query("ops/jobs", "changed_by_run")),
+                {"ids": list(ids), "run_id": result.run_id},
+            ).scalars()
+        )
+        now = {
+            row.id: row.status
+            for row in conn.execute(text(query("ops/jobs", "statuses_of")), {"ids": list(ids)})
+        }
+    missed = [i for i in ids if i not in changed]
+    for job_id in missed:
+        why = (
+            "another transaction held it past RECONCILER_LOCK_TIMEOUT; try again"
+            if result.status != "ok"
+            else f"it is {now.get(job_id, 'gone')} now"
+        )
+        sys.stderr.write(f"reconciler: job {job_id} not changed: {why}\n")
+    return 1 if missed else 0
 
 
 def _logged(result: TaskResult, actor: str, details: Mapping[str, Any]) -> TaskResult:
@@ -507,4 +541,6 @@ def apply_from_args(
         yes=args.yes,
         batch_size=args.batch_size,
     )
-    return report_change(result, verb=verb, job_filter=job_filter, as_json=args.json)
+    code = report_change(result, verb=verb, job_filter=job_filter, as_json=args.json)
+    ids = job_filter.ids if job_filter is not None else ()
+    return report_unchanged(db, ids, result) or code

@@ -36,6 +36,7 @@ from reconciler.ops.common import (
     check_statuses,
     filtered_query,
     report_change,
+    report_unchanged,
     resolve_limit,
     run_reused_task,
 )
@@ -309,6 +310,7 @@ def cmd_reset_stuck(args: argparse.Namespace, settings: Settings, db: Database) 
         batch_size=args.batch_size,
     )
     code = report_change(result, verb="mark stale", job_filter=None, as_json=args.json)
+    code = report_unchanged(db, ids, result) or code
     if not args.json and result.changed and not result.dry_run:
         console().print(
             "the requeue task puts them back in the queue after their backoff (or dead-letter, "

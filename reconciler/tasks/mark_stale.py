@@ -22,7 +22,7 @@ heartbeat/complete/fail then return false: it has been fenced out.
 from __future__ import annotations
 
 from reconciler.heartbeat import HeartbeatRule, spliced
-from reconciler.sqlfiles import query
+from reconciler.sqlfiles import locking, query
 from reconciler.tasks.base import Task, TaskContext
 
 __all__ = ["TASK"]
@@ -32,7 +32,9 @@ def execute(ctx: TaskContext) -> None:
     # `jobs reset-stuck --older-than 10m` passes one timeout for every job.
     rule = HeartbeatRule.from_settings(ctx.settings, only=ctx.params.get("timeout"))
     ctx.run_batches(
-        spliced(query("tasks/mark_stale", "apply")),
+        # Jobs named by id (reset-stuck ID) are waited for; any other running row a worker
+        # holds this instant is skipped: it is alive, or the next run takes it.
+        locking(spliced(query("tasks/mark_stale", "apply")), wait=bool(ctx.params.get("ids"))),
         {
             **rule.binds(),
             # Optional narrowing (`jobs reset-stuck --queue/--kind/--tenant`); None: every job.

@@ -67,7 +67,7 @@ WITH doomed AS (
       AND (CAST(:no_backup AS boolean) OR /*backed_up*/)
     ORDER BY j.id
     LIMIT :batch_size
-    FOR UPDATE OF j SKIP LOCKED
+    FOR UPDATE OF j /*skip_locked*/
 ), gone AS (
     DELETE FROM jobs j
     USING doomed d

@@ -4,12 +4,20 @@
 -- A change binds :now (the command's database clock, read once), :batch_size,
 -- :actor (cli:<os user> or --actor), :run_id, :command (e.g. 'jobs requeue'),
 -- :note (--reason, or NULL) and :eligible (the statuses the change takes).
--- Each is one statement per batch: pick with FOR UPDATE SKIP LOCKED, change,
+-- Each is one statement per batch: pick with FOR UPDATE, change,
 -- and write one job_events row per job in the same statement. A changed job
--- leaves :eligible, so the next batch never sees it again.
+-- leaves :eligible, so the next batch never sees it again. /*skip_locked*/ is
+-- SKIP LOCKED for a filter (a bulk change never waits on a worker) and nothing
+-- for job ids (the operator named them: wait for them up to the lock timeout,
+-- then say which were not changed): reconciler.sqlfiles.locking.
 
 -- name: statuses_of
 SELECT j.id, j.status FROM jobs j WHERE j.id = ANY (CAST(:ids AS bigint[]))
+
+-- name: changed_by_run
+-- Which of :ids the run :run_id changed (each change writes an event with its run).
+SELECT DISTINCT e.job_id FROM job_events e
+WHERE e.job_id = ANY (CAST(:ids AS bigint[])) AND e.run_id = CAST(:run_id AS bigint)
 
 -- name: ids
 -- The first :limit matching jobs among :eligible, oldest first (for --limit).
@@ -63,7 +71,7 @@ WITH picked AS (
       AND /*job_filter*/
     ORDER BY j.id
     LIMIT :batch_size
-    FOR UPDATE OF j SKIP LOCKED
+    FOR UPDATE OF j /*skip_locked*/
 ), moved AS (
     UPDATE jobs j
     SET status = 'queued', run_at = CAST(:run_at AS timestamptz), finished_at = NULL,
@@ -98,7 +106,7 @@ WITH picked AS (
       AND /*job_filter*/
     ORDER BY j.id
     LIMIT :batch_size
-    FOR UPDATE OF j SKIP LOCKED
+    FOR UPDATE OF j /*skip_locked*/
 ), moved AS (
     UPDATE jobs j
     SET status = 'cancelled', finished_at = CAST(:now AS timestamptz),
@@ -130,7 +138,7 @@ WITH picked AS (
       AND /*job_filter*/
     ORDER BY j.id
     LIMIT :batch_size
-    FOR UPDATE OF j SKIP LOCKED
+    FOR UPDATE OF j /*skip_locked*/
 ), moved AS (
     UPDATE jobs j
     SET status = 'succeeded', finished_at = CAST(:now AS timestamptz),

@@ -12,7 +12,9 @@
 -- :only_queues/:only_kinds/:only_tenants/:only_ids (NULL, or an operator's narrowing of
 -- an ad hoc run).
 --
--- Concurrency: FOR UPDATE SKIP LOCKED skips a row a worker is changing at this
+-- Concurrency: FOR UPDATE SKIP LOCKED (/*skip_locked*/; for an operator's
+-- reset-stuck by id, a plain FOR UPDATE that waits up to the lock timeout)
+-- skips a row a worker is changing at this
 -- moment (heartbeat, complete, fail), and for every row it does lock,
 -- PostgreSQL re-evaluates this WHERE clause against the newest committed
 -- version. A heartbeat that commits before the lock keeps its job; one that
@@ -34,7 +36,7 @@ WITH candidates AS (
       AND /*last_seen*/ < CAST(:now AS timestamptz) - make_interval(secs => t.timeout_s)
     ORDER BY /*last_seen*/, j.id
     LIMIT :batch_size
-    FOR UPDATE OF j SKIP LOCKED
+    FOR UPDATE OF j /*skip_locked*/
 ), moved AS (
     UPDATE jobs j
     SET status = 'stale', locked_by = NULL, locked_at = NULL,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -11,7 +13,7 @@ from sqlalchemy import text
 from reconciler.db import Database
 from reconciler.runner import run_task
 from reconciler.settings import Settings
-from tests.helpers import events_of, insert_job, job, jobs_by_status
+from tests.helpers import events_of, insert_job, job, jobs_by_status, wait_until
 from tests.ops_data import LIVE_TOKEN, CliRun
 
 
@@ -408,3 +410,87 @@ def test_mark_succeeded_needs_ids_and_a_reason(
     code, _, err = cli("jobs", "mark-succeeded", str(cancelled), "--reason", "x")
     assert code == 2 and "is cancelled" in err
     assert job(db, job_id)["status"] == "dead"
+
+
+def _hold_row(db: Database, job_id: int) -> Any:
+    """A second connection holding job ``job_id`` FOR UPDATE (a worker mid-heartbeat)."""
+    conn = db.engine.connect()
+    conn.begin()
+    db.pin(conn)
+    conn.execute(text("SELECT 1 FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id})
+    return conn
+
+
+def _waiting_on_lock(db: Database) -> bool:
+    with db.transaction() as conn:
+        return bool(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+            ).scalar_one()
+        )
+
+
+def test_a_named_job_held_by_a_worker_is_waited_for_not_skipped(
+    cli: CliRun, db: Database, ids: dict[str, list[int]]
+) -> None:
+    """`jobs cancel ID` on a row another transaction holds waits for it, then changes it.
+
+    A filter skips locked rows (bulk changes never wait on workers); a job the operator
+    named by id is never passed over silently with "0 changed" and exit 0.
+    """
+    target = ids["queued_email"][0]
+    cli.setenv("RECONCILER_LOCK_TIMEOUT", "60s")
+    holder = _hold_row(db, target)
+    outcome: list[tuple[int, str, str]] = []
+    thread = threading.Thread(
+        target=lambda: outcome.append(cli("jobs", "cancel", str(target), "--yes"))
+    )
+    thread.start()
+    try:
+        wait_until(lambda: _waiting_on_lock(db), "the cancel waits on the held row")
+        assert job(db, target)["status"] == "queued"
+    finally:
+        holder.rollback()
+        holder.close()
+    thread.join(timeout=120)
+    ((code, _, err),) = outcome
+    assert code == 0, err
+    assert job(db, target)["status"] == "cancelled"
+
+
+def test_a_named_job_held_past_the_lock_timeout_is_reported_not_changed(
+    cli: CliRun, db: Database, ids: dict[str, list[int]]
+) -> None:
+    """Held past RECONCILER_LOCK_TIMEOUT: exit 1 and one line naming the job; job intact."""
+    target, other = ids["queued_email"][:2]
+    cli.setenv("RECONCILER_LOCK_TIMEOUT", "100ms")
+    holder = _hold_row(db, target)
+    try:
+        code, _, err = cli("jobs", "cancel", str(target), str(other), "--yes")
+    finally:
+        holder.rollback()
+        holder.close()
+    assert code == 1
+    assert f"job {target} not changed" in err
+    assert "RECONCILER_LOCK_TIMEOUT" in err
+    assert job(db, target)["status"] == "queued"
+
+
+def test_reset_stuck_by_id_waits_for_a_heartbeat_in_flight(
+    cli: CliRun, db: Database, ids: dict[str, list[int]]
+) -> None:
+    """reset-stuck ID behind a worker's open heartbeat: reports the job not changed."""
+    target = ids["stuck"][0]
+    cli.setenv("RECONCILER_LOCK_TIMEOUT", "100ms")
+    holder = _hold_row(db, target)
+    try:
+        code, _, err = cli("jobs", "reset-stuck", str(target), "--yes")
+    finally:
+        holder.rollback()
+        holder.close()
+    assert code == 1
+    assert f"job {target} not changed" in err
+    assert job(db, target)["status"] == "running"
