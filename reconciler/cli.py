@@ -268,13 +268,16 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings, db: Database, targ
                 + (f"{len(missing)} pending: {', '.join(missing)}" if missing else "up to date")
             )
         return EXIT_FAILED if missing else EXIT_OK
-    result = migrate(db)
+    result = migrate(
+        db, lock_timeout=settings.migrate_lock_timeout, deadline=settings.migrate_deadline
+    )
     if args.json:
         emit_json(
             {
                 "schema": result.schema,
                 "applied": list(result.applied),
                 "version": result.current_version,
+                "lock_retries": result.lock_retries,
             }
         )
     elif result.applied:

@@ -105,6 +105,18 @@ class Settings(BaseSettings):
         description="Per batch. Rows are taken with SKIP LOCKED, so this only bites when "
         "something holds a table lock (DDL, VACUUM FULL); better to give up and retry later.",
     )
+    migrate_lock_timeout: Duration = Field(
+        default=timedelta(seconds=1),
+        description="`migrate` waits at most this long for any one lock, then rolls back and "
+        "tries again: a DDL statement queued for a lock holds up every claim() behind it, so "
+        "workers are never held up longer than this. 1s: well under a worker's patience.",
+    )
+    migrate_deadline: Duration = Field(
+        default=timedelta(minutes=10),
+        description="`migrate` gives up after retrying for this long and names the sessions "
+        "holding the schema's tables (run it again later; it resumes). 10m: longer than any "
+        "healthy transaction, short enough for a deploy pipeline.",
+    )
     statement_timeout: Duration = Field(
         default=timedelta(seconds=15),
         description="Per batch. A 1000-row batch takes milliseconds; 15 s means something is "
@@ -265,6 +277,8 @@ class Settings(BaseSettings):
         "heartbeat_timeout",
         "run_time_budget",
         "lock_timeout",
+        "migrate_lock_timeout",
+        "migrate_deadline",
         "statement_timeout",
         "retention_succeeded",
         "retention_cancelled",

@@ -47,6 +47,8 @@ def test_every_default_is_pinned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         "batch_size": 1000,
         "run_time_budget": timedelta(seconds=20),
         "lock_timeout": timedelta(seconds=1),
+        "migrate_lock_timeout": timedelta(seconds=1),
+        "migrate_deadline": timedelta(minutes=10),
         "statement_timeout": timedelta(seconds=15),
         "retention_succeeded": timedelta(days=30),
         "retention_cancelled": timedelta(days=30),
