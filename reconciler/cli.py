@@ -12,6 +12,7 @@ object for scripts.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -32,7 +33,7 @@ from reconciler.demo import run_demo
 from reconciler.durations import duration_arg, format_duration
 from reconciler.embedded import EmbeddedUnavailable
 from reconciler.leases import TaskBusy
-from reconciler.logs import configure_logging
+from reconciler.logs import configure_logging, get_logger
 from reconciler.migrate import MigrationError, migrate, pending
 from reconciler.ops.cli import OPS_COMMANDS, OpsError, add_ops_commands
 from reconciler.ops.output import emit_json
@@ -74,6 +75,8 @@ def _fraction(value: str) -> float:
         number = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number")
     return number
 
 
@@ -437,10 +440,16 @@ _SETTINGS_COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
 }
 
 
+EXIT_UNKNOWN = 3  # `check` only: the monitoring-plugin convention for "could not tell"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``reconciler`` and ``python -m reconciler``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if _is_check(args):
+        return _check_main(args)
     try:
-        return _main(argv)
+        return _main(args)
     except UsageError as exc:
         sys.stderr.write(f"reconciler: {exc}\n")
         return EXIT_USAGE
@@ -455,11 +464,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _is_check(argv: Sequence[str]) -> bool:
+    commands = [a for a in argv if not a.startswith("-")]
+    return bool(commands) and commands[0] == "check"
+
+
+def _check_main(argv: list[str]) -> int:
+    """``reconciler check`` for monitoring: every way it cannot judge the queue is UNKNOWN.
+
+    A configuration error, an unreachable database or a bug in check itself must not read
+    as "warning" (1) or "critical" (2): it exits 3 with one line saying why, on stdout
+    where Nagios-style plugins are read (and as JSON with --json).
+    """
+    as_json = "--json" in argv
+    try:
+        code = _main(argv)
+    except SystemExit as exc:  # argparse: its own message is on stderr already
+        if exc.code in (0, None):
+            return 0
+        return _unknown("bad arguments (see the line above)", as_json)
+    except (UsageError, OpsError, TaskBusy) as exc:
+        return _unknown(str(exc), as_json)
+    except KeyboardInterrupt:
+        return _unknown("interrupted", as_json)
+    except Exception as exc:  # a monitor must get an answer, not a traceback
+        get_logger("reconciler.check").error("check.crashed", exc_info=True)
+        return _unknown(f"internal error: {type(exc).__name__}: {first_line(exc)}", as_json)
+    return code if code in (0, 1, 2) else EXIT_UNKNOWN
+
+
+def _unknown(why: str, as_json: bool) -> int:
+    if as_json:
+        emit_json({"status": "unknown", "exit_code": EXIT_UNKNOWN, "error": why, "findings": []})
+    else:
+        sys.stdout.write(f"reconciler check: UNKNOWN: {why}\n")
+    return EXIT_UNKNOWN
+
+
 # The operator's toolkit needs the database like the commands above.
 _DB_COMMANDS.update(dict.fromkeys(OPS_COMMANDS, cmd_ops))
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def _main(argv: Sequence[str]) -> int:
+    for position, arg in enumerate(argv, start=1):
+        # Bytes that are not UTF-8 reach Python as lone surrogates; no database takes them.
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(
+                f"argument {position} ({arg.encode('utf-8', 'replace').decode()!r}) is not "
+                "valid UTF-8; fix its encoding"
+            ) from None
     args = build_parser().parse_args(argv)
     if args.command == "tasks":
         return cmd_tasks(args)

@@ -104,7 +104,7 @@ def migrate(
         state = _next(db, chosen)
         if state.next is None:
             return MigrationResult(db.schema, tuple(applied), state.current, retries)
-        version, name, path = state.next
+        path = state.next[2]
         try:
             done_here = _apply(db, state.next, lock_timeout)
         except errors.LockNotAvailable:
@@ -133,7 +133,6 @@ def migrate(
         if not done_here:
             continue  # another migrator applied it meanwhile
         applied.append(path.name)
-        log.info("migrate.applied", migration=path.name, version=version, name=name)
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
         frozen=True,
         validate_default=True,
         populate_by_name=True,
+        # A threshold of NaN compares false with everything and inf never trips: a
+        # monitor that can never fire. Every float setting must be a finite number.
+        allow_inf_nan=False,
     )
 
     database_url: SecretStr | None = Field(

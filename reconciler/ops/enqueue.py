@@ -73,7 +73,27 @@ def _text(value: Any, name: str) -> str | None:
         raise ValueError(f"{name} must be a string, not {type(value).__name__}")
     if "\x00" in value:
         raise ValueError(f"{name} contains a NUL character, which PostgreSQL text cannot hold")
+    _unicode(value, name)
     return value
+
+
+def _unicode(value: str, name: str) -> None:
+    """Refuse a string that is not valid Unicode (bytes that were not UTF-8, lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{name} is not valid UTF-8 (at character {exc.start + 1}); fix its encoding"
+        ) from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number; write a finite number, or null")
+
+
+def loads(text: str) -> Any:
+    """JSON as PostgreSQL's jsonb takes it: no NaN or Infinity (Python's json allows them)."""
+    return json.loads(text, parse_constant=_no_constant)
 
 
 def _priority(value: Any) -> int | None:
@@ -121,8 +141,11 @@ def new_job(fields: Mapping[str, Any]) -> NewJob:
     if not kind:
         raise ValueError('kind is missing; every job needs one, e.g. "kind": "report.build"')
     payload = fields.get("payload")
-    if payload is not None and "\\u0000" in json.dumps(payload):
-        raise ValueError("payload contains a NUL character, which jsonb cannot hold")
+    if payload is not None:
+        encoded = json.dumps(payload, ensure_ascii=False, allow_nan=False)
+        if "\\u0000" in encoded:
+            raise ValueError("payload contains a NUL character, which jsonb cannot hold")
+        _unicode(encoded, "payload")
     return NewJob(
         kind=kind,
         payload=payload,
@@ -143,7 +166,7 @@ def parse_lines(stream: Iterable[str]) -> list[NewJob]:
         if not line.strip():
             continue
         try:
-            fields = json.loads(line)
+            fields = loads(line)
             if not isinstance(fields, dict):
                 raise ValueError("each line must be one JSON object")
             jobs.append(new_job(fields))
@@ -238,7 +261,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings, db: Database) -> i
                 "read jobs from stdin"
             )
         try:
-            payload = json.loads(args.payload) if args.payload is not None else None
+            payload = loads(args.payload) if args.payload is not None else None
             run_at = args.at
             if args.in_ is not None:
                 run_at = db.now() + args.in_

@@ -40,13 +40,13 @@ def jsonable(value: Any) -> Any:
 
 def emit_json(payload: Mapping[str, Any]) -> None:
     """One JSON object on one line of stdout."""
-    sys.stdout.write(json.dumps(jsonable(payload)) + "\n")
+    sys.stdout.write(json.dumps(jsonable(payload), allow_nan=False) + "\n")
 
 
 def emit_json_lines(rows: Iterable[Mapping[str, Any]]) -> None:
     """One JSON object per row, one per line."""
     for row in rows:
-        sys.stdout.write(json.dumps(jsonable(row)) + "\n")
+        sys.stdout.write(json.dumps(jsonable(row), allow_nan=False) + "\n")
 
 
 # Off a terminal (a pipe, a file, a test) rich would squeeze tables into 80

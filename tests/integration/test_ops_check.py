@@ -201,15 +201,15 @@ def test_task_failing(cli: CliRun, db: Database, db_now: datetime, healthy: None
 def test_tasks_follow_the_schedule_file(
     cli: CliRun, db: Database, db_now: datetime, healthy: None, tmp_path: Path
 ) -> None:
-    """A task the schedule file does not list is not checked; a bad file is exit 2."""
+    """A task the schedule file does not list is not checked; a bad file is UNKNOWN (3)."""
     schedule = tmp_path / "schedule.toml"
     schedule.write_text('[mark-stale]\nevery = "30s"\n')
     cli.setenv("RECONCILER_SCHEDULE_FILE", str(schedule))
     levels = findings(cli)[1]
     assert "task:mark-stale" in levels and "task:purge" not in levels
     schedule.write_text("[mark-stale]\nevery = 30\n")
-    code, _, err = cli("check")
-    assert code == 2 and err.count("\n") == 1
+    code, out, _ = cli("check")
+    assert code == 3 and out.count("\n") == 1 and "UNKNOWN" in out
 
 
 @pytest.mark.parametrize(
@@ -268,3 +268,46 @@ def test_a_forgotten_pause_of_every_queue_is_a_warning(
     (finding,) = [f for f in json.loads(out)["findings"] if f["check"] == "pause_all"]
     assert (code, finding["level"]) == (1, "warning")
     assert "cli:bob" in finding["message"] and "reconciler resume --all" in finding["message"]
+
+
+def test_a_check_that_cannot_judge_exits_3_unknown_never_1(cli: CliRun, db: Database) -> None:
+    """An internal error (a table gone from under it) is UNKNOWN (3) with one line, no traceback."""
+    with db.transaction() as conn:
+        conn.execute(text("ALTER TABLE runs RENAME TO runs_gone"))
+    code, out, _ = cli("check")
+    assert code == 3
+    (line,) = out.splitlines()
+    assert line.startswith("reconciler check: UNKNOWN: internal error: ")
+    assert "runs" in line
+    assert "Traceback" not in out
+    code, out, _ = cli("check", "--json")
+    assert code == 3
+    report = json.loads(out)
+    assert report["status"] == "unknown" and report["exit_code"] == 3
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RECONCILER_CHECK_FAILURE_RATE_WARNING", "nan"),
+        ("RECONCILER_CHECK_WINDOW", "-5m"),
+        ("RECONCILER_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none"),
+    ],
+)
+def test_a_check_misconfigured_or_cut_off_exits_3_not_2(
+    cli: CliRun, db: Database, variable: str, value: str
+) -> None:
+    """A bad setting or an unreachable database is UNKNOWN (3), not CRITICAL (2)."""
+    with pytest.MonkeyPatch.context() as env:  # undone before the fixtures' teardown
+        env.setenv(variable, value)
+        code, out, _ = cli("check")
+    assert code == 3
+    (line,) = out.splitlines()
+    assert line.startswith("reconciler check: UNKNOWN: ")
+
+
+def test_check_with_bad_arguments_exits_3(cli: CliRun, db: Database) -> None:
+    """An unknown option is UNKNOWN to a monitor too."""
+    code, out, _ = cli("check", "--no-such-option")
+    assert code == 3
+    assert "UNKNOWN" in out

@@ -100,6 +100,14 @@ def test_a_dry_run_writes_nothing(cli: CliRun, db: Database) -> None:
         ('{"kind": "a\\u0000"}\n', "NUL character"),
         ('{"kind": "a", "max_attempts": 5000}\n', "from 1 to 1000"),
         ("[1, 2]\n", "one JSON object"),
+        ('{"kind": "a", "payload": {"x": NaN}}\n', "NaN is not a JSON number"),
+        ('{"kind": "a", "payload": [Infinity]}\n', "Infinity is not a JSON number"),
+        ('{"kind": "a", "payload": {"x": "\\ud800"}}\n', "payload is not valid UTF-8"),
+        ('{"kind": "a\\udcff"}\n', "kind is not valid UTF-8"),
+        ('{"kind": "a", "tenant_id": "t\\u0000"}\n', "tenant_id contains a NUL"),
+        ('{"kind": "a", "priority": 1e400}\n', "priority inf"),
+        ('{"kind": "a", "max_attempts": 1e3}\n', "from 1 to 1000"),
+        ('{"kind": "a", "run_at": "infinity"}\n', "is not a time"),
         ("\n", "no job on stdin"),
     ],
 )
@@ -120,3 +128,39 @@ def test_many_jobs_without_a_terminal_need_yes(cli: CliRun, db: Database) -> Non
     code, _, err = cli("enqueue", "--jsonl", stdin=lines)
     assert code == 2 and "--yes" in err
     assert _jobs(db) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("enqueue", "k", "--payload", '{"x": NaN}'), "NaN is not a JSON number"),
+        (("enqueue", "k", "--payload", '{"x": "\\u0000"}'), "NUL character"),
+        (("enqueue", "k\udcff"), "argument 2"),
+        (("jobs", "list", "--queue", "a\udcffb"), "is not valid UTF-8"),
+        (("policies", "set", "--priority", "1", "--multiplier", "nan"), "not a finite number"),
+        (("policies", "set", "--priority", "1", "--multiplier", "inf"), "not a finite number"),
+        (("policies", "set", "--priority", "1", "--jitter=-inf"), "not a finite number"),
+        (("jobs", "requeue", "1", "--in", "1e400s"), "cannot read duration"),
+    ],
+)
+def test_hostile_arguments_are_one_line_and_exit_2(
+    cli: CliRun, db: Database, argv: tuple[str, ...], message: str
+) -> None:
+    """NaN, infinities, NUL and bytes that are not UTF-8 (argv decoded with surrogateescape):
+    one line naming the problem, exit 2, nothing written, never a traceback."""
+    with db.transaction() as conn:
+        policies = conn.execute(text("SELECT * FROM retry_policies ORDER BY 1, 2")).all()
+    code, out, err = cli(*argv)
+    assert code == 2, (out, err)
+    assert message in err and err.count("\n") == 1, err
+    assert _jobs(db) == []
+    with db.transaction() as conn:
+        assert conn.execute(text("SELECT * FROM retry_policies ORDER BY 1, 2")).all() == policies
+
+
+def test_policies_json_is_valid_json(cli: CliRun, db: Database) -> None:
+    """policies --json prints strict JSON (no NaN), every number finite."""
+    code, out, _ = cli("policies", "--json")
+    assert code == 0
+    for line in out.splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))

@@ -128,11 +128,17 @@ def test_ops_setting_defaults() -> None:
 
 
 def test_bad_ops_setting_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A bad threshold fails at start-up with one line naming the variable."""
+    """A bad threshold fails at start-up with one line naming the variable (exit 2; 3 for
+    check, which a monitor must read as UNKNOWN)."""
     from reconciler.cli import main
 
     monkeypatch.setenv("RECONCILER_CHECK_WINDOW", "soon")
-    err = io.StringIO()
+    err, out = io.StringIO(), io.StringIO()
     monkeypatch.setattr("sys.stderr", err)
-    assert main(["check"]) == 2
+    monkeypatch.setattr("sys.stdout", out)
+    assert main(["stats"]) == 2
     assert err.getvalue().startswith("reconciler: configuration error: RECONCILER_CHECK_WINDOW")
+    assert main(["check"]) == 3
+    assert out.getvalue().startswith(
+        "reconciler check: UNKNOWN: configuration error: RECONCILER_CHECK_WINDOW"
+    )

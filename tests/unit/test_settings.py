@@ -152,6 +152,17 @@ def test_keyword_values_win_over_the_environment(monkeypatch: pytest.MonkeyPatch
         ("RECONCILER_HEARTBEAT_TIMEOUT_OVERRIDES", '{"kind:a": "0s"}', "longer than zero"),
         ("RECONCILER_HEARTBEAT_TIMEOUT_OVERRIDES", '{"kind:a": "soon"}', "(key kind:a)"),
         ("RECONCILER_HEARTBEAT_TIMEOUT_OVERRIDES", "queue:media=15m", "not valid JSON"),
+        # Hostile numbers: a NaN threshold never compares true, inf never trips.
+        ("RECONCILER_CHECK_FAILURE_RATE_WARNING", "nan", "finite number"),
+        ("RECONCILER_CHECK_FAILURE_RATE_CRITICAL", "-inf", "finite number"),
+        ("RECONCILER_CHECK_LATENCY_CRITICAL_FACTOR", "inf", "finite number"),
+        ("RECONCILER_CHECK_LATENCY_CRITICAL_FACTOR", "1e999", "finite number"),
+        ("RECONCILER_LOCK_TIMEOUT", "nan", "cannot read duration"),
+        ("RECONCILER_CHECK_WINDOW", "1e400s", "cannot read duration"),
+        ("RECONCILER_CHECK_WINDOW", "99999999999999d", "longer than 3650d"),
+        ("RECONCILER_MIGRATE_DEADLINE", "0s", "must be longer than zero"),
+        ("RECONCILER_BATCH_SIZE", "99999999999999999999999", "less than or equal to 100000"),
+        ("RECONCILER_CHECK_BACKLOG_WARNING", "-1", "greater than or equal to 1"),
     ],
 )
 def test_bad_value_is_one_line_naming_the_variable(
