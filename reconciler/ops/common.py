@@ -346,6 +346,8 @@ class Change:
     params: Mapping[str, Any] = field(default_factory=dict)
     # Kept in the run's record (runs.details), e.g. the filter as the operator gave it.
     details: Mapping[str, Any] = field(default_factory=dict)
+    # True when the change deletes its jobs (purge): a named job that is gone was done.
+    deletes: bool = False
 
     def task(self) -> Task:
         return Task(
@@ -363,7 +365,9 @@ def _run_change(change: Change, ctx: TaskContext) -> None:
     ctx.run_batches(sql, {"command": change.name, **change.params})
 
 
-def report_unchanged(db: Database, ids: Sequence[int], result: TaskResult) -> int:
+def report_unchanged(
+    db: Database, ids: Sequence[int], result: TaskResult, *, deletes: bool = False
+) -> int:
     """After a change of named job ids: one line per id it did not change, and why; 1 if any.
 
     A named job is never passed over silently: held by another transaction past the lock
@@ -382,7 +386,8 @@ def report_unchanged(db: Database, ids: Sequence[int], result: TaskResult) -> in
             row.id: row.status
             for row in conn.execute(text(query("ops/jobs", "statuses_of")), {"ids": list(ids)})
         }
-    missed = [i for i in ids if i not in changed]
+    # A deleted job's events go with it: for a purge, gone is done.
+    missed = [i for i in ids if i not in changed and not (deletes and i not in now)]
     for job_id in missed:
         why = (
             "another transaction held it past RECONCILER_LOCK_TIMEOUT; try again"
@@ -543,4 +548,4 @@ def apply_from_args(
     )
     code = report_change(result, verb=verb, job_filter=job_filter, as_json=args.json)
     ids = job_filter.ids if job_filter is not None else ()
-    return report_unchanged(db, ids, result) or code
+    return report_unchanged(db, ids, result, deletes=change.deletes) or code

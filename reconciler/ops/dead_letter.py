@@ -301,6 +301,7 @@ def cmd_purge(args: argparse.Namespace, settings: Settings, db: Database) -> int
         details={"filter": given.describe()},
         sql=spliced(filtered_query("ops/dead_letter", "purge")),
         params={**job_filter.binds(now), "no_backup": bool(args.no_backup)},
+        deletes=True,
     )
     code = apply_from_args(db, settings, change, args, now=now, verb="purge", job_filter=given)
     if args.no_backup or args.dry_run:

@@ -241,3 +241,18 @@ def test_a_job_that_changes_after_the_check_is_not_deleted(
             text("SELECT count(*) FROM jobs WHERE id = :id"), {"id": ids["dead_report"][1]}
         ).scalar_one()
     assert gone == 0  # the other acme job was backed up and went
+
+
+def test_purge_by_id_of_an_exported_job_exits_0_without_a_not_changed_line(
+    cli: CliRun, db: Database, ids: dict[str, list[int]], tmp_path: Path
+) -> None:
+    """A purged job's events go with it; a named id that is gone was purged, not missed."""
+    target = ids["dead_report"][0]
+    code, _, err = cli("dead-letter", "export", str(target), "-o", str(tmp_path / "one.jsonl"))
+    assert code == 0, err
+    code, _, err = cli("dead-letter", "purge", str(target), "--yes")
+    assert code == 0, err
+    assert "not changed" not in err
+    with db.transaction() as conn:
+        gone = conn.execute(text("SELECT count(*) FROM jobs WHERE id = :i"), {"i": target})
+        assert gone.scalar_one() == 0

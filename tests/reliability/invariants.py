@@ -45,6 +45,7 @@ __all__ = [
     "no_overlapping_runs_or_double_transitions",
     "no_stale_while_fresh",
     "nothing_stuck",
+    "read_operator_purged",
     "read_records",
 ]
 
@@ -133,7 +134,7 @@ class Stay:
     at: datetime
     left_at: datetime | None  # None: still there at the check
     next_status: str | None
-    attempt: int
+    attempt: int  # attempts used of the budget in force (attempt - attempt_base)
     max_attempts: int
     delay: timedelta
 
@@ -151,15 +152,36 @@ class History:
     enqueued: set[int] = field(default_factory=set)
     transitions: set[tuple[str, str]] = field(default_factory=set)
     stays: list[Stay] = field(default_factory=list)
+    # Dead jobs an operator's `dead-letter purge` was asked to delete (after an export).
+    operator_purged: set[int] = field(default_factory=set)
 
     def all_events(self, job_id: int) -> list[Event]:
         return self.events.get(job_id) or self.purged_events.get(job_id) or []
 
     def stale_events(self) -> dict[tuple[int, int], Event]:
+        """Each attempt's stale mark by the reconciler's own mark-stale (not an operator's)."""
         found: dict[tuple[int, int], Event] = {}
         for evs in (*self.events.values(), *self.purged_events.values()):
             for e in evs:
-                if e.to_status == "stale" and e.attempt is not None:
+                if (
+                    e.to_status == "stale"
+                    and e.attempt is not None
+                    and e.actor.startswith("reconciler:")
+                ):
+                    found.setdefault((e.job_id, e.attempt), e)
+        return found
+
+    def taken_events(self) -> dict[tuple[int, int], Event]:
+        """The event that took each attempt from its worker: the reconciler's stale mark,
+        or an operator's cancel, reset-stuck or mark-succeeded of the running job."""
+        found: dict[tuple[int, int], Event] = {}
+        for evs in (*self.events.values(), *self.purged_events.values()):
+            for e in evs:
+                if (
+                    e.from_status == "running"
+                    and e.attempt is not None
+                    and not e.actor.startswith("worker:")
+                ):
                     found.setdefault((e.job_id, e.attempt), e)
         return found
 
@@ -267,18 +289,38 @@ def read_records(directory: Path) -> tuple[list[Call], set[int]]:
     return calls, enqueued
 
 
+def read_operator_purged(directory: Path) -> set[int]:
+    """Job ids an operator's ``dead-letter purge`` was asked to delete (``operator.jsonl``,
+    written by ``operator.py``): each after its export, so lawful at any age."""
+    path = directory / "operator.jsonl"
+    if not path.exists():
+        return set()
+    ids: set[int] = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        d = json.loads(line)
+        if d["command"] == "dead-letter purge":
+            ids.update(int(i) for i in d["ids"])
+    return ids
+
+
 _STAYS = """
 WITH ev AS (
     SELECT e.job_id, e.to_status, e.at, e.reason,
-           lead(e.at) OVER w AS left_at, lead(e.to_status) OVER w AS next_status
+           lead(e.at) OVER w AS left_at, lead(e.to_status) OVER w AS next_status,
+           -- The start of the retry budget in force: an operator's requeue or replay
+           -- moves it to the attempt then (attempt never goes down, so the latest
+           -- is the largest); 0 until one does.
+           coalesce(max(CASE WHEN (e.reason->>'attempts_reset')::boolean
+                             THEN (e.reason->>'attempt_before')::int END)
+                        OVER (w ROWS UNBOUNDED PRECEDING), 0) AS base
     FROM ({events}) e
     WINDOW w AS (PARTITION BY e.job_id ORDER BY e.id)
 ), j AS ({jobs})
 SELECT ev.job_id, ev.to_status AS status, ev.at, ev.left_at, ev.next_status,
-       coalesce((ev.reason->>'attempt')::int, j.attempt) AS attempt, j.max_attempts,
+       coalesce((ev.reason->>'attempt')::int, j.attempt) - ev.base AS attempt, j.max_attempts,
        extract(epoch FROM coalesce(
-           backoff(coalesce((ev.reason->>'attempt')::int, j.attempt), p.initial_delay,
-                   p.max_delay, p.multiplier, p.jitter, j.id),
+           backoff(coalesce((ev.reason->>'attempt')::int, j.attempt) - ev.base,
+                   p.initial_delay, p.max_delay, p.multiplier, p.jitter, j.id),
            interval '0'))::float8 AS delay_s
 FROM ev
 JOIN j ON j.id = ev.job_id
@@ -318,6 +360,7 @@ def load_history(
     *,
     calls: Iterable[Call] = (),
     enqueued: Iterable[int] = (),
+    operator_purged: Iterable[int] = (),
 ) -> History:
     """Read the schema of ``db`` (as a role that may read everything) into a History."""
     # One snapshot for every table read, so jobs, events and runs agree.
@@ -376,6 +419,7 @@ def load_history(
         ]
     h.calls = sorted(calls, key=lambda c: c.at)
     h.enqueued = set(enqueued)
+    h.operator_purged = set(operator_purged)
     return h
 
 
@@ -403,7 +447,9 @@ def every_job_accounted_for(h: History) -> InvariantResult:
             continue
         purged += 1
         keep = h.config.retention.get(gone.status)
-        if keep is None or gone.finished_at is None:
+        if gone.status == "dead" and job_id in h.operator_purged:
+            pass  # an operator's dead-letter purge, after its export: lawful at any age
+        elif keep is None or gone.finished_at is None:
             found.add(f"job {job_id}: deleted while {gone.status} (not a terminal status)")
         elif gone.finished_at + keep > gone.deleted_at + EPSILON:
             found.add(
@@ -455,7 +501,8 @@ def no_overlap_while_alive(h: History) -> InvariantResult:
     accepted heartbeat, by its own records) was older than the timeout then.
     """
     found = _Found()
-    stale = h.stale_events()
+    taken = h.taken_events()
+    operator_taken = 0
     per_job: dict[int, list[_Execution]] = defaultdict(list)
     for ex in _executions(h):
         per_job[ex.job].append(ex)
@@ -467,13 +514,16 @@ def no_overlap_while_alive(h: History) -> InvariantResult:
                 if second.start >= first.end:
                     continue
                 overlaps += 1
-                mark = stale.get((job_id, first.attempt))
+                mark = taken.get((job_id, first.attempt))
                 if mark is None or mark.at > second.start:
                     found.add(
                         f"job {job_id}: {first.worker} (attempt {first.attempt}) and "
                         f"{second.worker} (attempt {second.attempt}) overlapped, and attempt "
                         f"{first.attempt} was not marked stale before the second began"
                     )
+                    continue
+                if not mark.actor.startswith("reconciler:"):
+                    operator_taken += 1  # an operator took it from a live worker: their call
                     continue
                 timeout = timedelta(seconds=float(mark.reason.get("timeout_s", 0)))
                 if first.last_alive > mark.at - timeout + EPSILON:
@@ -488,7 +538,10 @@ def no_overlap_while_alive(h: History) -> InvariantResult:
         sum(len(x) for x in per_job.values()),
         found.count,
         tuple(found.examples),
-        {"overlaps_after_stale": overlaps - found.count},
+        {
+            "overlaps_after_stale": overlaps - found.count - operator_taken,
+            "overlaps_after_operator": operator_taken,
+        },
     )
 
 
@@ -600,7 +653,8 @@ def fencing_held(h: History) -> InvariantResult:
 
     From the events: every change a worker made was to an attempt it held
     (the previous event is its own claim of that attempt). From its records:
-    no call of an attempt returned true after that attempt was marked stale,
+    no call of an attempt returned true after that attempt was taken from it
+    (marked stale, or cancelled, reset or marked succeeded by an operator),
     and every complete/fail that returned true wrote exactly one event, every
     false one none.
     """
@@ -618,18 +672,18 @@ def fencing_held(h: History) -> InvariantResult:
                     f"job {job_id}: {e.actor} moved it {e.from_status} -> {e.to_status} "
                     f"(attempt {e.attempt}) while attempt {attempt} was held by {holder}"
                 )
-    stale = h.stale_events()
+    taken = h.taken_events()
     for c in h.calls:
         if c.ev not in ("heartbeat", "complete", "fail"):
             continue
         checked += 1
         if not c.ok:
             fenced += 1
-        mark = stale.get((c.job, c.attempt))
+        mark = taken.get((c.job, c.attempt))
         if c.ok and mark is not None and c.at > mark.at:
             found.add(
                 f"job {c.job}: {c.worker}'s {c.ev} of attempt {c.attempt} was accepted at "
-                f"{c.at}, after the attempt was marked stale at {mark.at}"
+                f"{c.at}, after {mark.actor} took the attempt ({mark.to_status}) at {mark.at}"
             )
         if c.ev in ("complete", "fail"):
             to = "succeeded" if c.ev == "complete" else "failed"

@@ -27,6 +27,7 @@ from reconciler.migrate import migrate
 from reconciler.settings import Settings
 from tests.reliability.faults import FAULT_KINDS, FaultSchedule
 from tests.reliability.invariants import History, InvariantResult, format_report
+from tests.reliability.operator import Operator
 from tests.reliability.worker import Plan
 from tests.reliability.workload import Workload, WorkloadConfig, prepare_schema
 
@@ -54,6 +55,7 @@ def report(
     workload: Workload,
     faults: FaultSchedule | None,
     seconds: float,
+    operator: Operator | None = None,
 ) -> str:
     executed = sum(1 for c in h.calls if c.ev == "start")
     requeued = counts.get("failed->queued", 0) + counts.get("stale->queued", 0)
@@ -79,6 +81,12 @@ def report(
         lines.append(
             f"faults injected {dict(faults.injected)}; nothing to inject into {dict(faults.missed)}"
         )
+    if operator is not None:
+        lines.append(
+            f"operator commands done {dict(operator.done)}; answered 1 (moved meanwhile, "
+            f"lease held) {dict(operator.refused)}; defects {len(operator.defects)}"
+        )
+        lines.extend(f"  defect: {d}" for d in operator.defects[:5])
     lines.append("invariants:")
     lines.append(format_report(results))
     return "\n".join(lines)
@@ -94,6 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"comma-separated: {','.join(FAULT_KINDS)} (or none)",
     )
     parser.add_argument("--fault-every", default="2s", help="one fault this often")
+    parser.add_argument(
+        "--operator",
+        action="store_true",
+        help="an operator runs the real CLI on live jobs throughout (requeue, cancel, "
+        "reset-stuck, replay, mark-succeeded, pause/resume, dead-letter export + purge); "
+        "workers keep their names across restarts",
+    )
     parser.add_argument(
         "--rate",
         type=float,
@@ -114,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=args.workers,
         enqueue_rate=args.rate if args.rate is not None else 2.0 * args.workers,
         plan=Plan(),
+        reuse_names=args.operator,
     )
     admin_settings = Settings(_env_file=None, database_url=SecretStr(url), schema_name=schema)  # type: ignore[call-arg]
     admin = Database.connect(
@@ -136,6 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         started = time.monotonic()
         workload.start()
+        operator = Operator(workload) if args.operator else None
+        if operator is not None:
+            operator.start()
         if faults is not None:
             faults.start()
         try:
@@ -148,11 +167,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             if faults is not None:
                 faults.stop()
+            if operator is not None:
+                operator.stop()
             workload.stop(settle=2.0)
         elapsed = time.monotonic() - started
         h, results = workload.check(admin)
-        print(report(h, results, _counts(admin), workload, faults, elapsed))
-        ok = all(r.ok for r in results)
+        print(report(h, results, _counts(admin), workload, faults, elapsed, operator))
+        ok = all(r.ok for r in results) and (operator is None or not operator.defects)
         if not ok:
             print(f"kept for a post-mortem: schema {schema}, records {records}")
     finally:

@@ -302,7 +302,7 @@ def test_5_a_heartbeat_accepted_after_the_stale_mark_is_reported(sim: Sim) -> No
         id=job,
     )
     sim.calls.append(Call("heartbeat", job, 1, "w1", at, ok))
-    _fails(fencing_held(sim.history()), f"job {job}", "after the attempt was marked stale")
+    _fails(fencing_held(sim.history()), f"job {job}", "took the attempt (stale)")
 
 
 def test_6_overlapping_runs_of_one_task_are_reported(sim: Sim) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ from tests.conftest import connect, make_settings
 from tests.helpers import events_of, insert_job, job
 from tests.reliability.faults import FaultSchedule
 from tests.reliability.invariants import InvariantResult, format_report
+from tests.reliability.operator import ACTIONS, ACTOR, Operator
 from tests.reliability.worker import Plan
 from tests.reliability.workload import Workload, WorkloadConfig, prepare_schema, wait_until
 
@@ -104,6 +106,54 @@ def test_plain_workload_keeps_every_invariant(db: Database, make_workload: MakeW
     assert results[0].counts["purged"] > 0
     assert _count_events(db, "succeeded") > 0
     assert _count_events(db, "stale") > 0
+
+
+def test_operator_actions_mid_workload_keep_every_invariant(
+    db: Database, make_workload: MakeWorkload
+) -> None:
+    """An operator at the keyboard while workers and maintenance run: requeue, cancel,
+    reset-stuck, replay, mark-succeeded, pause/resume, dead-letter export + purge, each
+    through the real CLI on live jobs, with workers that reuse their names and get
+    killed. Every command answers 0 or 1 (never 2 or a traceback) and every invariant
+    holds: the fence after an operator's requeue, the budget after a replay, no job lost.
+    """
+    w = make_workload(
+        Plan(weights={"complete": 55, "fail": 35, "crash": 2, "freeze": 4, "crash_after_claim": 4}),
+        reuse_names=True,
+    )
+    op = Operator(w)
+    faults = FaultSchedule(w, ["kill"], every=1.5)
+    w.start()
+    op.start()
+    faults.start()
+    try:
+        started = time.monotonic()
+        wait_until(
+            lambda: (
+                time.monotonic() - started >= SECONDS
+                and all(op.done[a] >= 1 for a in ACTIONS)
+                and op.done["export_purge"] >= 2
+            ),  # export then purge, both exit 0
+            240,
+            "every operator action done at least once (export and purge both)",
+        )
+    finally:
+        faults.stop()
+        op.stop()
+        w.stop(settle=0.5)
+    assert op.defects == [], "\n".join(op.defects)
+    assert w.maintenance.summary()["unexpected_errors"] == []
+    h, results = w.check(db)
+    _assert_invariants(results)
+    by_operator = Counter(
+        (e.from_status, e.to_status)
+        for evs in (*h.events.values(), *h.purged_events.values())
+        for e in evs
+        if e.actor == ACTOR
+    )
+    assert by_operator[("succeeded", "queued")] >= 1, by_operator
+    assert h.operator_purged & set(h.purged), "no dead job purged by the operator"
+    assert faults.injected["kill"] >= 1
 
 
 def test_frozen_workers_are_fenced_out(db: Database, make_workload: MakeWorkload) -> None:

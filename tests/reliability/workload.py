@@ -43,7 +43,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from reconciler.db import Database, normalise_url
-from reconciler.leases import new_holder
+from reconciler.leases import TaskBusy, new_holder
 from reconciler.runner import run_task
 from reconciler.settings import Settings
 from reconciler.tasks import TASKS, TaskResult
@@ -54,6 +54,7 @@ from tests.reliability.invariants import (
     check_all,
     install_witness,
     load_history,
+    read_operator_purged,
     read_records,
 )
 from tests.reliability.worker import DSN_ENV, Plan
@@ -106,6 +107,10 @@ class WorkloadConfig:
     retention: timedelta = timedelta(seconds=3)
     slack: timedelta = timedelta(seconds=8)
     seed: int = 5
+    # True: a replacement worker takes the name of the one it replaces (a fixed
+    # "host:slot" name, as many deployments have), so one name runs many jobs
+    # across processes and only the claim token tells its attempts apart.
+    reuse_names: bool = False
 
     def settings(self, url: str, schema: str, **overrides: Any) -> Settings:
         values: dict[str, Any] = {
@@ -188,6 +193,7 @@ class MaintenanceLoop:
         self.holder = new_holder()
         self.results: list[TaskResult] = []
         self.crashes: Counter[str] = Counter()
+        self.skipped: Counter[str] = Counter()
         self.unexpected: list[str] = []  # anything run_task should have turned into a failed run
         self._stop = threading.Event()
         self._threads = [
@@ -213,6 +219,10 @@ class MaintenanceLoop:
                 # The clock read or the run record failed: the connection was
                 # killed. Like the daemon: note it, carry on, retry next tick.
                 self.crashes[name] += 1
+            except TaskBusy:
+                # Someone else holds the lease (an operator's `jobs reset-stuck` runs
+                # mark-stale): like the daemon's task.skipped, try again next tick.
+                self.skipped[name] += 1
             except Exception as exc:  # a bug: record it, and keep going like a daemon
                 self.unexpected.append(f"{name}: {type(exc).__name__}: {exc}")
             self._stop.wait(self.intervals[name].total_seconds())
@@ -230,6 +240,7 @@ class MaintenanceLoop:
             "runs": dict(runs),
             "failed_runs": dict(failed),
             "crashed_runs": dict(self.crashes),
+            "skipped_runs": dict(self.skipped),
             "unexpected_errors": list(self.unexpected),
             "errors": sorted({r.error or "" for r in self.results if r.status != "ok"}),
             "transitions": dict(moved),
@@ -333,7 +344,8 @@ def _open_attempt(records: Path) -> tuple[int, int] | None:
 
 
 class WorkerPool:
-    """N worker processes; a worker that exits is replaced under a new name."""
+    """N worker processes; a worker that exits is replaced (under a new name, or the same
+    one with ``reuse_names``)."""
 
     def __init__(self, url: str, schema: str, config: WorkloadConfig, records_dir: Path) -> None:
         self.url = url
@@ -352,7 +364,9 @@ class WorkerPool:
 
     def _spawn(self, slot: _Slot) -> None:
         slot.generation += 1
-        slot.name = f"w{slot.index}.{slot.generation}"
+        slot.name = (
+            f"w{slot.index}" if self.config.reuse_names else f"w{slot.index}.{slot.generation}"
+        )
         env = {**os.environ, DSN_ENV: self.url}
         slot.proc = subprocess.Popen(
             [
@@ -547,7 +561,13 @@ class Workload:
 
     def history(self, db: Database) -> History:
         calls, enqueued = read_records(self.records_dir)
-        return load_history(db, self.config.check_config(), calls=calls, enqueued=enqueued)
+        return load_history(
+            db,
+            self.config.check_config(),
+            calls=calls,
+            enqueued=enqueued,
+            operator_purged=read_operator_purged(self.records_dir),
+        )
 
     def check(self, db: Database) -> tuple[History, list[InvariantResult]]:
         h = self.history(db)
