@@ -1,22 +1,44 @@
--- Least-privilege roles for one reconciler schema: daemon, worker, read-only.
+-- Least-privilege roles for one reconciler schema: owner, daemon, worker, read-only.
 --
--- Print it for a schema with `python -m reconciler.roles --schema NAME`
--- (identifiers and literals are quoted by psycopg), and run it as the
--- schema's owner or a superuser:
+-- Print it for a schema with `python -m reconciler.roles --schema NAME` and
+-- run it as a superuser (or a role with CREATEROLE that may grant CREATE on
+-- the database):
 --
---   python -m reconciler.roles --schema reconciler | psql "$OWNER_URL" -v ON_ERROR_STOP=1
+--   python -m reconciler.roles --schema reconciler | psql "$ADMIN_URL" -v ON_ERROR_STOP=1
 --
--- Idempotent. The three roles are group roles (NOLOGIN): grant them to the
--- login roles that run the daemon, the workers and the dashboards, e.g.
--- GRANT reconciler_worker TO app;  Migrations (`reconciler migrate`) and
--- policy changes (`reconciler policies set`) stay with the schema's owner.
+-- Idempotent. The four roles are group roles (NOLOGIN): grant them to the
+-- login roles that migrate, run the daemon, run the workers and read the
+-- dashboards, e.g. GRANT reconciler_worker TO app.
+--
+-- The owner owns the schema and everything in it, so the worker functions
+-- (SECURITY DEFINER) run with the owner's rights, not a superuser's: run
+-- `reconciler migrate` and `reconciler policies set` as a member of it
+-- (e.g. RECONCILER_DATABASE_URL of a login role granted the owner role,
+-- with `SET ROLE` in its defaults). Run the script before the first migrate
+-- (it creates the schema for the owner) and again after it (the grants on
+-- the tables need the tables).
 --
 -- Why a script and not a migration: roles belong to the whole cluster, not
 -- to the schema; their names are the operator's choice; and the role that
 -- runs migrations often may not create roles.
+--
+-- How names stay names. No name is ever written into this script's text as
+-- is: every name reaches SQL as an identifier or a string literal quoted by
+-- psycopg, and statements with names run inside DO blocks through EXECUTE
+-- of such literals, under a dollar-quote tag chosen so that it occurs in no
+-- name (reconciler/roles.py). A name with quotes, semicolons or $tags$ is
+-- just a name.
+--
+-- Sections (`-- name:` headers): the script is `roles`, `owner`, then
+-- `apply`, which runs each statement of `grants` (and, from PostgreSQL 17,
+-- `maintain`) once the schema is migrated.
 
-DO $roles$
+-- name: roles
+DO {tag}
 BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {owner_name}) THEN
+        CREATE ROLE {owner} NOLOGIN;
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {daemon_name}) THEN
         CREATE ROLE {daemon} NOLOGIN;
     END IF;
@@ -27,8 +49,66 @@ BEGIN
         CREATE ROLE {readonly} NOLOGIN;
     END IF;
 END
-$roles$;
+{tag};
 
+-- name: owner
+-- The owner may create the schema (migrate runs CREATE SCHEMA IF NOT EXISTS),
+-- owns it, and owns every table, sequence and function already in it (a
+-- schema first migrated as a superuser is handed over).
+DO {tag}
+DECLARE
+    obj record;
+BEGIN
+    EXECUTE format('GRANT CREATE ON DATABASE %I TO %I', current_database(), {owner_name});
+    EXECUTE format('CREATE SCHEMA IF NOT EXISTS %I AUTHORIZATION %I', {schema_name}, {owner_name});
+    EXECUTE format('ALTER SCHEMA %I OWNER TO %I', {schema_name}, {owner_name});
+    FOR obj IN
+        SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
+                              WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'TABLE' END AS kind,
+               format('%I.%I', n.nspname, c.relname) AS name
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = {schema_name} AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+          AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = {owner_name})
+          -- a sequence owned by a column follows its table
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid
+                          AND d.deptype IN ('a', 'i') AND c.relkind = 'S')
+    LOOP
+        EXECUTE format('ALTER %s %s OWNER TO %I', obj.kind, obj.name, {owner_name});
+    END LOOP;
+    FOR obj IN
+        SELECT p.oid::regprocedure::text AS name,
+               CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END AS kind
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = {schema_name}
+          AND p.proowner <> (SELECT oid FROM pg_roles WHERE rolname = {owner_name})
+    LOOP
+        EXECUTE format('ALTER %s %s OWNER TO %I', obj.kind, obj.name, {owner_name});
+    END LOOP;
+END
+{tag};
+
+-- name: apply
+DO {tag}
+DECLARE
+    stmt text;
+BEGIN
+    IF to_regclass(format('%I.jobs', {schema_name})) IS NULL THEN
+        RAISE NOTICE 'schema % is not migrated yet: run reconciler migrate as a member of %, then this script again',
+            {schema_name}, {owner_name};
+        RETURN;
+    END IF;
+    FOREACH stmt IN ARRAY {grants} LOOP
+        EXECUTE stmt;
+    END LOOP;
+    IF current_setting('server_version_num')::int >= 170000 THEN
+        FOREACH stmt IN ARRAY {maintain} LOOP
+            EXECUTE stmt;
+        END LOOP;
+    END IF;
+END
+{tag};
+
+-- name: grants
 GRANT USAGE ON SCHEMA {schema} TO {daemon}, {worker}, {readonly};
 
 -- The daemon: what the five tasks and the runs record touch, nothing more.
@@ -41,29 +121,12 @@ GRANT SELECT, INSERT, DELETE ON {schema}.job_events TO {daemon};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.runs TO {daemon};
 GRANT SELECT ON {schema}.transitions, {schema}.retry_policies, {schema}.paused_queues,
     {schema}.schema_migrations TO {daemon};
--- The daemon's task leases (issue 3's migration), when the schema has them:
--- replicas take, renew and release a task's lease there.
-DO $roles$
-BEGIN
-    IF to_regclass({leases_name}) IS NOT NULL THEN
-        EXECUTE {leases};
-    END IF;
-END
-$roles$;
--- VACUUM and ANALYZE need ownership before PostgreSQL 17; from 17 on, the
--- MAINTAIN privilege is enough. On older servers vacuum-analyze run as this
--- role reports a failed run ("skipping"): run that one task as the owner.
-DO $roles$
-BEGIN
-    IF current_setting('server_version_num')::int >= 170000 THEN
-        EXECUTE {maintain};
-    END IF;
-END
-$roles$;
+-- The daemon's task leases: replicas take, renew and release a task's lease there.
+GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.task_leases TO {daemon};
 
 -- Workers: the worker API and nothing else. The functions run with their
--- owner's rights (migration 0201), so workers need no grant on any table and
--- cannot write a row except through the fence.
+-- owner's rights, so workers need no grant on any table and cannot write a
+-- row except through the fence.
 GRANT EXECUTE ON FUNCTION
     {schema}.enqueue(text, jsonb, text, integer, timestamptz, integer, text, text),
     {schema}.claim(text, text[], integer),
@@ -74,3 +137,9 @@ GRANT EXECUTE ON FUNCTION
 
 -- Read-only: dashboards and status commands.
 GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {readonly};
+
+-- name: maintain
+-- VACUUM and ANALYZE need ownership before PostgreSQL 17; from 17 on, the
+-- MAINTAIN privilege is enough. On older servers vacuum-analyze run as the
+-- daemon role reports a failed run ("skipping"): run that one task as the owner.
+GRANT MAINTAIN ON {schema}.jobs, {schema}.job_events, {schema}.runs TO {daemon};

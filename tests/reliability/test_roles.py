@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg import sql
 from sqlalchemy import make_url, text
 
 from reconciler.db import Database
+from reconciler.migrate import migrate
+from reconciler.roles import main as roles_main
 from reconciler.roles import render
 from reconciler.runner import run_task
 from tests.conftest import connect, make_settings
@@ -26,6 +30,7 @@ from tests.reliability.workload import Workload, WorkloadConfig, prepare_schema,
 
 @dataclass(frozen=True)
 class Roles:
+    owner: str
     daemon: str
     worker: str
     readonly: str
@@ -34,9 +39,14 @@ class Roles:
 
 @pytest.fixture
 def roles(db: Database, pg_url: str) -> Iterator[Roles]:
-    """The three roles for this test's schema, applied from sql/roles.sql, able to log in."""
+    """The four roles for this test's schema, applied from sql/roles.sql, able to log in."""
     tag = uuid.uuid4().hex[:8]
-    names = {"daemon": f"rel_d_{tag}", "worker": f"rel_w_{tag}", "readonly": f"rel_r_{tag}"}
+    names = {
+        "owner": f"rel_o_{tag}",
+        "daemon": f"rel_d_{tag}",
+        "worker": f"rel_w_{tag}",
+        "readonly": f"rel_r_{tag}",
+    }
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(render(db.schema, **names))  # twice: it is idempotent
         conn.execute(render(db.schema, **names))
@@ -45,10 +55,17 @@ def roles(db: Database, pg_url: str) -> Iterator[Roles]:
     base = make_url(pg_url)
     urls = {k: base.set(username=v).render_as_string(hide_password=False) for k, v in names.items()}
     yield Roles(urls=urls, **names)
+    _drop_roles(pg_url, names.values())
+
+
+def _drop_roles(pg_url: str, names: Iterable[str]) -> None:
+    """Roles are cluster-wide: drop what a test created (and what it owns) after it."""
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        for name in names.values():
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+        for name in names:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [name]).fetchone()
+            if exists:
+                conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(sql.Identifier(name)))
+                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
 
 def _server_version(db: Database) -> int:
@@ -147,8 +164,13 @@ def test_workload_under_least_privilege_roles(
     )
     w.start()
     try:
-        deadline = time.monotonic() + 4
-        wait_until(lambda: time.monotonic() >= deadline, 15, "the workload")
+        # Until purge has deleted jobs (every task has had work): a poll, not a window.
+        wait_until(
+            lambda: w.maintenance.summary()["transitions"].get("succeeded->purged", 0) > 0,
+            120,
+            "purge, as the daemon role, deletes succeeded jobs",
+            poll=0.5,
+        )
     finally:
         w.stop(settle=0.5)
     summary = w.maintenance.summary()
@@ -176,8 +198,12 @@ def test_daemon_replicas_under_least_privilege_roles(
     )
     w.start()
     try:
-        deadline = time.monotonic() + 5
-        wait_until(lambda: time.monotonic() >= deadline, 15, "the workload")
+        wait_until(
+            lambda: w.maintenance.summary()["transitions"].get("running->stale", 0) > 0,
+            120,
+            "a replica, as the daemon role, marks a crashed worker's job stale",
+            poll=0.5,
+        )
     finally:
         w.stop(settle=0.5)
     summary = w.maintenance.summary()
@@ -186,3 +212,137 @@ def test_daemon_replicas_under_least_privilege_roles(
     _, results = w.check(db)
     assert all(r.ok for r in results), "\n" + format_report(results)
     assert w.enqueuer.errors == 0
+
+
+def _roles_like(conn: psycopg.Connection[Any], prefix: str) -> set[str]:
+    rows = conn.execute(
+        "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", [prefix]
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+HOSTILE = [
+    "x$roles$; CREATE ROLE pwned_{t}; DO $roles$BEGIN END$roles$",
+    "q'uote\"d; DROP ROLE postgres; --",
+    "$$ $roles_1$ $roles_2$ \\ back\\slash",
+    "ünïcødé 名前 🐘",
+]
+
+
+def test_hostile_names_cannot_escape_the_script(db: Database, pg_url: str) -> None:
+    """Names with $roles$, $$, quotes, semicolons and backslashes stay names: the script
+    creates exactly the four roles named and runs nothing else (it once ran what followed
+    a schema or role name holding the dollar-quote tag)."""
+    t = uuid.uuid4().hex[:6]
+    names = {
+        "owner": f"o{t} " + HOSTILE[0].format(t=t),
+        "daemon": f"d{t} " + HOSTILE[1],
+        "worker": f"w{t} " + HOSTILE[2],
+        "readonly": f"r{t} " + HOSTILE[3],
+    }
+    names = {k: v.encode()[:63].decode(errors="ignore") for k, v in names.items()}
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            script = render(db.schema, **names)
+            conn.execute(script.encode())
+            conn.execute(script.encode())  # idempotent
+            created = {r for r in names.values() if _roles_like(conn, r)}
+            assert created == set(names.values())
+            assert not _roles_like(conn, f"pwned_{t}")
+    finally:
+        _drop_roles(pg_url, [*names.values(), f"pwned_{t}"])
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    name=st.text(
+        st.characters(codec="utf-8", exclude_characters="\x00"),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_fuzzed_names_create_exactly_the_roles_named(db: Database, pg_url: str, name: str) -> None:
+    """Any name PostgreSQL can hold, as schema and as role: exactly those roles, nothing
+    else, and the grants land on the schema of that name."""
+    t = uuid.uuid4().hex[:6]
+    names = {k: f"{k[0]}{t}{name}" for k in ("owner", "daemon", "worker", "readonly")}
+    schema = f"s{t}{name}"
+    before: set[str]
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            before = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
+            conn.execute(render(schema, **names).encode())
+            after = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles").fetchall()}
+            assert after - before == set(names.values())
+            owner = conn.execute(
+                "SELECT r.rolname FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner"
+                " WHERE n.nspname = %s",
+                [schema],
+            ).fetchone()
+            assert owner == (names["owner"],)
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        _drop_roles(pg_url, names.values())
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--worker", "", "is empty"),
+        ("--daemon", "a\x00b", "contains a NUL"),
+        ("--schema", "s" * 64, "64 bytes"),
+        ("--owner", "é" * 32, "64 bytes"),
+    ],
+)
+def test_names_postgres_cannot_hold_are_refused_with_one_line(
+    capsys: pytest.CaptureFixture[str], option: str, value: str, says: str
+) -> None:
+    """Empty, NUL, or past 63 bytes (PostgreSQL would silently cut it): exit 2, one line."""
+    assert roles_main([option, value]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert says in err and err.count("\n") == 1
+
+
+def test_migrate_as_the_owner_role_then_the_workers_run_with_its_rights(
+    pg_url: str, schema: str
+) -> None:
+    """Fresh install: the script creates the schema for the owner; migrate as the owner;
+    the script again grants; the worker functions belong to the owner, not a superuser."""
+    t = uuid.uuid4().hex[:8]
+    names = {"owner": f"rel_o_{t}", "daemon": f"rel_d_{t}", "worker": f"rel_w_{t}"}
+    names["readonly"] = f"rel_r_{t}"
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(render(schema, **names).encode())  # before migrate: roles, schema
+            for role in (names["owner"], names["worker"]):
+                conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(role)))
+        base = make_url(pg_url)
+        owner_url = base.set(username=names["owner"]).render_as_string(hide_password=False)
+        as_owner = connect(owner_url, schema)
+        try:
+            assert migrate(as_owner).applied
+        finally:
+            as_owner.dispose()
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(render(schema, **names).encode())  # after migrate: the grants
+            owners = conn.execute(
+                "SELECT DISTINCT r.rolname FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner"
+                " JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = %s",
+                [schema],
+            ).fetchall()
+            assert owners == [(names["owner"],)]
+        worker_url = base.set(username=names["worker"]).render_as_string(hide_password=False)
+        with psycopg.connect(worker_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(schema)))
+            conn.execute("SELECT enqueue(kind => 'k')")
+            row = conn.execute("SELECT id, claim_token FROM claim(worker => 'w')").fetchone()
+            assert row is not None
+            assert conn.execute("SELECT complete(%s, %s)", row).fetchone() == (True,)
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        _drop_roles(pg_url, names.values())
