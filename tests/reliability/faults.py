@@ -57,6 +57,8 @@ class FaultSchedule:
         self.every = every
         self.injected: Counter[str] = Counter()
         self.missed: Counter[str] = Counter()
+        # Backends terminated in all: each can fail at most the one run it served.
+        self.terminated = 0
         self._rng = random.Random(seed)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="faults", daemon=True)
@@ -102,7 +104,9 @@ class FaultSchedule:
             self._frozen.append((name, time.monotonic() + timeout * 1.5 + 0.5))
             return True
         if kind == "terminate":
-            return terminate_backends(self._conn, self.workload.maintenance.application_name) > 0
+            killed = terminate_backends(self._conn, self.workload.maintenance.application_name)
+            self.terminated += killed
+            return killed > 0
         if kind == "locks":
             if self._holder is not None:
                 return False
