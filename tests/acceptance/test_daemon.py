@@ -7,6 +7,7 @@ import socket
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import make_url, text
@@ -185,3 +186,77 @@ def test_no_secret_is_ever_logged(
     assert "daemon.started" in output and "sqlalchemy" in output
     assert password not in output
     assert sentry_key not in output
+
+
+def _blocked_batch(
+    db: Database, db_now: datetime, daemon_env: dict[str, str], tmp_path: Path
+) -> tuple[dict[str, str], Any, Any]:
+    """Stale candidates, a schedule that runs mark-stale, and a held lock its batch waits on."""
+    for _ in range(5):
+        _stale_candidate(db, db_now)
+    schedule = fast_schedule(tmp_path, '[mark-stale]\nevery = "1s"\n')
+    env = {
+        **daemon_env,
+        "RECONCILER_SCHEDULE_FILE": str(schedule),
+        "RECONCILER_LOCK_TIMEOUT": "60s",
+        "RECONCILER_STATEMENT_TIMEOUT": "60s",
+        "RECONCILER_LEASE_TTL": "120s",
+        "RECONCILER_SHUTDOWN_GRACE": "60s",
+    }
+    blocker = db.engine.connect()
+    tx = blocker.begin()
+    blocker.exec_driver_sql(f"LOCK TABLE {db.qualified_schema}.job_events IN EXCLUSIVE MODE")
+    return env, blocker, tx
+
+
+def _waiting_on_lock(db: Database, daemon: DaemonProcess) -> None:
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = :app "
+        "AND wait_event_type = 'Lock'"
+    )
+    eventually(
+        lambda: scalar(db, waiting, app=f"reconciler daemon {daemon.pid}"),
+        what="the batch to wait on the lock",
+    )
+
+
+def test_a_second_signal_during_shutdown_exits_at_once_with_1(
+    db: Database, db_now: datetime, daemon_env: dict[str, str], start: Start, tmp_path: Path
+) -> None:
+    """SIGTERM while a batch is stuck: the daemon waits (grace 60 s); a second signal ends it
+    at once, exit 1, daemon.forced_exit logged; the stuck batch rolls back whole."""
+    env, blocker, tx = _blocked_batch(db, db_now, daemon_env, tmp_path)
+    daemon = start(env)
+    try:
+        _waiting_on_lock(db, daemon)
+        daemon.signal(signal.SIGTERM)
+        daemon.wait_event("daemon.stopping")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 1  # well inside the 60 s grace: it did not wait
+    finally:
+        tx.commit()
+        blocker.close()
+    (forced,) = daemon.events("daemon.forced_exit")
+    assert forced["signal"] == "SIGTERM"
+    eventually(
+        lambda: scalar(db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = :a",
+                       a=f"reconciler daemon {daemon.pid}") == 0,
+        what="the killed daemon's connections to go",
+    )  # fmt: skip
+    assert scalar(db, "SELECT count(*) FROM jobs WHERE status = 'stale'") == 0
+    assert scalar(db, "SELECT count(*) FROM job_events") == 0
+
+
+def test_sigint_stops_the_daemon_like_sigterm(
+    db: Database, db_now: datetime, daemon_env: dict[str, str], start: Start
+) -> None:
+    """Ctrl-C (SIGINT) in a terminal: the same clean stop as SIGTERM, exit 0, runs closed."""
+    job_id = _stale_candidate(db, db_now)
+    daemon = start(daemon_env)
+    eventually(lambda: job(db, job_id)["status"] != "running", what="mark-stale to run")
+    daemon.signal(signal.SIGINT)
+    assert daemon.wait() == 0
+    (stopped,) = daemon.events("daemon.stopped")
+    assert stopped["clean"] is True
+    assert daemon.events("daemon.forced_exit") == []
+    assert _open_runs(db) == 0

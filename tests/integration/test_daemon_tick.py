@@ -6,7 +6,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import sentry_sdk
 from pydantic import SecretStr
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
+from sqlalchemy import text
 
 from reconciler.daemon import Daemon
 from reconciler.db import Database
@@ -217,3 +218,56 @@ def test_sentry_events_never_carry_the_database_password(settings: Settings) -> 
         sentry_sdk.get_global_scope().set_client(None)
     (event,) = recorder.items("event")
     assert event["message"] == "purge: login failed with ***"
+
+
+def test_a_task_whose_lease_another_process_holds_is_skipped_at_debug(
+    db: Database, settings: Settings, log_lines: io.StringIO
+) -> None:
+    """task.skipped (debug) names the holder and when its lease lapses; no run, no retry."""
+    with db.transaction() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO task_leases (task, holder, acquired_at, expires_at)"
+                " VALUES ('mark-stale', 'other-host:4242:abcd', now(), now() + interval '1 hour')"
+            )
+        )
+    daemon = _daemon(db, settings)
+    assert daemon.tick(EVERY_30S) is None
+    (skipped,) = _events(log_lines, "task.skipped")
+    assert skipped["level"] == "debug"
+    assert skipped["task"] == "mark-stale"
+    assert skipped["holder"] == "other-host:4242:abcd"
+    assert datetime.fromisoformat(skipped["lease_expires_at"]) > datetime.now(UTC)
+    assert _events(log_lines, "task.error") == [] and _events(log_lines, "task.crashed") == []
+    with db.transaction() as conn:
+        assert conn.execute(text("SELECT count(*) FROM runs")).scalar_one() == 0
+
+
+def test_a_bug_in_a_task_is_task_crashed_with_its_traceback_and_the_daemon_goes_on(
+    db: Database,
+    settings: Settings,
+    log_lines: io.StringIO,
+    sentry: Recorder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An exception that is not the database's (a bug) is logged as task.crashed at error,
+    with its traceback, reported to Sentry tagged with the task, and retried; the next
+    firing runs normally."""
+
+    def bug(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in a task")
+
+    daemon = _daemon(db, settings, sentry_enabled=True)
+    with monkeypatch.context() as patch:
+        patch.setattr("reconciler.daemon.run_task", bug)
+        assert daemon.tick(EVERY_30S) is None
+    (crashed,) = _events(log_lines, "task.crashed")
+    assert crashed["level"] == "error"
+    assert crashed["task"] == "mark-stale"
+    assert "RuntimeError: a bug in a task" in crashed["exception"]
+    assert "Traceback" in crashed["exception"]
+    sentry_sdk.flush()
+    (event,) = sentry.items("event")
+    assert event["tags"]["task"] == "mark-stale"
+    result = daemon.tick(EVERY_30S)
+    assert result is not None and result.status == "ok"

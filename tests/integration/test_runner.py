@@ -20,7 +20,7 @@ from reconciler.runner import run_task
 from reconciler.settings import Settings
 from reconciler.tasks import TASKS
 from tests.conftest import connect, make_settings
-from tests.helpers import insert_job, jobs_by_status
+from tests.helpers import insert_job, job, jobs_by_status
 
 
 def _stale_candidates(db: Database, now: datetime, count: int) -> list[int]:
@@ -270,3 +270,51 @@ def test_a_result_says_whether_it_did_work_and_renders_its_own_notes(
     assert vacuum.did_work and vacuum.other_work == 3
     assert [n.split()[0] for n in vacuum.notes] == ["jobs", "job_events", "runs"]
     assert json.loads(json.dumps(vacuum.to_dict()))["did_work"] is True
+
+
+_FAIL_FINISH = """
+CREATE SEQUENCE finish_faults;
+CREATE FUNCTION fail_finish() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- nextval is not rolled back: count every attempt to close a run.
+    IF nextval('finish_faults') <= {times} THEN
+        RAISE EXCEPTION 'injected: cannot record the run now';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER fail_finish BEFORE UPDATE ON runs FOR EACH ROW
+    WHEN (OLD.finished_at IS NULL AND NEW.finished_at IS NOT NULL)
+    EXECUTE FUNCTION fail_finish();
+"""
+
+
+@pytest.mark.parametrize("times", [1, 2])
+def test_the_run_record_is_closed_on_a_second_try_and_only_then_given_up(
+    db: Database, settings: Settings, db_now: datetime, times: int
+) -> None:
+    """Closing the run fails once: closed on the second try, run ok, lease free. Fails
+    twice: the work stands, the run says it could not be recorded, the lease waits out
+    its TTL. (A real fault in the database: a trigger refusing the closing UPDATE.)"""
+    job_id = insert_job(db, status="running", attempt=1, heartbeat_at=db_now - timedelta(hours=1))
+    with db.transaction() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        raw.execute(_FAIL_FINISH.replace("{times}", str(times)))
+    result = run_task(db, settings, "mark-stale", now=db_now)
+    assert job(db, job_id)["status"] == "stale"
+    assert result.transitions == {"running->stale": 1}
+    with db.transaction() as conn:
+        run = conn.execute(text("SELECT * FROM runs WHERE id = :id"), {"id": result.run_id}).one()
+        lease = conn.execute(text("SELECT * FROM task_leases WHERE task = 'mark-stale'")).one()
+        tries = conn.execute(text("SELECT last_value FROM finish_faults")).scalar_one()
+    if times == 1:
+        assert tries == 2
+        assert result.status == "ok" and result.error is None
+        assert run.status == "ok" and run.finished_at is not None
+        assert lease.run_id is None  # released: free from now on
+    else:
+        assert tries == 2
+        assert result.status == "failed"
+        assert "could not record the run" in (result.error or "")
+        assert run.finished_at is None
+        assert lease.run_id == result.run_id  # still held: it lapses after the TTL
