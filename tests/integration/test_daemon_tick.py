@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 import sentry_sdk
+from apscheduler.events import EVENT_JOB_SUBMITTED
 from pydantic import SecretStr
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
@@ -24,7 +26,7 @@ from reconciler.schedule import Entry, Schedule
 from reconciler.sentry import init_sentry, report_failure
 from reconciler.settings import Settings
 from tests.conftest import connect, make_settings
-from tests.helpers import insert_job
+from tests.helpers import insert_job, wait_until
 
 DSN = "https://0f1e2d3c4b5a69788796a5b4c3d2e1f0@o1.ingest.example.invalid/42"
 EVERY_30S = Entry("mark-stale", every=timedelta(seconds=30))
@@ -271,3 +273,33 @@ def test_a_bug_in_a_task_is_task_crashed_with_its_traceback_and_the_daemon_goes_
     assert event["tags"]["task"] == "mark-stale"
     result = daemon.tick(EVERY_30S)
     assert result is not None and result.status == "ok"
+
+
+def test_missed_firings_fold_into_one(db: Database, settings: Settings) -> None:
+    """The process held up past several firings (suspended, or the scheduler starved): on
+    waking, the real scheduler submits the task once, for the last missed time, not once
+    per missed firing (coalesce)."""
+    entry = Entry("mark-stale", every=timedelta(seconds=1))
+    daemon = Daemon(settings, Schedule(Path("t.toml"), (entry,)), db)
+    submitted: list[int] = []
+    daemon.scheduler.add_listener(
+        lambda event: submitted.append(len(event.scheduled_run_times)), EVENT_JOB_SUBMITTED
+    )
+
+    def runs() -> int:
+        with db.transaction() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM runs")).scalar_one())
+
+    daemon.start()
+    try:
+        wait_until(lambda: runs() >= 1, "a first run")
+        daemon.scheduler.pause()
+        paused = time.monotonic()
+        before = len(submitted)
+        # Not an assertion on timing: the scheduler must sleep through 3 firings.
+        wait_until(lambda: time.monotonic() - paused >= 3.5, "three firings to be missed")
+        daemon.scheduler.resume()
+        wait_until(lambda: len(submitted) > before, "the first firing after waking")
+        assert submitted[before] == 1
+    finally:
+        assert daemon.stop(timedelta(seconds=30))
