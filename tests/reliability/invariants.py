@@ -152,6 +152,8 @@ class History:
     enqueued: set[int] = field(default_factory=set)
     transitions: set[tuple[str, str]] = field(default_factory=set)
     stays: list[Stay] = field(default_factory=list)
+    # Each run's batches as the run itself committed them: run id -> moments (rel_batches).
+    batches: dict[int, list[datetime]] = field(default_factory=dict)
     # Dead jobs an operator's `dead-letter purge` was asked to delete (after an export).
     operator_purged: set[int] = field(default_factory=set)
 
@@ -245,6 +247,35 @@ BEGIN
     INSERT INTO rel_purged_events SELECT OLD.*;
     RETURN OLD;
 END $$;
+-- What each run really did, from its own batch transactions, not from runs.finished_at
+-- (which a lease takeover rewrites): every statement that writes events with a run id,
+-- and every lease renewal (each batch renews in its own transaction), leaves the run id
+-- and the moment. Rolled-back batches leave nothing.
+CREATE TABLE IF NOT EXISTS rel_batches (
+    run_id bigint NOT NULL, task text, at timestamptz NOT NULL, pid integer NOT NULL);
+CREATE OR REPLACE FUNCTION rel_witness_events() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+BEGIN
+    INSERT INTO rel_batches (run_id, at, pid)
+    SELECT DISTINCT n.run_id, clock_timestamp(), pg_backend_pid()
+    FROM new_events n WHERE n.run_id IS NOT NULL;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION rel_witness_renewal() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+BEGIN
+    IF NEW.run_id IS NOT NULL AND NEW.expires_at > OLD.expires_at
+       AND NEW.holder = OLD.holder AND NEW.run_id IS NOT DISTINCT FROM OLD.run_id THEN
+        INSERT INTO rel_batches (run_id, task, at, pid)
+        VALUES (NEW.run_id, NEW.task, clock_timestamp(), pg_backend_pid());
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE OR REPLACE TRIGGER rel_witness_events AFTER INSERT ON job_events
+    REFERENCING NEW TABLE AS new_events FOR EACH STATEMENT
+    EXECUTE FUNCTION rel_witness_events();
+CREATE OR REPLACE TRIGGER rel_witness_renewal AFTER UPDATE ON task_leases
+    FOR EACH ROW EXECUTE FUNCTION rel_witness_renewal();
 CREATE OR REPLACE TRIGGER rel_archive_job AFTER DELETE ON jobs
     FOR EACH ROW EXECUTE FUNCTION rel_archive_job();
 CREATE OR REPLACE TRIGGER rel_archive_event AFTER DELETE ON job_events
@@ -398,6 +429,10 @@ def load_history(
             text("SELECT to_regclass('rel_purged_jobs') IS NOT NULL")
         ).scalar_one()
         if witness:
+            marks: dict[int, list[datetime]] = defaultdict(list)
+            for r in conn.execute(text("SELECT run_id, at FROM rel_batches ORDER BY at")):
+                marks[r.run_id].append(r.at)
+            h.batches = dict(marks)
             for r in conn.execute(text("SELECT * FROM rel_purged_jobs")):
                 h.purged[r.id] = PurgedJob(r.id, r.status, r.finished_at, r.deleted_at)
             purged_events: dict[int, list[Event]] = defaultdict(list)
@@ -705,30 +740,32 @@ def fencing_held(h: History) -> InvariantResult:
 def no_overlapping_runs_or_double_transitions(h: History) -> InvariantResult:
     """6. No task run overlapped another run of the same task, and no job moved twice for one cause.
 
-    A run whose end was never recorded (its connection was killed) only counts
-    as overlapping when it started inside another run. One cause: the same
-    reconciler transition of the same job in the same attempt, or one run
-    moving one job twice.
+    Overlap is judged by what each run really did: the moments its own batch
+    transactions committed work or renewed its lease (the witness), not by
+    ``runs.finished_at``, which a lease takeover rewrites. Two runs of one task
+    overlap when one's batches fall between another's first and last. One
+    cause: the same reconciler transition of the same job in the same attempt,
+    or one run moving one job twice.
     """
     found = _Found()
-    by_task: dict[str, list[Run]] = defaultdict(list)
-    for r in h.runs:
-        by_task[r.task].append(r)
-    unclosed = 0
-    for task, runs in by_task.items():
-        closed = sorted((r for r in runs if r.finished_at is not None), key=lambda r: r.started_at)
-        for a, b in itertools.pairwise(closed):
-            assert a.finished_at is not None
-            if b.started_at < a.finished_at:
-                found.add(f"{task}: run {b.id} started before run {a.id} finished")
-        for r in runs:
-            if r.finished_at is not None:
-                continue
-            unclosed += 1
-            for c in closed:
-                assert c.finished_at is not None
-                if c.started_at < r.started_at < c.finished_at:
-                    found.add(f"{task}: unfinished run {r.id} started inside run {c.id}")
+    task_of = {r.id: r.task for r in h.runs}
+    spans: dict[str, list[tuple[datetime, datetime, int]]] = defaultdict(list)
+    for run_id, moments in h.batches.items():
+        task = task_of.get(run_id)
+        if task is not None and moments:
+            spans[task].append((min(moments), max(moments), run_id))
+    for task, runs in spans.items():
+        runs.sort()
+        latest: tuple[datetime, int] | None = None  # the latest last batch so far, its run
+        for start, end, run_id in runs:
+            if latest is not None and start < latest[0]:
+                found.add(
+                    f"{task}: run {run_id} committed a batch at {start}, before run "
+                    f"{latest[1]}'s last batch at {latest[0]}"
+                )
+            if latest is None or end > latest[0]:
+                latest = (end, run_id)
+    unclosed = sum(1 for r in h.runs if r.finished_at is None)
     causes: dict[tuple[int, int, str | None, str], int] = defaultdict(int)
     per_run: dict[tuple[int, int], int] = defaultdict(int)
     moves = 0
@@ -751,7 +788,12 @@ def no_overlapping_runs_or_double_transitions(h: History) -> InvariantResult:
         len(h.runs) + moves,
         found.count,
         tuple(found.examples),
-        {"runs": len(h.runs), "unclosed_runs": unclosed, "reconciler_moves": moves},
+        {
+            "runs": len(h.runs),
+            "runs_with_batches": sum(len(v) for v in spans.values()),
+            "unclosed_runs": unclosed,
+            "reconciler_moves": moves,
+        },
     )
 
 

@@ -306,17 +306,39 @@ def test_5_a_heartbeat_accepted_after_the_stale_mark_is_reported(sim: Sim) -> No
 
 
 def test_6_overlapping_runs_of_one_task_are_reported(sim: Sim) -> None:
-    """Two mark-stale runs whose times overlap in `runs`."""
+    """Two mark-stale runs whose batches interleave, though `runs` says one ended first (as a
+    lease takeover rewrites finished_at): the batches, not the record, tell."""
     with sim.db.transaction() as conn:
-        conn.execute(
+        a, b = conn.execute(
             text(
                 "INSERT INTO runs (task, started_at, finished_at, status, host, pid, actor)"
-                " VALUES ('mark-stale', now() - interval '10 s', now() - interval '5 s',"
-                " 'ok', 'h', 1, 'a'), ('mark-stale', now() - interval '7 s',"
-                " now() - interval '2 s', 'ok', 'h', 2, 'a')"
+                " VALUES ('mark-stale', now() - interval '10 s', now() - interval '8 s',"
+                " 'ok', 'h', 1, 'a'), ('mark-stale', now() - interval '8 s',"
+                " now() - interval '2 s', 'ok', 'h', 2, 'a') RETURNING id"
             )
+        ).scalars()
+        conn.execute(
+            text(
+                "INSERT INTO rel_batches (run_id, at, pid) VALUES"
+                " (:a, now() - interval '9 s', 1), (:b, now() - interval '7 s', 2),"
+                " (:a, now() - interval '6 s', 1), (:b, now() - interval '3 s', 2)"
+            ),
+            {"a": a, "b": b},
         )
     _fails(no_overlapping_runs_or_double_transitions(sim.history()), "mark-stale", "before run")
+
+
+def test_6_runs_that_take_turns_are_not_reported(sim: Sim) -> None:
+    """Real runs one after the other, each witnessed by its batches: no overlap."""
+    for _ in range(3):
+        job = sim.enqueue()
+        sim.claim("w1")
+        sim.outlive_timeout()
+        sim.run("mark-stale")
+        assert job
+    result = no_overlapping_runs_or_double_transitions(sim.history())
+    assert result.ok, result.examples
+    assert result.counts["runs_with_batches"] >= 3
 
 
 def test_6_a_job_moved_twice_for_one_cause_is_reported(sim: Sim) -> None:
