@@ -377,3 +377,130 @@ def test_7_a_failed_job_never_requeued_is_reported(sim: Sim) -> None:
             {"id": job},
         )
     _fails(nothing_stuck(sim.history()), f"job {job}", "failed for")
+
+
+# --- every branch of every invariant can fail -------------------------------------------------
+
+
+def test_1_a_purged_job_whose_events_end_elsewhere_is_reported(sim: Sim) -> None:
+    """Purged as succeeded, but its archived events end in another status."""
+    clean_history(sim)
+    with sim.db.transaction() as conn:
+        job = conn.execute(
+            text("SELECT job_id FROM rel_purged_events ORDER BY id DESC LIMIT 1")
+        ).scalar_one()
+        conn.execute(
+            text(
+                "UPDATE rel_purged_events SET to_status = 'failed'"
+                " WHERE id = (SELECT max(id) FROM rel_purged_events WHERE job_id = :j)"
+            ),
+            {"j": job},
+        )
+    _fails(every_job_accounted_for(sim.history()), f"job {job}", "do not end there")
+
+
+def test_2_a_stale_mark_while_the_worker_was_alive_within_the_timeout_is_reported(
+    sim: Sim,
+) -> None:
+    """The first worker's records show it alive inside the mark's timeout; a second worker
+    ran the job meanwhile."""
+    job = sim.enqueue()
+    _, att = sim.claim("w1")
+    wait_until(lambda: sim.now() > sim.calls[-1].at + timedelta(milliseconds=100), 10, "100 ms")
+    sim.run("mark-stale", heartbeat_timeout=timedelta(milliseconds=50))
+    mark = sim.history().stale_events()[(job, att)]
+    # The worker's own record: an accepted heartbeat 10 ms before the mark.
+    sim.calls.append(Call("heartbeat", job, att, "w1", mark.at - timedelta(milliseconds=10)))
+    sim.run("requeue")
+    _, att2 = sim.claim("w2")
+    assert not sim.call("heartbeat", job, "w1", att)  # w1 still working after w2 started
+    _fails(no_overlap_while_alive(sim.history()), f"job {job}", "was alive at")
+    assert att2 == att + 1
+
+
+def test_3_a_stale_mark_younger_than_its_own_timeout_is_reported(sim: Sim) -> None:
+    """The event's own reason: heartbeat 1 s old, timeout 2 s."""
+    job = sim.enqueue()
+    sim.claim("w1")
+    with sim.db.transaction() as conn:
+        conn.execute(
+            text(
+                "WITH m AS (UPDATE jobs SET status = 'stale', locked_by = NULL, locked_at = NULL,"
+                " finished_at = now() WHERE id = :id RETURNING id, attempt)"
+                " INSERT INTO job_events (job_id, from_status, to_status, at, actor, reason)"
+                " SELECT id, 'running', 'stale', now(), 'reconciler:mark-stale',"
+                " jsonb_build_object('worker', 'w1', 'attempt', attempt, 'timeout_s', 2,"
+                " 'heartbeat_age_s', 1, 'last_heartbeat_at', now() - interval '1 second')"
+                " FROM m"
+            ),
+            {"id": job},
+        )
+    _fails(no_stale_while_fresh(sim.history()), f"job {job}", "old at the mark")
+
+
+def test_4_an_unlisted_transition_and_orphan_events_are_reported(sim: Sim) -> None:
+    """An event chain through a transition the table does not list; events with no job."""
+    job = sim.enqueue()
+    _, att = sim.claim("w1")
+    assert sim.call("complete", job, "w1", att)
+    h = sim.history()
+    h.transitions.discard(("running", "succeeded"))
+    _fails(events_replay_to_status(h), f"job {job}", "not a listed transition")
+    h = sim.history()
+    h.events[10_000_001] = list(h.events[job])
+    _fails(events_replay_to_status(h), "job 10000001", "does not exist")
+
+
+def test_5_a_complete_that_returned_true_without_its_event_is_reported(sim: Sim) -> None:
+    """The worker's record says complete() returned true; no event was written for it."""
+    job = sim.enqueue()
+    _, att = sim.claim("w1")
+    sim.calls.append(Call("complete", job, att, "w1", sim.now(), True))
+    _fails(fencing_held(sim.history()), f"job {job}", "returned true but wrote 0 events")
+
+
+def test_5_a_fail_that_returned_false_but_wrote_an_event_is_reported(sim: Sim) -> None:
+    """The worker was told no, yet an event of its fail() exists."""
+    job = sim.enqueue()
+    _, att = sim.claim("w1")
+    assert sim.call("fail", job, "w1", att)
+    sim.calls.append(Call("fail", job, att, "w1", sim.now(), False))
+    _fails(fencing_held(sim.history()), f"job {job}", "returned false but wrote an event")
+
+
+def test_7_a_stale_mark_long_after_the_last_heartbeat_is_reported(sim: Sim) -> None:
+    """The mark's reason says the job stayed running an hour past its last heartbeat."""
+    job = sim.enqueue()
+    sim.claim("w1")
+    with sim.db.transaction() as conn:
+        conn.execute(
+            text(
+                "WITH m AS (UPDATE jobs SET status = 'stale', locked_by = NULL, locked_at = NULL,"
+                " finished_at = now() WHERE id = :id RETURNING id, attempt)"
+                " INSERT INTO job_events (job_id, from_status, to_status, at, actor, reason)"
+                " SELECT id, 'running', 'stale', now(), 'reconciler:mark-stale',"
+                " jsonb_build_object('worker', 'w1', 'attempt', attempt, 'timeout_s', 0.2,"
+                " 'heartbeat_age_s', 3600, 'last_heartbeat_at', now() - interval '1 hour')"
+                " FROM m"
+            ),
+            {"id": job},
+        )
+    _fails(nothing_stuck(sim.history()), f"job {job}", "stayed running")
+
+
+def test_7_a_failed_job_with_no_attempts_left_never_dead_lettered_is_reported(
+    sim: Sim,
+) -> None:
+    """Out of attempts, failed an hour ago, still failed: dead-letter's bound, not requeue's."""
+    job = sim.enqueue()
+    for worker in ("w1", "w2", "w3"):
+        _, att = sim.claim(worker)
+        assert sim.call("fail", job, worker, att)
+        if worker != "w3":
+            sim.run("requeue")
+    with sim.db.transaction() as conn:
+        conn.execute(
+            text("UPDATE job_events SET at = at - interval '1 hour' WHERE job_id = :id"),
+            {"id": job},
+        )
+    _fails(nothing_stuck(sim.history()), f"job {job}", "attempt 3/3", "failed for")
