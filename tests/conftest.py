@@ -25,6 +25,8 @@ from reconciler.migrate import migrate
 from reconciler.settings import Settings
 
 TEST_URL_ENV = "RECONCILER_TEST_DATABASE_URL"
+# The test run's own settings, which the clean environment keeps.
+TEST_ENV = (TEST_URL_ENV, "RECONCILER_TEST_REQUIRE_PGBOUNCER")
 
 # The PgBouncer fixtures (`bouncer`, `bouncer_url`), for any test that asks for them.
 pytest_plugins = ["tests.pgbouncer"]
@@ -32,9 +34,10 @@ pytest_plugins = ["tests.pgbouncer"]
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No RECONCILER_* variable of the developer's shell leaks into a test."""
+    """No RECONCILER_* variable of the developer's shell leaks into a test (but the test
+    run's own, RECONCILER_TEST_*, stay)."""
     for name in list(os.environ):
-        if name.startswith("RECONCILER_") and name != TEST_URL_ENV:
+        if name.startswith("RECONCILER_") and name not in TEST_ENV:
             monkeypatch.delenv(name)
 
 

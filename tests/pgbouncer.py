@@ -76,6 +76,14 @@ class Bouncer:
 REQUIRE_ENV = "RECONCILER_TEST_REQUIRE_PGBOUNCER"
 
 
+def _unavailable(why: str) -> None:
+    """Skip, saying why; fail instead where CI's PostgreSQL 15 pass requires PgBouncer
+    (there a failed installation must fail the build, not skip quietly)."""
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{why}, and {REQUIRE_ENV}=1 requires the PgBouncer tests to run")
+    pytest.skip(why)
+
+
 @pytest.fixture
 def bouncer(pg_url: str) -> Iterator[Bouncer]:
     """PgBouncer with a pool smaller than its clients, so server connections are shared."""
@@ -87,11 +95,7 @@ def bouncer(pg_url: str) -> Iterator[Bouncer]:
     elif not url.host or url.host.startswith("/"):
         why = "the test server has no TCP address to put PgBouncer in front of"
     if why is not None:
-        # CI's PostgreSQL 15 pass sets this: there the transaction-pooling tests must run,
-        # and a failed installation must fail the build, not skip quietly.
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{why}, and {REQUIRE_ENV}=1 requires the PgBouncer tests to run")
-        pytest.skip(why)
+        _unavailable(why)
     assert binary is not None
     port = free_port()
     user = url.username or "postgres"
