@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -93,8 +92,16 @@ def test_password_and_sentry_dsn_never_show_anywhere(
             30,
             "both replicas to start",
         )
-        end = time.monotonic() + 5
-        wait_until(lambda: time.monotonic() >= end, 15, "some work, terminations included")
+        # Until there is something to leak: runs that moved jobs, and terminated connections.
+        wait_until(
+            lambda: (
+                faults.injected["terminate"] > 0
+                and daemons.summary()["transitions"].get("running->stale", 0) > 0
+            ),
+            120,
+            "some work, terminations included",
+            poll=0.5,
+        )
         captured["ps -eo args"] = subprocess.run(
             ["ps", "-eo", "args"], capture_output=True, text=True, check=True
         ).stdout
