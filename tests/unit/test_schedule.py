@@ -89,6 +89,20 @@ def test_entry_with_params_jitter_and_disabled() -> None:
             "line 4: [purge.params] batch_size: must be a whole number from 1 to 100000",
         ),
         ('every = "1m"\n', "sched.toml: line 1: every: unknown top-level key"),
+        # Hostile values: NaN, infinities, absurd numbers, bytes TOML cannot hold.
+        ('[requeue]\nevery = "nan"\n', "[requeue] every: cannot read duration 'nan'"),
+        ('[requeue]\nevery = "1s"\njitter = nan\n', "[requeue] jitter: must be a duration"),
+        ('[requeue]\nevery = "1s"\njitter = -inf\n', "[requeue] jitter: must be a duration"),
+        (
+            '[requeue]\nevery = "1s"\n[requeue.params]\nbatch_size = 1e9\n',
+            "[requeue.params] batch_size: must be a whole number from 1 to 100000",
+        ),
+        (
+            '[requeue]\nevery = "1s"\n[requeue.params]\ntime_budget = "1e400s"\n',
+            "[requeue.params] time_budget: cannot read duration '1e400s'",
+        ),
+        ('[requeue]\nevery = "99999999999d"\n', "longer than 3650d"),
+        ('[requeue]\nevery = "1s\x00"\n', "sched.toml: not valid TOML: "),
         ('[purge\nevery = "1m"\n', "sched.toml: not valid TOML: "),
     ],
 )
