@@ -12,36 +12,34 @@ object for scripts.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import OperationalError
 
 from reconciler import __version__
 from reconciler.app import Target, open_database
 from reconciler.daemon import DaemonConfigError, serve
 from reconciler.db import Database, DatabaseUnavailable, first_line
 from reconciler.demo import run_demo
-from reconciler.durations import duration_arg, format_duration
+from reconciler.durations import duration_arg
 from reconciler.embedded import EmbeddedUnavailable
 from reconciler.leases import TaskBusy
 from reconciler.logs import configure_logging, get_logger
 from reconciler.migrate import MigrationError, migrate, pending
-from reconciler.ops.cli import OPS_COMMANDS, OpsError, add_ops_commands
+from reconciler.ops.args import batch_size_arg
+from reconciler.ops.cli import OpsError, add_ops_commands
 from reconciler.ops.output import emit_json
 from reconciler.runner import run_task
 from reconciler.schedule import Schedule, ScheduleError, load_schedule, next_runs
 from reconciler.schedule import render as render_schedule
 from reconciler.settings import Settings, describe_error, load_settings
-from reconciler.sqlfiles import query
 from reconciler.status import collect as collect_status
 from reconciler.status import render as render_status
 from reconciler.tasks import TASKS, TaskResult
@@ -58,26 +56,6 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see: {self.prog} --help)")
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
-    return number
-
-
-def _fraction(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not math.isfinite(number):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number")
-    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=batch_size_arg,
         metavar="N",
         help="rows per transaction (default: RECONCILER_BATCH_SIZE)",
     )
@@ -111,43 +89,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop starting batches after this long, e.g. 20s",
     )
     run.add_argument("--actor", help="who to record in job_events (default: reconciler:TASK)")
+    run.set_defaults(handler=cmd_run, needs="database")
 
     mig = sub.add_parser("migrate", help="create or upgrade the schema (idempotent)")
     mig.add_argument("--json", action="store_true", help="print one JSON object")
     mig.add_argument(
         "--check", action="store_true", help="apply nothing; exit 1 when migrations are pending"
     )
+    mig.set_defaults(handler=cmd_migrate, needs="database")
 
     tasks = sub.add_parser("tasks", help="list the tasks, a line each")
     tasks.add_argument("--json", action="store_true", help="print one JSON object")
+    tasks.set_defaults(handler=cmd_tasks, needs="nothing")
 
     add_ops_commands(sub)  # the operator's toolkit: stats, jobs, dead-letter, ... (reconciler/ops/)
-
-    pol = sub.add_parser("policies", help="show or change retry policies")
-    pol.add_argument("--json", action="store_true", help="print one JSON object")
-    pol_sub = pol.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
-    pol_set = pol_sub.add_parser("set", help="change a priority's policy, or add/change a kind's")
-    who = pol_set.add_mutually_exclusive_group(required=True)
-    who.add_argument("--priority", type=int, choices=range(5), help="0 critical .. 4 bulk")
-    who.add_argument("--kind", help="a job kind; its policy wins over its priority's")
-    pol_set.add_argument("--max-attempts", type=_positive_int, metavar="N")
-    pol_set.add_argument("--initial-delay", type=duration_arg, metavar="DURATION")
-    pol_set.add_argument("--max-delay", type=duration_arg, metavar="DURATION")
-    pol_set.add_argument("--multiplier", type=_fraction, metavar="X", help="1 or more")
-    pol_set.add_argument("--jitter", type=_fraction, metavar="F", help="0 <= F < 1, e.g. 0.1")
-    pol_set.add_argument("--json", action="store_true", help="print one JSON object")
-    pol_del = pol_sub.add_parser("delete", help="remove a kind's policy (its priority's applies)")
-    pol_del.add_argument("--kind", required=True)
-    pol_del.add_argument("--json", action="store_true", help="print one JSON object")
 
     sub.add_parser(
         "daemon",
         help="run every task on its schedule until SIGTERM (RECONCILER_SCHEDULE_FILE)",
-    )
+    ).set_defaults(handler=cmd_daemon, needs="settings")
     sched = sub.add_parser("schedule", help="show the effective schedule and the next runs")
     sched.add_argument("--json", action="store_true", help="print one JSON object")
+    sched.set_defaults(handler=cmd_schedule, needs="settings")
     stat = sub.add_parser("status", help="per task: last run, next run, overdue or not")
     stat.add_argument("--json", action="store_true", help="print one JSON object")
+    stat.set_defaults(handler=cmd_status, needs="database")
     demo = sub.add_parser(
         "demo", help="watch the reconciler heal a simulated queue (own schema; start here)"
     )
@@ -164,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="reconciler_demo",
         help="the demo's schema, dropped and rebuilt (default reconciler_demo)",
     )
+    demo.set_defaults(handler=cmd_demo, needs="settings")
     return parser
 
 
@@ -215,12 +182,6 @@ def _require_schema(db: Database, target: Target) -> None:
         f"schema {db.schema!r} is not up to date ({len(missing)} migration(s) pending); "
         "run: reconciler migrate"
     )
-
-
-def cmd_ops(args: argparse.Namespace, settings: Settings, db: Database, target: Target) -> int:
-    """The operator's commands (reconciler/ops/): a current schema, then the command."""
-    _require_schema(db, target)
-    return OPS_COMMANDS[args.command](args, settings, db)
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings, db: Database, target: Target) -> int:
@@ -309,75 +270,6 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _policy_rows(db: Database) -> list[dict[str, Any]]:
-    with db.transaction() as conn:
-        return [dict(row._mapping) for row in conn.execute(text(query("policies", "list")))]
-
-
-def cmd_policies(args: argparse.Namespace, settings: Settings, db: Database, target: Target) -> int:
-    _require_schema(db, target)
-    if args.action == "set":
-        values = {
-            "max_attempts": args.max_attempts,
-            "initial_delay_s": args.initial_delay.total_seconds() if args.initial_delay else None,
-            "max_delay_s": args.max_delay.total_seconds() if args.max_delay else None,
-            "multiplier": args.multiplier,
-            "jitter": args.jitter,
-        }
-        try:
-            with db.transaction() as conn:
-                if args.kind is not None:
-                    conn.execute(text(query("policies", "set_kind")), {"kind": args.kind, **values})
-                else:
-                    conn.execute(
-                        text(query("policies", "set_priority")),
-                        {"priority": args.priority, **values},
-                    )
-        except DBAPIError as exc:
-            if getattr(exc.orig, "sqlstate", None) == "23514":  # check_violation
-                raise UsageError(
-                    "rejected: max-attempts >= 1, initial-delay >= 0, max-delay >= initial-delay, "
-                    "multiplier >= 1 and 0 <= jitter < 1"
-                ) from None
-            raise
-    elif args.action == "delete":
-        with db.transaction() as conn:
-            gone = conn.execute(text(query("policies", "delete_kind")), {"kind": args.kind}).all()
-        if not gone:
-            raise UsageError(f"no policy for kind {args.kind!r}; see: reconciler policies")
-    rows = _policy_rows(db)
-    if args.json:
-        emit_json({"policies": rows})
-        return EXIT_OK
-    names = ["critical", "high", "default", "low", "bulk"]
-    table = Table(title="retry policies (a kind's row wins over its priority's)")
-    for column in (
-        "applies to",
-        "max attempts",
-        "initial delay",
-        "max delay",
-        "multiplier",
-        "jitter",
-    ):
-        table.add_column(column, justify="left" if column == "applies to" else "right")
-    for row in rows:
-        scope = (
-            f"kind {row['kind']}"
-            if row["kind"]
-            else (f"priority {row['priority']} ({names[row['priority']]})")
-        )
-        table.add_row(
-            scope,
-            str(row["max_attempts"]),
-            format_duration(timedelta(seconds=row["initial_delay_s"])),
-            format_duration(timedelta(seconds=row["max_delay_s"])),
-            f"x{row['multiplier']:g}",
-            f"{row['jitter']:g}",
-        )
-    _out().print(table)
-    return EXIT_OK
-
-
 def _load_schedule(settings: Settings) -> Schedule:
     try:
         return load_schedule(settings.schedule_file)
@@ -424,20 +316,6 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         return run_demo(settings, duration=args.duration, as_json=args.json, schema=args.schema)
     except (ValueError, EmbeddedUnavailable, DatabaseUnavailable) as exc:
         raise UsageError(str(exc)) from None
-
-
-_DB_COMMANDS: dict[str, Callable[[argparse.Namespace, Settings, Database, Target], int]] = {
-    "run": cmd_run,
-    "migrate": cmd_migrate,
-    "policies": cmd_policies,
-    "status": cmd_status,
-}
-# Commands that manage their database connection themselves (or need none).
-_SETTINGS_COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
-    "schedule": cmd_schedule,
-    "daemon": cmd_daemon,
-    "demo": cmd_demo,
-}
 
 
 EXIT_UNKNOWN = 3  # `check` only: the monitoring-plugin convention for "could not tell"
@@ -501,10 +379,6 @@ def _unknown(why: str, as_json: bool) -> int:
     return EXIT_UNKNOWN
 
 
-# The operator's toolkit needs the database like the commands above.
-_DB_COMMANDS.update(dict.fromkeys(OPS_COMMANDS, cmd_ops))
-
-
 def _main(argv: Sequence[str]) -> int:
     for position, arg in enumerate(argv, start=1):
         # Bytes that are not UTF-8 reach Python as lone surrogates; no database takes them.
@@ -516,22 +390,27 @@ def _main(argv: Sequence[str]) -> int:
                 "valid UTF-8; fix its encoding"
             ) from None
     args = build_parser().parse_args(argv)
-    if args.command == "tasks":
-        return cmd_tasks(args)
+    # One dispatch: every command's parser names its handler and what it needs first
+    # (nothing, the settings, a database, or a database whose schema is current).
+    if args.needs == "nothing":
+        return int(args.handler(args))
     try:
         settings = load_settings()
     except (ValidationError, SettingsError) as exc:
         raise UsageError(describe_error(exc)) from None
     configure_logging(settings.log_format, settings.log_level, secrets=settings.secrets())
-    if args.command in _SETTINGS_COMMANDS:
-        return _SETTINGS_COMMANDS[args.command](args, settings)
+    if args.needs == "settings":
+        return int(args.handler(args, settings))
     try:
         db, target = open_database(settings)
     except (ValueError, EmbeddedUnavailable) as exc:
         raise UsageError(str(exc)) from None
     try:
         db.ping()
-        return _DB_COMMANDS[args.command](args, settings, db, target)
+        if args.needs == "schema":  # the operator's commands (reconciler/ops/)
+            _require_schema(db, target)
+            return int(args.handler(args, settings, db))
+        return int(args.handler(args, settings, db, target))
     except DatabaseUnavailable as exc:
         raise UsageError(str(exc)) from None
     except MigrationError as exc:

@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from reconciler.db import Database, first_line
 from reconciler.leases import Lease, LeaseLost, acquire, new_holder
-from reconciler.settings import Settings
+from reconciler.settings import Settings, check_batch_size
 from reconciler.sqlfiles import query
 from reconciler.tasks import TASKS, TaskContext, TaskFailed, TaskResult, get_task
 from reconciler.tasks.base import Progress, RunStatus
@@ -88,8 +88,8 @@ def run_task(
     """
     # ``name`` may also be a Task built on the spot: an operator's change (reconciler.ops).
     task = get_task(name) if isinstance(name, str) else name
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be 1 or more, not {batch_size}")
+    if batch_size is not None:
+        check_batch_size(batch_size)
     if time_budget is not None and time_budget <= timedelta(0):
         raise ValueError(f"time_budget must be longer than zero, not {time_budget}")
     started = time.monotonic()

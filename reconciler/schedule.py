@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from reconciler.durations import format_duration, parse_duration
+from reconciler.settings import check_batch_size
 from reconciler.sqlfiles import data_dir
 from reconciler.tasks import TASKS
 
@@ -242,12 +243,11 @@ def _entry(task: str, body: dict[str, Any], fail: Any) -> Entry:
         if key not in PARAM_KEYS:
             raise fail(f"{task}.params", key, f"unknown key; allowed: {', '.join(PARAM_KEYS)}")
     batch_size = params.get("batch_size")
-    if batch_size is not None and (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, int)
-        or not 1 <= batch_size <= 100_000
-    ):
-        raise fail(f"{task}.params", "batch_size", "must be a whole number from 1 to 100000")
+    if batch_size is not None:
+        try:
+            batch_size = check_batch_size(batch_size)
+        except ValueError as exc:
+            raise fail(f"{task}.params", "batch_size", str(exc)) from None
     time_budget = None
     if "time_budget" in params:
         time_budget = _duration(

@@ -16,7 +16,8 @@ from sqlalchemy import text
 
 from reconciler.backups import spliced
 from reconciler.db import Database
-from reconciler.ops.common import JobFilter, OpsError, filtered_query
+from reconciler.ops.confirm import OpsError
+from reconciler.ops.filter import JobFilter, filtered_query
 
 __all__ = ["refuse_unless_backed_up", "report_left"]
 

@@ -25,10 +25,10 @@ from sqlalchemy import text
 
 from reconciler.db import Database
 from reconciler.heartbeat import HeartbeatRule
-from reconciler.ops.common import PRIORITIES, OpsError
+from reconciler.ops.confirm import OpsError
 from reconciler.ops.output import age, console, emit_json, table
 from reconciler.ops.pause import paused_queues, queue_label
-from reconciler.ops.stats import LATENCY_TARGETS
+from reconciler.ops.vocabulary import LATENCY_TARGETS, PRIORITIES
 from reconciler.ops.workers import worker_report
 from reconciler.schedule import Schedule, ScheduleError, load_schedule
 from reconciler.settings import Settings

@@ -1,8 +1,8 @@
 """The operator's commands on the command line: their arguments, and which function runs each.
 
-``reconciler.cli`` adds these sub-commands with :func:`add_ops_commands` and
-dispatches through :data:`OPS_COMMANDS`; the logic lives in one module per
-command group. Every leaf parser names its function with ``set_defaults``.
+``reconciler.cli`` adds these sub-commands with :func:`add_ops_commands`. Every leaf
+parser names its function with ``set_defaults(handler=..., needs="schema")``, the one
+dispatch of the whole command line; the logic lives in one module per command group.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from reconciler.db import Database
-from reconciler.durations import moment_arg
+from reconciler.durations import duration_arg, moment_arg
 from reconciler.ops import (
     check,
     dead_letter,
@@ -21,32 +21,25 @@ from reconciler.ops import (
     errors,
     jobs,
     pause,
+    policies,
     purge,
     stats,
     workers,
 )
-from reconciler.ops.common import (
-    OpsError,
-    add_filter_arguments,
-    duration_arg,
+from reconciler.ops.args import (
+    batch_size_arg,
+    finite_float_arg,
     names_arg,
+    positive_int_arg,
     statuses_arg,
 )
+from reconciler.ops.confirm import OpsError
+from reconciler.ops.filter import add_filter_arguments
 from reconciler.settings import Settings
 
-__all__ = ["OPS_COMMANDS", "OpsError", "add_ops_commands"]
+__all__ = ["OpsError", "add_ops_commands"]
 
 Handler = Callable[[argparse.Namespace, Settings, Database], int]
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
-    return number
 
 
 def _json(parser: argparse.ArgumentParser, lines: bool = False) -> None:
@@ -85,7 +78,7 @@ def _change_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reason", help="a note kept in each job's event, e.g. a ticket")
     parser.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=batch_size_arg,
         metavar="N",
         help="jobs per transaction (default: RECONCILER_BATCH_SIZE)",
     )
@@ -98,7 +91,7 @@ def _leaf(
     parser: argparse.ArgumentParser = sub.add_parser(
         name, help=help_text, description=description or help_text
     )
-    parser.set_defaults(ops_handler=handler)
+    parser.set_defaults(handler=handler, needs="schema")
     return parser
 
 
@@ -135,7 +128,7 @@ def add_ops_commands(sub: Any) -> None:
     add_filter_arguments(p, limit_default=50)
     _json(p, lines=True)
     p = _leaf(g, "show", jobs.cmd_show, "one job with its whole history (job_events)")
-    p.add_argument("id", type=_positive_int, metavar="ID")
+    p.add_argument("id", type=positive_int_arg, metavar="ID")
     _json(p)
     p = _leaf(
         g,
@@ -158,7 +151,7 @@ def add_ops_commands(sub: Any) -> None:
         "Mark jobs succeeded by hand (the work was done another way). Needs job ids and "
         "--reason. A running job's worker is fenced out.",
     )
-    p.add_argument("ids", nargs="+", type=_positive_int, metavar="ID", help="job ids")
+    p.add_argument("ids", nargs="+", type=positive_int_arg, metavar="ID", help="job ids")
     _change_options(p)
     p = _leaf(
         g,
@@ -189,7 +182,7 @@ def add_ops_commands(sub: Any) -> None:
         "jobs whose last heartbeat is older): they become stale, their workers are fenced "
         "out, and the requeue task (or dead-letter) takes them from there.",
     )
-    p.add_argument("ids", nargs="*", type=_positive_int, metavar="ID", help="job ids")
+    p.add_argument("ids", nargs="*", type=positive_int_arg, metavar="ID", help="job ids")
     p.add_argument(
         "--older-than",
         type=duration_arg,
@@ -217,7 +210,7 @@ def add_ops_commands(sub: Any) -> None:
     p.add_argument("--payload", metavar="JSON", help="the job's payload (default {})")
     p.add_argument("--queue", metavar="QUEUE", help="default: default")
     p.add_argument("--priority", metavar="P", help="0..4 or critical, high, default, low, bulk")
-    p.add_argument("--max-attempts", type=_positive_int, metavar="N", help="default: policy")
+    p.add_argument("--max-attempts", type=positive_int_arg, metavar="N", help="default: policy")
     p.add_argument("--idempotency-key", metavar="KEY", help="unique per kind and tenant")
     p.add_argument("--tenant", metavar="TENANT")
     _due_options(p)
@@ -226,7 +219,7 @@ def add_ops_commands(sub: Any) -> None:
     p.add_argument("--actor", help="who to record in job_events (default: cli:<os user>)")
     p.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=batch_size_arg,
         metavar="N",
         help="jobs per transaction (default: RECONCILER_BATCH_SIZE)",
     )
@@ -320,7 +313,7 @@ def add_ops_commands(sub: Any) -> None:
             )
             p.add_argument(
                 "--limit",
-                type=_positive_int,
+                type=positive_int_arg,
                 default=20,
                 metavar="N",
                 help="--history: at most N rows (default 20)",
@@ -352,28 +345,29 @@ def add_ops_commands(sub: Any) -> None:
     p.add_argument("--no-backup", action="store_true", help="also dead jobs never exported")
     _change_options(p)
 
+    pol = _leaf(sub, "policies", policies.cmd_show, "show or change retry policies")
+    _json(pol)
+    pol_sub = pol.add_subparsers(dest="ops_action", metavar="ACTION", parser_class=type(pol))
+    p = _leaf(
+        pol_sub, "set", policies.cmd_set, "change a priority's policy, or add/change a kind's"
+    )
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--priority", type=int, choices=range(5), help="0 critical .. 4 bulk")
+    who.add_argument("--kind", help="a job kind; its policy wins over its priority's")
+    p.add_argument("--max-attempts", type=positive_int_arg, metavar="N")
+    p.add_argument("--initial-delay", type=duration_arg, metavar="DURATION")
+    p.add_argument("--max-delay", type=duration_arg, metavar="DURATION")
+    p.add_argument("--multiplier", type=finite_float_arg, metavar="X", help="1 or more")
+    p.add_argument("--jitter", type=finite_float_arg, metavar="F", help="0 <= F < 1, e.g. 0.1")
+    _json(p)
+    p = _leaf(
+        pol_sub, "delete", policies.cmd_delete, "remove a kind's policy (its priority's applies)"
+    )
+    p.add_argument("--kind", required=True)
+    _json(p)
+
     p = _leaf(sub, "check", check.cmd_check, "alert conditions; exit 0 ok, 1 warning, 2 critical")
     p.add_argument(
         "-v", "--verbose", action="store_true", help="also list the conditions that are ok"
     )
     _json(p)
-
-
-def _dispatch(args: argparse.Namespace, settings: Settings, db: Database) -> int:
-    handler: Handler = args.ops_handler
-    return handler(args, settings, db)
-
-
-_NAMES = (
-    "stats",
-    "jobs",
-    "enqueue",
-    "dead-letter",
-    "errors",
-    "workers",
-    "pause",
-    "resume",
-    "purge",
-    "check",
-)
-OPS_COMMANDS: dict[str, Handler] = dict.fromkeys(_NAMES, _dispatch)

@@ -33,15 +33,9 @@ from sqlalchemy import text
 from reconciler.backups import spliced
 from reconciler.db import Database
 from reconciler.ops.backed_up import refuse_unless_backed_up, report_left
-from reconciler.ops.common import (
-    Change,
-    JobFilter,
-    OpsError,
-    apply_from_args,
-    check_ids,
-    filtered_query,
-    resolve_limit,
-)
+from reconciler.ops.changes import Change, apply_from_args
+from reconciler.ops.confirm import OpsError
+from reconciler.ops.filter import JobFilter, check_ids, filtered_query, resolve_limit
 from reconciler.ops.jobs import list_jobs, print_jobs, requeue
 from reconciler.ops.output import console, emit_json_lines, jsonable, table
 from reconciler.runner import default_actor

@@ -30,7 +30,9 @@ from typing import Any, TextIO
 from sqlalchemy import text
 
 from reconciler.db import Database
-from reconciler.ops.common import PRIORITIES, OpsError, confirm, report_change
+from reconciler.ops.confirm import OpsError, confirm
+from reconciler.ops.report import report_change
+from reconciler.ops.vocabulary import PRIORITIES
 from reconciler.runner import default_actor, run_task
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import text
 
 from reconciler.db import Database
-from reconciler.ops.common import JobFilter, filtered_query
+from reconciler.ops.filter import JobFilter, filtered_query
 from reconciler.ops.output import age, console, emit_json_lines, table
 from reconciler.settings import Settings
 

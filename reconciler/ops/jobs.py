@@ -27,20 +27,17 @@ from sqlalchemy import text
 from reconciler.db import Database
 from reconciler.durations import format_duration
 from reconciler.heartbeat import spliced
-from reconciler.ops.common import (
-    Change,
+from reconciler.ops.changes import Change, apply, apply_from_args
+from reconciler.ops.confirm import OpsError
+from reconciler.ops.filter import (
     JobFilter,
-    OpsError,
-    apply_from_args,
     check_ids,
     check_statuses,
     filtered_query,
-    report_change,
-    report_unchanged,
     resolve_limit,
-    run_reused_task,
 )
 from reconciler.ops.output import console, emit_json, emit_json_lines, table
+from reconciler.ops.report import report_change, report_unchanged
 from reconciler.runner import default_actor
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query
@@ -297,7 +294,7 @@ def cmd_reset_stuck(args: argparse.Namespace, settings: Settings, db: Database) 
         "tenants": names("tenant"),
         "ids": ids or None,
     }
-    result = run_reused_task(
+    result = apply(
         db,
         settings,
         "mark-stale",

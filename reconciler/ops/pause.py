@@ -29,7 +29,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
 from reconciler.db import Database
-from reconciler.ops.common import OpsError
+from reconciler.ops.confirm import OpsError
 from reconciler.ops.output import console, emit_json, table
 from reconciler.runner import default_actor
 from reconciler.settings import Settings

@@ -15,12 +15,10 @@ import argparse
 from reconciler.db import Database
 from reconciler.durations import format_duration
 from reconciler.ops.backed_up import refuse_unless_backed_up, report_left
-from reconciler.ops.common import (
-    JobFilter,
-    OpsError,
-    report_change,
-    run_reused_task,
-)
+from reconciler.ops.changes import apply
+from reconciler.ops.confirm import OpsError
+from reconciler.ops.filter import JobFilter
+from reconciler.ops.report import report_change
 from reconciler.runner import default_actor
 from reconciler.settings import Settings
 
@@ -50,7 +48,7 @@ def cmd_purge(args: argparse.Namespace, settings: Settings, db: Database) -> int
             f"reconciler dead-letter export --older-than {format_duration(args.older_than)} "
             "--output FILE",
         )
-    result = run_reused_task(
+    result = apply(
         db,
         settings,
         "purge",

@@ -22,22 +22,13 @@ from rich.live import Live
 from sqlalchemy import text
 
 from reconciler.db import Database
-from reconciler.ops.common import PRIORITIES
 from reconciler.ops.output import age, console, emit_json, table
 from reconciler.ops.pause import ALL_QUEUES, paused_queues, queue_label
+from reconciler.ops.vocabulary import LATENCY_TARGETS, PRIORITIES
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query
 
-__all__ = ["LATENCY_TARGETS", "cmd_stats", "collect", "render", "watch"]
-
-# Runbook 004's latency targets per priority; bulk is best effort (no target).
-LATENCY_TARGETS: dict[int, timedelta | None] = {
-    0: timedelta(seconds=1),
-    1: timedelta(seconds=5),
-    2: timedelta(seconds=30),
-    3: timedelta(minutes=2),
-    4: None,
-}
+__all__ = ["cmd_stats", "collect", "render", "watch"]
 
 
 def collect(db: Database, *, since: timedelta, now: datetime | None = None) -> dict[str, Any]:

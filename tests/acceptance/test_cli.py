@@ -103,7 +103,7 @@ def test_tasks_lists_all_five(cli: CLI) -> None:
     [
         (["run", "no-such-task"], {}, "unknown task 'no-such-task'"),
         (["run"], {}, "the following arguments are required: TASK"),
-        (["run", "purge", "--batch-size", "0"], {}, "0 must be 1 or more"),
+        (["run", "purge", "--batch-size", "0"], {}, "'0' must be a whole number from 1 to 100000"),
         (["run", "purge", "--time-budget", "soon"], {}, "cannot read duration 'soon'"),
         (["frobnicate"], {}, "invalid choice: 'frobnicate'"),
         (

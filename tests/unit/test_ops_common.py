@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from reconciler.cli import build_parser
-from reconciler.ops.common import JobFilter, OpsError, confirm
+from reconciler.ops.confirm import OpsError, confirm
+from reconciler.ops.filter import JobFilter
 from reconciler.ops.output import age, jsonable
 from reconciler.settings import Settings
 
