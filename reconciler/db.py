@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -219,6 +219,12 @@ class Database:
                 "st": _ms(statement_timeout or self.statement_timeout),
             },
         )
+
+    def rows(self, sql: str, binds: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Every row of ``sql`` (a named query, e.g. ``query("ops/pause", "list")``) as a
+        dict, read in one short transaction."""
+        with self.transaction() as conn:
+            return [dict(r._mapping) for r in conn.execute(text(sql), dict(binds or {}))]
 
     def now(self) -> datetime:
         """The database's clock: the one clock every decision follows."""

@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sqlalchemy import text
-
 from reconciler.db import Database
 from reconciler.ops.filter import JobFilter, filtered_query
 from reconciler.ops.output import age, console, emit_json_lines, table
@@ -22,12 +20,10 @@ __all__ = ["cmd_errors", "recent_errors"]
 
 def recent_errors(db: Database, job_filter: JobFilter, since: Any) -> list[dict[str, Any]]:
     now = db.now()
-    with db.transaction() as conn:
-        rows = conn.execute(
-            text(filtered_query("ops/errors", "by_message")),
-            {**job_filter.binds(now), "since": now - since, "limit": job_filter.limit or 50},
-        ).all()
-    return [dict(r._mapping) for r in rows]
+    return db.rows(
+        filtered_query("ops/errors", "by_message"),
+        {**job_filter.binds(now), "since": now - since, "limit": job_filter.limit or 50},
+    )
 
 
 def cmd_errors(args: argparse.Namespace, settings: Settings, db: Database) -> int:

@@ -21,7 +21,7 @@ from reconciler.db import Database
 from reconciler.durations import duration_arg, format_duration
 from reconciler.ops.args import job_id_arg, limit_arg, names_arg, statuses_arg
 from reconciler.ops.confirm import OpsError
-from reconciler.ops.vocabulary import STATUSES
+from reconciler.ops.vocabulary import DEAD, STATUSES
 from reconciler.sqlfiles import query
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "add_filter_arguments",
     "check_ids",
     "check_statuses",
+    "dead_filter",
     "either",
     "filtered_query",
     "resolve_limit",
@@ -221,3 +222,8 @@ def check_statuses(job_filter: JobFilter, allowed: Sequence[str], verb: str) -> 
     wrong = [s for s in job_filter.statuses if s not in allowed]
     if wrong:
         raise OpsError(f"{verb} takes {either(allowed)} jobs, not {either(wrong)}")
+
+
+def dead_filter(args: argparse.Namespace) -> JobFilter:
+    """The filter of a dead-letter command: the options given, dead jobs only."""
+    return JobFilter.from_args(args).with_statuses(DEAD)

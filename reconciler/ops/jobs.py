@@ -19,13 +19,11 @@ bulk change, and leave a ``job_events`` row per job with the operator's name.
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 from sqlalchemy import text
 
 from reconciler.db import Database
-from reconciler.durations import format_duration
 from reconciler.heartbeat import spliced
 from reconciler.ops.changes import Change, apply, apply_from_args
 from reconciler.ops.confirm import OpsError
@@ -36,8 +34,10 @@ from reconciler.ops.filter import (
     filtered_query,
     resolve_limit,
 )
+from reconciler.ops.listing import list_jobs, print_jobs
 from reconciler.ops.output import console, emit_json, emit_json_lines, table
 from reconciler.ops.report import report_change, report_unchanged
+from reconciler.ops.requeue import REPLAYABLE, REQUEUEABLE, requeue
 from reconciler.runner import default_actor
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query
@@ -45,8 +45,6 @@ from reconciler.sqlfiles import query
 __all__ = [
     "CANCELLABLE",
     "MARKABLE_SUCCEEDED",
-    "REPLAYABLE",
-    "REQUEUEABLE",
     "cmd_cancel",
     "cmd_list",
     "cmd_mark_succeeded",
@@ -54,63 +52,10 @@ __all__ = [
     "cmd_reset_stuck",
     "cmd_retry_failed",
     "cmd_show",
-    "list_jobs",
-    "requeue",
 ]
 
-REQUEUEABLE = ("failed", "stale", "dead", "cancelled")
-# Replaying a succeeded job runs it again: only when asked by id or --status succeeded,
-# never as part of a filter that did not name it.
-REPLAYABLE = (*REQUEUEABLE, "succeeded")
 CANCELLABLE = ("queued", "running", "failed", "stale")
 MARKABLE_SUCCEEDED = ("queued", "running", "failed", "stale", "dead")
-
-
-def list_jobs(db: Database, job_filter: JobFilter, *, limit: int) -> list[dict[str, Any]]:
-    """The matching jobs, newest first."""
-    now = db.now()
-    with db.transaction() as conn:
-        rows = conn.execute(
-            text(spliced(filtered_query("ops/jobs", "list"))),
-            {**job_filter.binds(now), "now": now, "limit": limit},
-        ).all()
-    return [dict(row._mapping) for row in rows]
-
-
-def print_jobs(rows: list[dict[str, Any]], *, title: str) -> None:
-    columns = (
-        "id",
-        "status",
-        "queue",
-        "kind",
-        "tenant",
-        "prio",
-        "attempt",
-        "created",
-        "running for",
-        "silent for",
-        "worker",
-        "error",
-    )
-    body = [
-        (
-            r["id"],
-            r["status"],
-            r["queue"],
-            r["kind"],
-            r["tenant_id"],
-            r["priority"],
-            f"{r['attempt']}/{r['max_attempts']}",
-            r["created_at"],
-            r["running_for"],
-            r["silent_for"],
-            r["locked_by"],
-            r["error"],
-        )
-        for r in rows
-    ]
-    right = ("id", "prio", "attempt", "running for", "silent for")
-    console().print(table(title, columns, body, right=right))
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings, db: Database) -> int:
@@ -156,50 +101,6 @@ def cmd_show(args: argparse.Namespace, settings: Settings, db: Database) -> int:
         )
     )
     return 0
-
-
-def requeue(
-    args: argparse.Namespace,
-    settings: Settings,
-    db: Database,
-    job_filter: JobFilter,
-    *,
-    name: str,
-    eligible: tuple[str, ...],
-) -> int:
-    """The one requeue: ``jobs requeue``, ``jobs retry-failed`` and ``dead-letter replay``."""
-    check_statuses(job_filter, eligible, name)
-    check_ids(db, job_filter.ids, allowed=eligible, verb=name)
-    now = db.now()
-    run_at = _due(args, now)
-    given, job_filter = job_filter, resolve_limit(db, job_filter, now, eligible)
-    change = Change(
-        name=name,
-        verb="requeue",
-        details={"filter": given.describe()},
-        sql=filtered_query("ops/jobs", "requeue"),
-        params={
-            **job_filter.binds(now),
-            "eligible": list(job_filter.statuses or eligible),
-            "keep_attempts": bool(getattr(args, "keep_attempts", False)),
-            "note": args.reason,
-            "run_at": run_at,
-        },
-    )
-    return apply_from_args(db, settings, change, args, now=now, verb="requeue", job_filter=given)
-
-
-def _due(args: argparse.Namespace, now: datetime) -> datetime:
-    """When requeued jobs become due: ``--at`` a time, ``--in`` a delay, or at once."""
-    at: datetime | None = getattr(args, "at", None)
-    delay: timedelta | None = getattr(args, "in_", None)
-    if at is not None:
-        return at
-    if delay is not None:
-        if delay < timedelta(0):
-            raise OpsError(f"--in {format_duration(delay)} is in the past; give a delay, e.g. 2h")
-        return now + delay
-    return now
 
 
 def cmd_requeue(args: argparse.Namespace, settings: Settings, db: Database) -> int:

@@ -58,15 +58,12 @@ def queue_label(queue: str) -> str:
 
 def paused_queues(db: Database) -> list[dict[str, Any]]:
     """The pauses in force, ``*`` first, each with its queued jobs."""
-    with db.transaction() as conn:
-        return [dict(r._mapping) for r in conn.execute(text(query("ops/pause", "list")))]
+    return db.rows(query("ops/pause", "list"))
 
 
 def pause_history(db: Database, *, queues: list[str] | None, limit: int) -> list[dict[str, Any]]:
     """The last ``limit`` pauses and resumes, newest first (of ``queues`` and of ``*``)."""
-    with db.transaction() as conn:
-        rows = conn.execute(text(query("ops/pause", "history")), {"queues": queues, "limit": limit})
-        return [dict(r._mapping) for r in rows]
+    return db.rows(query("ops/pause", "history"), {"queues": queues, "limit": limit})
 
 
 def _queues(args: argparse.Namespace, verb: str) -> list[str]:

@@ -32,8 +32,7 @@ _RULES = (
 
 
 def rows(db: Database) -> list[dict[str, Any]]:
-    with db.transaction() as conn:
-        return [dict(r._mapping) for r in conn.execute(text(query("ops/policies", "list")))]
+    return db.rows(query("ops/policies", "list"))
 
 
 def cmd_set(args: argparse.Namespace, settings: Settings, db: Database) -> int:

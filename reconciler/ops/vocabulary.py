@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-__all__ = ["LATENCY_TARGETS", "PRIORITIES", "STATUSES"]
+__all__ = ["DEAD", "LATENCY_TARGETS", "PRIORITIES", "STATUSES"]
 
 STATUSES = ("queued", "running", "succeeded", "failed", "stale", "dead", "cancelled")
+# The dead letters: what the dead-letter commands (list, errors, export, replay, purge) take.
+DEAD = ("dead",)
 # By number: 0 is critical ... 4 is bulk, as jobs.priority stores them.
 PRIORITIES = ("critical", "high", "default", "low", "bulk")
 # Runbook 004's latency targets per priority; bulk is best effort (no target).
