@@ -7,9 +7,14 @@ from dataclasses import dataclass
 
 from reconciler.db import Database, normalise_url, redact
 from reconciler.embedded import embedded_url
+from reconciler.migrate import migrate, pending
 from reconciler.settings import Settings
 
-__all__ = ["Target", "open_database"]
+__all__ = ["SchemaBehind", "Target", "ensure_schema", "open_database"]
+
+
+class SchemaBehind(Exception):
+    """The schema is missing or behind this build; the message says what to run."""
 
 
 @dataclass(frozen=True)
@@ -45,3 +50,18 @@ def open_database(
         pool_size=pool_size,
     )
     return db, target
+
+
+def ensure_schema(db: Database, target: Target) -> tuple[str, ...]:
+    """The one schema gate of the CLI and the daemon: a current schema passes; the
+    embedded server's is created or upgraded (what was applied is returned); any other
+    schema that is missing or behind raises SchemaBehind."""
+    missing = pending(db)
+    if not missing:
+        return ()
+    if target.embedded:
+        return migrate(db).applied
+    raise SchemaBehind(
+        f"schema {db.schema!r} is not up to date ({len(missing)} migration(s) pending); "
+        "run: reconciler migrate"
+    )

@@ -24,7 +24,7 @@ from rich.table import Table
 from sqlalchemy.exc import OperationalError
 
 from reconciler import __version__
-from reconciler.app import Target, open_database
+from reconciler.app import SchemaBehind, Target, ensure_schema, open_database
 from reconciler.daemon import DaemonConfigError, serve
 from reconciler.db import Database, DatabaseUnavailable, first_line
 from reconciler.demo import run_demo
@@ -32,7 +32,7 @@ from reconciler.durations import duration_arg
 from reconciler.embedded import EmbeddedUnavailable
 from reconciler.leases import TaskBusy
 from reconciler.logs import configure_logging, get_logger
-from reconciler.migrate import MigrationError, migrate, pending
+from reconciler.migrate import MigrationBlocked, MigrationError, migrate, pending
 from reconciler.ops.args import batch_size_arg
 from reconciler.ops.cli import OpsError, add_ops_commands
 from reconciler.ops.output import emit_json
@@ -167,21 +167,16 @@ def _print_result(result: TaskResult, target: Target) -> None:
 
 
 def _require_schema(db: Database, target: Target) -> None:
-    """Refuse to run against a schema that is missing or behind; migrate the embedded one."""
-    missing = pending(db)
-    if not missing:
-        return
-    if target.embedded:
-        result = migrate(db)
+    """Refuse a schema that is missing or behind (exit 2); set up the embedded one."""
+    try:
+        applied = ensure_schema(db, target)
+    except SchemaBehind as exc:
+        raise UsageError(str(exc)) from None
+    if applied:
         sys.stderr.write(
             f"reconciler: set up schema {db.schema!r} in the {target.describe()} "
-            f"({', '.join(result.applied)})\n"
+            f"({', '.join(applied)})\n"
         )
-        return
-    raise UsageError(
-        f"schema {db.schema!r} is not up to date ({len(missing)} migration(s) pending); "
-        "run: reconciler migrate"
-    )
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings, db: Database, target: Target) -> int:
@@ -413,6 +408,9 @@ def _main(argv: Sequence[str]) -> int:
         return int(args.handler(args, settings, db, target))
     except DatabaseUnavailable as exc:
         raise UsageError(str(exc)) from None
+    except MigrationBlocked as exc:  # not a mistake: locks held elsewhere; run it again later
+        sys.stderr.write(f"reconciler: {exc}\n")
+        return EXIT_FAILED
     except MigrationError as exc:
         raise UsageError(str(exc)) from None
     except OperationalError as exc:

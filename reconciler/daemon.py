@@ -41,12 +41,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.exc import SQLAlchemyError
 
 from reconciler import sentry
-from reconciler.app import Target, open_database
+from reconciler.app import SchemaBehind, Target, ensure_schema, open_database
 from reconciler.db import Database, first_line
 from reconciler.durations import format_duration
 from reconciler.leases import TaskBusy, new_holder
 from reconciler.logs import get_logger
-from reconciler.migrate import migrate, pending
 from reconciler.runner import run_task
 from reconciler.schedule import Entry, Schedule
 from reconciler.sdnotify import notify, watchdog_interval
@@ -289,11 +288,9 @@ def _check_schema(db: Database, target: Target) -> None:
     """Start-up check: an old schema is a configuration error (exit 2); the embedded
     server's is upgraded; an unreachable database is not fatal (the tasks retry)."""
     try:
-        missing = pending(db)
-        if missing and target.embedded:
-            applied = migrate(db).applied
-            log.info("schema.migrated", schema=db.schema, applied=list(applied))
-            return
+        applied = ensure_schema(db, target)
+    except SchemaBehind as exc:
+        raise DaemonConfigError(str(exc)) from None
     except SQLAlchemyError as exc:
         log.warning(
             "db.unavailable",
@@ -302,11 +299,8 @@ def _check_schema(db: Database, target: Target) -> None:
             note="starting anyway; each task retries with backoff",
         )
         return
-    if missing:
-        raise DaemonConfigError(
-            f"schema {db.schema!r} is not up to date ({len(missing)} migration(s) pending); "
-            "run: reconciler migrate"
-        )
+    if applied:
+        log.info("schema.migrated", schema=db.schema, applied=list(applied))
 
 
 def serve(settings: Settings, schedule: Schedule) -> int:

@@ -43,6 +43,7 @@ from reconciler.sqlfiles import migration_files
 
 __all__ = [
     "NO_TRANSACTION",
+    "MigrationBlocked",
     "MigrationError",
     "MigrationResult",
     "migrate",
@@ -63,6 +64,10 @@ MigrationFile = tuple[int, str, Path]
 
 class MigrationError(Exception):
     """The schema cannot be brought up to date; the message says why."""
+
+
+class MigrationBlocked(MigrationError):
+    """Locks held elsewhere past RECONCILER_MIGRATE_DEADLINE: try again later (exit 1)."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,7 @@ def migrate(
             waited = time.monotonic() - started
             holders = _lock_holders(db)
             if waited >= deadline.total_seconds():
-                raise MigrationError(
+                raise MigrationBlocked(
                     f"migration {path.name} could not take its locks within "
                     f"{format_duration(deadline)} (RECONCILER_MIGRATE_DEADLINE): "
                     f"{holders or 'another session holds them'}; workers were never blocked "

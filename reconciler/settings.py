@@ -209,7 +209,7 @@ class Settings(BaseSettings):
         default="info", description="Idle runs log at debug; every run that changed rows at info."
     )
 
-    # --- operations: the operator's toolkit (issue 4) ------------------------------------
+    # --- operations: the operator's toolkit (reconciler/ops/) -----------------------------
     ops_confirm_threshold: int = Field(
         default=20,
         ge=0,

@@ -84,17 +84,31 @@ def connect(url: str, schema: str, settings: Settings | None = None) -> Database
     )
 
 
-@pytest.fixture
-def schema(pg_url: str) -> Iterator[str]:
-    """A unique, not yet created schema name; dropped after the test."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
+def dropped_after(url: str, name: str) -> Iterator[str]:
+    """Yield schema ``name``; drop it (whatever the test left in it) afterwards."""
     yield name
-    admin = connect(pg_url, name)
+    admin = connect(url, name)
     try:
         with admin.engine.begin() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {quote_ident(name)} CASCADE")
     finally:
         admin.dispose()
+
+
+def migrated(url: str, schema: str, settings: Settings) -> Iterator[Database]:
+    """Yield a connection to ``schema``, migrated; disposed of afterwards."""
+    database = connect(url, schema, settings)
+    migrate(database)
+    try:
+        yield database
+    finally:
+        database.dispose()
+
+
+@pytest.fixture
+def schema(pg_url: str) -> Iterator[str]:
+    """A unique, not yet created schema name; dropped after the test."""
+    yield from dropped_after(pg_url, f"t_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture
@@ -105,12 +119,7 @@ def settings(pg_url: str, schema: str) -> Settings:
 @pytest.fixture
 def db(pg_url: str, schema: str, settings: Settings) -> Iterator[Database]:
     """A migrated schema of its own, on the real server."""
-    database = connect(pg_url, schema, settings)
-    migrate(database)
-    try:
-        yield database
-    finally:
-        database.dispose()
+    yield from migrated(pg_url, schema, settings)
 
 
 @pytest.fixture

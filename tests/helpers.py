@@ -94,7 +94,9 @@ def scalar(db: Database, sql: str, **params: Any) -> Any:
         return conn.execute(text(sql), params).scalar_one()
 
 
-def wait_until(condition: Callable[[], object], what: str, timeout: float = 60.0) -> None:
+def wait_until(
+    condition: Callable[[], object], what: str, timeout: float = 60.0, poll: float = 0.02
+) -> None:
     """Poll ``condition`` until it is truthy; fail naming ``what`` after ``timeout`` seconds.
 
     The one way the tests wait for something: a deadline generous enough for a loaded
@@ -104,4 +106,4 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float = 60.0
     while not condition():
         if time.monotonic() > deadline:
             pytest.fail(f"gave up after {timeout:g} s waiting until {what}")
-        time.sleep(0.02)
+        time.sleep(poll)

@@ -14,20 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.db import quote_ident
-from tests.conftest import connect
+from tests.conftest import dropped_after
 
 
 @pytest.fixture
 def demo_schema(pg_url: str) -> Iterator[str]:
-    name = f"demo_{uuid.uuid4().hex[:10]}"
-    yield name
-    admin = connect(pg_url, name)
-    try:
-        with admin.engine.begin() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {quote_ident(name)} CASCADE")
-    finally:
-        admin.dispose()
+    yield from dropped_after(pg_url, f"demo_{uuid.uuid4().hex[:10]}")
 
 
 def _demo(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -6,9 +6,8 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from reconciler.settings import Settings, describe_error
 from reconciler.sqlfiles import migration_files
 from reconciler.tasks import TASKS, vacuum_analyze
 from tests.conftest import connect, make_settings
-from tests.helpers import insert_job, job
+from tests.helpers import insert_job, job, wait_until
 
 # Long enough for any healthy server and a cold Python start, short enough that a hang fails.
 DEADLINE_S = 60.0
@@ -99,14 +98,6 @@ def test_second_migrate_is_a_no_op(fresh: Database) -> None:
     assert _catalog(fresh) == before
 
 
-def _wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up after {DEADLINE_S}s waiting until {what}")
-        time.sleep(0.02)
-
-
 def test_two_processes_migrating_one_fresh_schema_at_once(
     pg_url: str, schema: str, fresh: Database, tmp_path: Path
 ) -> None:
@@ -148,7 +139,7 @@ def test_two_processes_migrating_one_fresh_schema_at_once(
                 ).fetchone()
                 return waiting is not None and waiting[0] == 2
 
-            _wait_until(both_wait_on_the_lock, "both migrate processes wait on the lock")
+            wait_until(both_wait_on_the_lock, "both migrate processes wait on the lock")
             gate.commit()
             outputs = [proc.communicate(timeout=DEADLINE_S) for proc in procs]
         finally:

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from reconciler.db import Database
 from reconciler.migrate import (
     NO_TRANSACTION,
-    MigrationError,
+    MigrationBlocked,
     MigrationResult,
     migrate,
     offline_forms,
@@ -147,7 +147,7 @@ def test_a_migration_past_its_deadline_stops_with_one_line_naming_the_holder(
     """Held past RECONCILER_MIGRATE_DEADLINE: MigrationError naming the blocker; nothing applied."""
     files = _files(tmp_path, ("add_note", "ALTER TABLE jobs ADD COLUMN note text;\n"))
     holder_pid = holder.info.backend_pid
-    with pytest.raises(MigrationError) as err:
+    with pytest.raises(MigrationBlocked) as err:  # the CLI: one line, exit 1
         migrate(
             db,
             files=files,

@@ -12,8 +12,7 @@ import io
 import json
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,7 +30,7 @@ from reconciler.db import Database
 from reconciler.logs import configure_logging
 from reconciler.runner import run_task
 from reconciler.settings import Settings
-from tests.helpers import events_of, insert_job, job
+from tests.helpers import events_of, insert_job, job, wait_until
 from tests.ops_data import CliRun
 
 Conn = psycopg.Connection[dict[str, Any]]
@@ -97,15 +96,6 @@ def snapshot(db: Database) -> dict[str, list[dict[str, Any]]]:
             ]
             for table in ("jobs", "job_events")
         }
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    """Poll ``condition`` until it holds; fail after DEADLINE_S saying what never happened."""
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up after {DEADLINE_S}s waiting until {what}")
-        time.sleep(0.01)
 
 
 # --- enqueue ---------------------------------------------------------------------------

@@ -13,10 +13,9 @@ from psycopg import sql
 from sqlalchemy import Connection, make_url, text
 
 from reconciler.db import Database
-from reconciler.migrate import migrate
 from reconciler.runner import run_task
 from reconciler.settings import Settings
-from tests.conftest import connect, make_settings
+from tests.conftest import make_settings, migrated
 from tests.helpers import insert_job
 
 # Below autovacuum's default threshold (50 dead rows), so only the task vacuums them.
@@ -43,12 +42,7 @@ def settings(own_url: str, schema: str) -> Settings:
 
 @pytest.fixture
 def db(own_url: str, schema: str, settings: Settings) -> Iterator[Database]:
-    database = connect(own_url, schema, settings)
-    migrate(database)
-    try:
-        yield database
-    finally:
-        database.dispose()
+    yield from migrated(own_url, schema, settings)
 
 
 def _insert(db: Database) -> None:

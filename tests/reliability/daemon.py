@@ -1,4 +1,4 @@
-"""The daemon (issue 3) as the workload's maintenance: N replicas of ``reconciler daemon``.
+"""The daemon as the workload's maintenance: N replicas of ``reconciler daemon``.
 
 :class:`DaemonReplicas` satisfies the :class:`~tests.reliability.workload.Maintenance`
 protocol, so a scenario swaps it in for the in-process loop::

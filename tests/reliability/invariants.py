@@ -1,4 +1,4 @@
-"""The checker: the seven invariants of issue 5, each a named function over a History.
+"""The checker: the README's seven invariants, each a named function over a History.
 
 A :class:`History` is everything the database and the workers can tell:
 ``jobs``, ``job_events``, ``runs``, the rows purge deleted (kept by a witness

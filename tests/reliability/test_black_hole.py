@@ -25,7 +25,7 @@ from reconciler.db import Database
 from reconciler.runner import run_task
 from reconciler.tasks import TaskResult
 from tests.conftest import connect, make_settings
-from tests.reliability.workload import wait_until
+from tests.helpers import wait_until
 
 
 class BlackHoleProxy:
@@ -115,7 +115,7 @@ def test_run_task_gives_up_on_a_black_holed_connection(
         # Liveness, not speed: the deadline (statement timeout + 5 s) plus a
         # reconnect attempt (connect_timeout 10 s), with room to spare. Without
         # the deadline it was still stuck after 75 s.
-        wait_until(lambda: bool(results), 60, "run_task to give up")
+        wait_until(lambda: bool(results), "run_task to give up", timeout=60)
         outcome = results[0]
         if isinstance(outcome, TaskResult):
             assert outcome.status == "failed"

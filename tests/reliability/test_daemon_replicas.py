@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from reconciler.db import Database
+from tests.helpers import wait_until
 from tests.reliability.daemon import DaemonReplicas, daemon_available
 from tests.reliability.faults import FaultSchedule
 from tests.reliability.invariants import format_report
-from tests.reliability.workload import Workload, WorkloadConfig, prepare_schema, wait_until
+from tests.reliability.workload import Workload, WorkloadConfig, prepare_schema
 
 pytestmark = [
     pytest.mark.reliability,
@@ -46,13 +47,13 @@ def test_daemon_replicas_keep_every_invariant(
     try:
         # Polls for work done, never a window in which it must happen: on a loaded
         # 2-core machine a 7 s window once saw no stale mark at all.
-        wait_until(lambda: moved("running->stale") > 0, 120, "a first stale mark", poll=0.5)
+        wait_until(lambda: moved("running->stale") > 0, "a first stale mark", timeout=120, poll=0.5)
         daemons.kill(0)
         stale, purged = moved("running->stale"), moved("succeeded->purged")
         wait_until(
             lambda: moved("running->stale") > stale and moved("succeeded->purged") > purged,
-            120,
             "marks and purges after one replica was SIGKILLed",
+            timeout=120,
             poll=0.5,
         )
     finally:

@@ -18,7 +18,7 @@ from reconciler.db import Database
 from reconciler.runner import run_task
 from reconciler.settings import Settings
 from tests.conftest import make_settings
-from tests.helpers import insert_job
+from tests.helpers import insert_job, wait_until
 from tests.reliability.invariants import (
     Call,
     CheckConfig,
@@ -35,7 +35,6 @@ from tests.reliability.invariants import (
     no_stale_while_fresh,
     nothing_stuck,
 )
-from tests.reliability.workload import wait_until
 
 TIMEOUT = timedelta(milliseconds=200)
 CONFIG = CheckConfig(
@@ -102,7 +101,9 @@ class Sim:
     def outlive_timeout(self) -> None:
         """Let the database clock pass the heartbeat timeout (polled, nothing asserted on it)."""
         start = self.now()
-        wait_until(lambda: self.now() - start > TIMEOUT, 10, "the timeout to pass", poll=0.05)
+        wait_until(
+            lambda: self.now() - start > TIMEOUT, "the timeout to pass", timeout=10, poll=0.05
+        )
 
     def history(self, config: CheckConfig = CONFIG) -> History:
         return load_history(self.db, config, calls=self.calls, enqueued=self.enqueued)
@@ -206,7 +207,9 @@ def test_3_a_stale_mark_below_the_timeout_is_reported(sim: Sim) -> None:
     """mark-stale run with a timeout shorter than the configured one: invariant 3 fails."""
     job = sim.enqueue()
     sim.claim("w1")
-    wait_until(lambda: sim.now() > sim.calls[-1].at + timedelta(milliseconds=100), 10, "100 ms")
+    wait_until(
+        lambda: sim.now() > sim.calls[-1].at + timedelta(milliseconds=100), "100 ms", timeout=10
+    )
     sim.run("mark-stale", heartbeat_timeout=timedelta(milliseconds=50))
     _fails(no_stale_while_fresh(sim.history()), f"job {job}", "below")
 
@@ -406,7 +409,9 @@ def test_2_a_stale_mark_while_the_worker_was_alive_within_the_timeout_is_reporte
     ran the job meanwhile."""
     job = sim.enqueue()
     _, att = sim.claim("w1")
-    wait_until(lambda: sim.now() > sim.calls[-1].at + timedelta(milliseconds=100), 10, "100 ms")
+    wait_until(
+        lambda: sim.now() > sim.calls[-1].at + timedelta(milliseconds=100), "100 ms", timeout=10
+    )
     sim.run("mark-stale", heartbeat_timeout=timedelta(milliseconds=50))
     mark = sim.history().stale_events()[(job, att)]
     # The worker's own record: an accepted heartbeat 10 ms before the mark.

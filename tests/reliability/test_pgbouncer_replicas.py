@@ -20,10 +20,11 @@ import pytest
 from psycopg import sql
 
 from reconciler.db import Database
+from tests.helpers import wait_until
 from tests.pgbouncer import Bouncer
 from tests.reliability.daemon import DaemonReplicas, daemon_available
 from tests.reliability.invariants import format_report
-from tests.reliability.workload import Workload, WorkloadConfig, prepare_schema, wait_until
+from tests.reliability.workload import Workload, WorkloadConfig, prepare_schema
 
 pytestmark = [
     pytest.mark.reliability,
@@ -78,8 +79,8 @@ def test_replicas_behind_pgbouncer_keep_every_invariant_and_leave_no_lock(
         # Both replicas have run tasks through the pool before one dies.
         wait_until(
             lambda: set(daemons.pids()) <= _run_pids(pg_url, schema),
-            20,
             "both replicas to have recorded runs",
+            timeout=20,
         )
         dead, survivor = daemons.pids()
         daemons.kill(0, restart=False)
@@ -89,14 +90,14 @@ def test_replicas_behind_pgbouncer_keep_every_invariant_and_leave_no_lock(
                 all(pid == survivor for _, pid, _ in _leases(pg_url, schema))
                 and len(_leases(pg_url, schema)) == 5
             ),
-            LEASE_TTL.total_seconds() + 20,
             "the survivor to have run every task",
+            timeout=LEASE_TTL.total_seconds() + 20,
         )
         purged = daemons.summary()["transitions"].get("succeeded->purged", 0)
         wait_until(
             lambda: daemons.summary()["transitions"].get("succeeded->purged", 0) > purged,
-            60,
             "the survivor to purge more",
+            timeout=60,
             poll=0.5,
         )
     finally:

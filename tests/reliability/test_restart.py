@@ -18,8 +18,9 @@ import pytest
 
 from reconciler.migrate import migrate
 from tests.conftest import connect
+from tests.helpers import wait_until
 from tests.reliability.invariants import format_report
-from tests.reliability.workload import Workload, WorkloadConfig, prepare_schema, wait_until
+from tests.reliability.workload import Workload, WorkloadConfig, prepare_schema
 
 pytestmark = pytest.mark.reliability
 
@@ -67,15 +68,17 @@ def test_postgres_restart_mid_workload(private_server: Any, tmp_path: Path) -> N
         )
         w.start()
         try:
-            wait_until(lambda: w.enqueuer.count > 60, 30, "some jobs enqueued")
+            wait_until(lambda: w.enqueuer.count > 60, "some jobs enqueued", timeout=30)
             _restart(private_server)
             restarted_at = w.enqueuer.count
-            wait_until(lambda: w.enqueuer.count > restarted_at + 60, 30, "enqueuing to resume")
+            wait_until(
+                lambda: w.enqueuer.count > restarted_at + 60, "enqueuing to resume", timeout=30
+            )
             purged = w.maintenance.summary()["transitions"].get("succeeded->purged", 0)
             wait_until(
                 lambda: w.maintenance.summary()["transitions"].get("succeeded->purged", 0) > purged,
-                60,
                 "purge to work again after the restart",
+                timeout=60,
                 poll=0.5,
             )
         finally:

@@ -22,10 +22,10 @@ from reconciler.roles import main as roles_main
 from reconciler.roles import render
 from reconciler.runner import run_task
 from tests.conftest import connect, make_settings
-from tests.helpers import insert_job
+from tests.helpers import insert_job, wait_until
 from tests.reliability.daemon import DaemonReplicas
 from tests.reliability.invariants import format_report
-from tests.reliability.workload import Workload, WorkloadConfig, prepare_schema, wait_until
+from tests.reliability.workload import Workload, WorkloadConfig, prepare_schema
 
 
 @dataclass(frozen=True)
@@ -167,8 +167,8 @@ def test_workload_under_least_privilege_roles(
         # Until purge has deleted jobs (every task has had work): a poll, not a window.
         wait_until(
             lambda: w.maintenance.summary()["transitions"].get("succeeded->purged", 0) > 0,
-            120,
             "purge, as the daemon role, deletes succeeded jobs",
+            timeout=120,
             poll=0.5,
         )
     finally:
@@ -200,8 +200,8 @@ def test_daemon_replicas_under_least_privilege_roles(
     try:
         wait_until(
             lambda: w.maintenance.summary()["transitions"].get("running->stale", 0) > 0,
-            120,
             "a replica, as the daemon role, marks a crashed worker's job stale",
+            timeout=120,
             poll=0.5,
         )
     finally:

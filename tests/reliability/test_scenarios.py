@@ -27,12 +27,12 @@ from reconciler.db import Database
 from reconciler.runner import run_task
 from reconciler.settings import Settings
 from tests.conftest import connect, make_settings
-from tests.helpers import events_of, insert_job, job
+from tests.helpers import events_of, insert_job, job, wait_until
 from tests.reliability.faults import FaultSchedule
 from tests.reliability.invariants import InvariantResult, format_report
 from tests.reliability.operator import ACTIONS, ACTOR, Operator
 from tests.reliability.worker import Plan
-from tests.reliability.workload import Workload, WorkloadConfig, prepare_schema, wait_until
+from tests.reliability.workload import Workload, WorkloadConfig, prepare_schema
 
 pytestmark = pytest.mark.reliability
 
@@ -101,7 +101,9 @@ def _run(
         )
 
     try:
-        wait_until(done, 240, f"the workload ran {_min_seconds(w):.0f}s and moved {progress}")
+        wait_until(
+            done, f"the workload ran {_min_seconds(w):.0f}s and moved {progress}", timeout=240
+        )
     finally:
         if faults is not None:
             faults.stop()
@@ -172,9 +174,9 @@ def test_operator_actions_mid_workload_keep_every_invariant(
                 time.monotonic() - started >= SECONDS
                 and all(op.done[a] >= 1 for a in ACTIONS)
                 and op.done["export_purge"] >= 2
-            ),  # export then purge, both exit 0
-            240,
+            ),
             "every operator action done at least once (export and purge both)",
+            timeout=240,
         )
     finally:
         faults.stop()

@@ -24,11 +24,12 @@ from psycopg import sql
 from sqlalchemy import make_url
 
 from reconciler.db import Database
+from tests.helpers import wait_until
 from tests.pgbouncer import free_port
 from tests.reliability.daemon import REPO, DaemonReplicas, daemon_available
 from tests.reliability.faults import FaultSchedule
 from tests.reliability.invariants import format_report
-from tests.reliability.workload import Workload, WorkloadConfig, prepare_schema, wait_until
+from tests.reliability.workload import Workload, WorkloadConfig, prepare_schema
 
 pytestmark = [
     pytest.mark.reliability,
@@ -89,8 +90,8 @@ def test_password_and_sentry_dsn_never_show_anywhere(
                 all(b'"daemon.started"' in p.read_bytes() for p in daemon_dir.glob("replica-*.log"))
                 and len(list(daemon_dir.glob("replica-*.log"))) == 2
             ),
-            30,
             "both replicas to start",
+            timeout=30,
         )
         # Until there is something to leak: runs that moved jobs, and terminated connections.
         wait_until(
@@ -98,8 +99,8 @@ def test_password_and_sentry_dsn_never_show_anywhere(
                 faults.injected["terminate"] > 0
                 and daemons.summary()["transitions"].get("running->stale", 0) > 0
             ),
-            120,
             "some work, terminations included",
+            timeout=120,
             poll=0.5,
         )
         captured["ps -eo args"] = subprocess.run(

@@ -7,7 +7,7 @@
   name); it can SIGKILL, SIGSTOP and SIGCONT them.
 - :class:`MaintenanceLoop`: runs the five tasks through ``run_task`` on
   aggressive intervals. It satisfies the :class:`Maintenance` protocol, so the
-  daemon subprocess (issue 3) can take its place: pass another factory to
+  daemon subprocess can take its place: pass another factory to
   :class:`Workload`.
 - :class:`Workload`: starts all of it in a schema prepared for the test
   (short backoffs, the purge witness), and afterwards loads the History the
@@ -66,19 +66,9 @@ __all__ = [
     "WorkerPool",
     "Workload",
     "WorkloadConfig",
-    "wait_until",
 ]
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, poll: float = 0.1) -> None:
-    """Poll ``predicate`` until it holds; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(poll)
 
 
 @dataclass(frozen=True)
