@@ -30,7 +30,7 @@ from reconciler.settings import Settings
 from reconciler.sqlfiles import locking
 from reconciler.tasks import Task, TaskContext, TaskResult
 
-__all__ = ["Change", "apply", "apply_change", "apply_from_args"]
+__all__ = ["Change", "apply", "apply_from_args"]
 
 log = get_logger("reconciler.ops")
 
@@ -121,34 +121,6 @@ def apply(
     return _logged(result, actor, details or {})
 
 
-def apply_change(
-    db: Database,
-    settings: Settings,
-    change: Change,
-    *,
-    now: datetime,
-    actor: str,
-    dry_run: bool,
-    yes: bool,
-    batch_size: int | None = None,
-    stdin: TextIO | None = None,
-) -> TaskResult:
-    """:func:`apply` for a :class:`Change`."""
-    return apply(
-        db,
-        settings,
-        change.task(),
-        verb=change.verb,
-        now=now,
-        actor=actor,
-        dry_run=dry_run,
-        yes=yes,
-        details=change.details,
-        batch_size=batch_size,
-        stdin=stdin,
-    )
-
-
 def apply_from_args(
     db: Database,
     settings: Settings,
@@ -159,11 +131,14 @@ def apply_from_args(
     verb: str,
     job_filter: JobFilter | None,
 ) -> int:
-    """apply_change with the command's --actor/--dry-run/--yes/--batch-size; print; exit code."""
-    result = apply_change(
+    """:func:`apply` of ``change`` with the command's --actor/--dry-run/--yes/--batch-size;
+    print what it did; the exit code."""
+    result = apply(
         db,
         settings,
-        change,
+        change.task(),
+        verb=change.verb,
+        details=change.details,
         now=now,
         actor=args.actor or default_actor(),
         dry_run=args.dry_run,

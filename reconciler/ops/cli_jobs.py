@@ -6,7 +6,7 @@ from typing import Any
 
 from reconciler.durations import duration_arg
 from reconciler.ops import dead_letter, enqueue, export, jobs
-from reconciler.ops.args import batch_size_arg, names_arg, positive_int_arg
+from reconciler.ops.args import names_arg, positive_int_arg
 from reconciler.ops.cli_parts import (
     add_change_options,
     add_due_options,
@@ -113,16 +113,7 @@ def add_job_commands(sub: Any) -> None:
     p.add_argument("--idempotency-key", metavar="KEY", help="unique per kind and tenant")
     p.add_argument("--tenant", metavar="TENANT")
     add_due_options(p)
-    p.add_argument("--dry-run", action="store_true", help="check and preview; write nothing")
-    p.add_argument("-y", "--yes", action="store_true", help="do not ask, however many jobs")
-    p.add_argument("--actor", help="who to record in job_events (default: cli:<os user>)")
-    p.add_argument(
-        "--batch-size",
-        type=batch_size_arg,
-        metavar="N",
-        help="jobs per transaction (default: RECONCILER_BATCH_SIZE)",
-    )
-    add_json(p)
+    add_change_options(p, reason=False)
 
     # dead-letter -----------------------------------------------------------------------
     g = group(sub, "dead-letter", "list, group, export, replay or purge dead jobs")

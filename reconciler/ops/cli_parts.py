@@ -36,8 +36,8 @@ def add_due_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_change_options(parser: argparse.ArgumentParser) -> None:
-    """What every command that changes jobs takes."""
+def add_change_options(parser: argparse.ArgumentParser, *, reason: bool = True) -> None:
+    """What every command that changes jobs takes (``enqueue`` has no ``--reason``)."""
     parser.add_argument(
         "--dry-run",
         action="store_true",
@@ -50,7 +50,8 @@ def add_change_options(parser: argparse.ArgumentParser) -> None:
         help="do not ask, however many jobs (RECONCILER_OPS_CONFIRM_THRESHOLD)",
     )
     parser.add_argument("--actor", help="who to record in job_events (default: cli:<os user>)")
-    parser.add_argument("--reason", help="a note kept in each job's event, e.g. a ticket")
+    if reason:
+        parser.add_argument("--reason", help="a note kept in each job's event, e.g. a ticket")
     parser.add_argument(
         "--batch-size",
         type=batch_size_arg,

@@ -22,7 +22,6 @@ from reconciler.backups import spliced
 from reconciler.db import Database
 from reconciler.ops.backed_up import refuse_unless_backed_up, report_left
 from reconciler.ops.changes import Change, apply_from_args
-from reconciler.ops.confirm import OpsError
 from reconciler.ops.filter import JobFilter, check_ids, dead_filter, filtered_query, resolve_limit
 from reconciler.ops.listing import list_jobs, print_jobs
 from reconciler.ops.output import console, emit_json_lines, table
@@ -81,24 +80,22 @@ def cmd_errors(args: argparse.Namespace, settings: Settings, db: Database) -> in
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings, db: Database) -> int:
-    job_filter = JobFilter.from_args(args)
-    if job_filter.is_empty() and not args.all:
-        raise OpsError(
-            "dead-letter replay needs job ids or a filter (e.g. --kind export), "
-            "or --all for every dead job"
-        )
+    job_filter = JobFilter.from_args(args).required(
+        "dead-letter replay needs job ids or a filter (e.g. --kind export), "
+        "or --all for every dead job",
+        everything=args.all,
+    )
     return requeue(
         args, settings, db, job_filter.with_statuses(DEAD), name="dead-letter replay", eligible=DEAD
     )
 
 
 def cmd_purge(args: argparse.Namespace, settings: Settings, db: Database) -> int:
-    job_filter = JobFilter.from_args(args)
-    if job_filter.is_empty() and not args.all:
-        raise OpsError(
-            "dead-letter purge needs job ids or a filter (e.g. --older-than 30d, --kind export), "
-            "or --all for every dead job"
-        )
+    job_filter = JobFilter.from_args(args).required(
+        "dead-letter purge needs job ids or a filter (e.g. --older-than 30d, --kind export), "
+        "or --all for every dead job",
+        everything=args.all,
+    )
     job_filter = job_filter.with_statuses(DEAD)
     check_ids(db, job_filter.ids, allowed=DEAD, verb="dead-letter purge")
     now = db.now()

@@ -23,7 +23,7 @@ import json
 import sys
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TextIO
+from typing import Any
 
 from sqlalchemy import text
 
@@ -35,9 +35,9 @@ from reconciler.ops.report import report_change
 from reconciler.runner import default_actor
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query
-from reconciler.tasks import Task, TaskContext, TaskResult
+from reconciler.tasks import Task, TaskContext
 
-__all__ = ["cmd_enqueue", "enqueue_jobs"]
+__all__ = ["cmd_enqueue"]
 
 
 def _binds(batch: list[NewJob]) -> dict[str, Any]:
@@ -88,33 +88,6 @@ class _Made:
     to_status: str
 
 
-def enqueue_jobs(
-    db: Database,
-    settings: Settings,
-    jobs: list[NewJob],
-    *,
-    actor: str,
-    dry_run: bool,
-    yes: bool,
-    batch_size: int | None = None,
-    stdin: TextIO | None = None,
-) -> TaskResult:
-    """Preview (rolled back); unless a dry run, confirm and enqueue, recorded as one run."""
-    task = Task(name="enqueue", summary="an operator's enqueue", execute=partial(_execute, jobs))
-    return apply(
-        db,
-        settings,
-        task,
-        verb="enqueue",
-        now=db.now(),
-        actor=actor,
-        dry_run=dry_run,
-        yes=yes,
-        batch_size=batch_size,
-        stdin=stdin,
-    )
-
-
 def cmd_enqueue(args: argparse.Namespace, settings: Settings, db: Database) -> int:
     if args.jsonl:
         if args.kind is not None:
@@ -147,10 +120,13 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings, db: Database) -> i
             ]
         except (ValueError, RecursionError) as exc:
             raise OpsError(f"enqueue: {exc}") from None
-    result = enqueue_jobs(
+    task = Task(name="enqueue", summary="an operator's enqueue", execute=partial(_execute, jobs))
+    result = apply(
         db,
         settings,
-        jobs,
+        task,
+        verb="enqueue",
+        now=db.now(),
         actor=args.actor or default_actor(),
         dry_run=args.dry_run,
         yes=args.yes,

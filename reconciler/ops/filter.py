@@ -109,6 +109,13 @@ class JobFilter:
             found["limit"] = self.limit
         return found
 
+    def required(self, refusal: str, *, everything: bool = False) -> JobFilter:
+        """This filter, unless it narrows nothing (and ``--all`` was not given): a command
+        that changes jobs never takes every job by accident; ``refusal`` says what to give."""
+        if self.is_empty() and not everything:
+            raise OpsError(refusal)
+        return self
+
     def with_statuses(self, statuses: Sequence[str]) -> JobFilter:
         return JobFilter(**{**self.__dict__, "statuses": tuple(statuses)})
 

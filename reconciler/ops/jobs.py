@@ -104,12 +104,10 @@ def cmd_show(args: argparse.Namespace, settings: Settings, db: Database) -> int:
 
 
 def cmd_requeue(args: argparse.Namespace, settings: Settings, db: Database) -> int:
-    job_filter = JobFilter.from_args(args)
-    if job_filter.is_empty():
-        raise OpsError(
-            "jobs requeue needs job ids or a filter (e.g. --status dead --queue email); "
-            "to retry every failed job: reconciler jobs retry-failed"
-        )
+    job_filter = JobFilter.from_args(args).required(
+        "jobs requeue needs job ids or a filter (e.g. --status dead --queue email); "
+        "to retry every failed job: reconciler jobs retry-failed"
+    )
     asked = bool(job_filter.ids) or "succeeded" in job_filter.statuses
     eligible = REPLAYABLE if asked else REQUEUEABLE
     return requeue(args, settings, db, job_filter, name="jobs requeue", eligible=eligible)
@@ -151,12 +149,10 @@ def cmd_retry_failed(args: argparse.Namespace, settings: Settings, db: Database)
 
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings, db: Database) -> int:
-    job_filter = JobFilter.from_args(args)
-    if job_filter.is_empty():
-        raise OpsError(
-            "jobs cancel needs job ids or a filter; refusing to cancel every job "
-            "(e.g. reconciler jobs cancel 42, or --queue email --status queued)"
-        )
+    job_filter = JobFilter.from_args(args).required(
+        "jobs cancel needs job ids or a filter; refusing to cancel every job "
+        "(e.g. reconciler jobs cancel 42, or --queue email --status queued)"
+    )
     check_statuses(job_filter, CANCELLABLE, "jobs cancel")
     check_ids(db, job_filter.ids, allowed=CANCELLABLE, verb="jobs cancel")
     now = db.now()

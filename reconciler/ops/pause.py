@@ -141,7 +141,7 @@ def cmd_pause(args: argparse.Namespace, settings: Settings, db: Database) -> int
     try:
         with db.transaction() as conn:
             conn.execute(text(query("ops/pause", "wait_for_claims")))
-            changed = _pause(conn, queues, db, args)
+            changed = _record(conn, "pause", queues, db, args)
     except DBAPIError as exc:
         if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
             raise
@@ -156,13 +156,14 @@ def cmd_pause(args: argparse.Namespace, settings: Settings, db: Database) -> int
     return 0
 
 
-def _pause(
-    conn: Connection, queues: list[str], db: Database, args: argparse.Namespace
+def _record(
+    conn: Connection, action: str, queues: list[str] | None, db: Database, args: argparse.Namespace
 ) -> list[str]:
-    """Insert the pauses and their events, in the transaction holding paused_queues."""
+    """Pause or resume ``queues`` (None: every pause) with their events, in ``conn``'s
+    transaction; the queues changed."""
     return list(
         conn.execute(
-            text(query("ops/pause", "pause")),
+            text(query("ops/pause", action)),
             {
                 "queues": queues,
                 "now": db.now(),
@@ -195,16 +196,6 @@ def cmd_resume(args: argparse.Namespace, settings: Settings, db: Database) -> in
         _print(sorted(paused if queues is None else queues), "resume", db, args.json, dry_run=True)
         return 0
     with db.transaction() as conn:
-        changed = list(
-            conn.execute(
-                text(query("ops/pause", "resume")),
-                {
-                    "queues": queues,
-                    "now": db.now(),
-                    "actor": args.actor or default_actor(),
-                    "reason": args.reason,
-                },
-            ).scalars()
-        )
+        changed = _record(conn, "resume", queues, db, args)
     _print(sorted(changed), "resume", db, args.json, dry_run=False)
     return 0
