@@ -201,6 +201,14 @@ class Settings(BaseSettings):
     sentry_environment: str | None = Field(
         default=None, description="Sentry's environment tag, e.g. production."
     )
+    sentry_dead_letter_events: int = Field(
+        default=20,
+        ge=0,
+        le=10_000,
+        description="At most this many Sentry events for dead-lettered jobs per 10 minutes "
+        "(one per job, grouped by kind and error); past it, one summary per run says how many "
+        "more. 20: every distinct failure shows, a mass failure does not spend the quota.",
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto",
         description="auto: JSON lines when stdout is not a terminal, readable console otherwise.",

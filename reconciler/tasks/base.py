@@ -115,8 +115,18 @@ class TaskContext:
         if self.lease is not None:
             self.lease.renew(conn)
 
-    def run_batches(self, sql: str, params: Mapping[str, Any]) -> None:
-        """Run ``sql`` batch by batch until a short batch or the time budget."""
+    def run_batches(
+        self,
+        sql: str,
+        params: Mapping[str, Any],
+        *,
+        committed: Callable[[Sequence[Any]], None] | None = None,
+    ) -> None:
+        """Run ``sql`` batch by batch until a short batch or the time budget.
+
+        ``committed(rows)`` is called with each batch's rows once it has committed (never
+        for a dry run): what a task says about the jobs it changed.
+        """
         base = {"now": self.now, "actor": self.actor, "run_id": self.run_id, **params}
         if self.dry_run:
             with self.db.transaction(rollback=True) as conn:
@@ -131,6 +141,8 @@ class TaskContext:
                 rows = conn.execute(text(sql), {**base, "batch_size": self.batch_size}).all()
                 self.renew_lease(conn)
             self.progress.add(rows)
+            if committed is not None:
+                committed(rows)
             self.progress.batches += 1
             if len(rows) < self.batch_size:
                 return

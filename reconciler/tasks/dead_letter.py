@@ -14,6 +14,7 @@ exact complement, so a job is never both requeued and dead-lettered.
 
 from __future__ import annotations
 
+from reconciler.signals import dead_lettered
 from reconciler.sqlfiles import query
 from reconciler.tasks.base import Task, TaskContext
 
@@ -21,7 +22,9 @@ __all__ = ["TASK"]
 
 
 def execute(ctx: TaskContext) -> None:
-    ctx.run_batches(query("tasks/dead_letter", "apply"), {})
+    signals = dead_lettered(ctx.settings, run_id=ctx.run_id)
+    ctx.run_batches(query("tasks/dead_letter", "apply"), {}, committed=signals.jobs)
+    signals.finish()
 
 
 TASK = Task(

@@ -22,7 +22,8 @@ WITH candidates AS (
     SET status = 'dead', finished_at = CAST(:now AS timestamptz)
     FROM candidates c
     WHERE j.id = c.id
-    RETURNING j.id, c.from_status, c.attempt, c.used, c.max_attempts, j.last_error
+    RETURNING j.id, c.from_status, c.attempt, c.used, c.max_attempts, j.last_error,
+              j.queue, j.kind, j.tenant_id
 ), events AS (
     INSERT INTO job_events (job_id, from_status, to_status, at, actor, reason, run_id)
     SELECT m.id, m.from_status, 'dead', CAST(:now AS timestamptz), :actor,
@@ -32,4 +33,7 @@ WITH candidates AS (
            CAST(:run_id AS bigint)
     FROM moved m
 )
-SELECT id, from_status, 'dead' AS to_status FROM moved
+-- What each dead job was, for its log line and Sentry event (reconciler/signals.py).
+SELECT id, from_status, 'dead' AS to_status, queue, kind, tenant_id, attempt,
+       left(coalesce(last_error->>'message', last_error::text), 500) AS error
+FROM moved

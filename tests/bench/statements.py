@@ -8,7 +8,7 @@ context that records its ``run_batches`` calls instead of running them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,7 +38,13 @@ class _Recorder(TaskContext):
 
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
-    def run_batches(self, sql: str, params: Mapping[str, Any]) -> None:
+    def run_batches(
+        self,
+        sql: str,
+        params: Mapping[str, Any],
+        *,
+        committed: Callable[[Sequence[Any]], None] | None = None,
+    ) -> None:
         # The same binds as TaskContext.run_batches gives every batch.
         bound = {"now": self.now, "actor": self.actor, "run_id": self.run_id, **params}
         self.calls.append((sql, {**bound, "batch_size": self.batch_size}))

@@ -3,85 +3,26 @@
 from __future__ import annotations
 
 import io
-import json
-import logging
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sentry_sdk
 from apscheduler.events import EVENT_JOB_SUBMITTED
 from pydantic import SecretStr
-from sentry_sdk.envelope import Envelope
-from sentry_sdk.transport import Transport
 from sqlalchemy import text
 
 from reconciler.daemon import Daemon
 from reconciler.db import Database
-from reconciler.logs import configure_logging
 from reconciler.schedule import Entry, Schedule
 from reconciler.sentry import init_sentry, report_failure
 from reconciler.settings import Settings
 from tests.conftest import connect, make_settings
 from tests.helpers import insert_job, wait_until
+from tests.integration.conftest import DSN, Recorder, events
 
-DSN = "https://0f1e2d3c4b5a69788796a5b4c3d2e1f0@o1.ingest.example.invalid/42"
 EVERY_30S = Entry("mark-stale", every=timedelta(seconds=30))
-
-
-class Recorder(Transport):
-    """A Sentry transport that keeps every envelope instead of sending it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.envelopes: list[Envelope] = []
-
-    def capture_envelope(self, envelope: Envelope) -> None:
-        self.envelopes.append(envelope)
-
-    def items(self, kind: str) -> list[dict[str, Any]]:
-        return [
-            item.payload.json
-            for envelope in self.envelopes
-            for item in envelope.items
-            if item.type == kind and item.payload.json is not None
-        ]
-
-
-@pytest.fixture
-def sentry(settings: Settings) -> Iterator[Recorder]:
-    recorder = Recorder()
-    with_dsn = settings.model_copy(update={"sentry_dsn": SecretStr(DSN)})
-    assert init_sentry(with_dsn, transport=recorder)
-    try:
-        yield recorder
-    finally:
-        sentry_sdk.get_client().close()
-        sentry_sdk.get_global_scope().set_client(None)
-
-
-@pytest.fixture
-def log_lines() -> Iterator[io.StringIO]:
-    """Logging into a buffer, as JSON at debug level; the test runner's handlers restored."""
-    names = ("", "sqlalchemy", "sqlalchemy.engine", "apscheduler", "sentry_sdk")
-    loggers = [logging.getLogger(n) for n in names]
-    saved = [(lg, lg.handlers[:], lg.level) for lg in loggers]
-    buffer = io.StringIO()
-    configure_logging("json", "debug", stream=buffer)
-    try:
-        yield buffer
-    finally:
-        for lg, handlers, level in saved:
-            lg.handlers[:] = handlers
-            lg.setLevel(level)
-
-
-def _events(buffer: io.StringIO, name: str) -> list[dict[str, Any]]:
-    lines = [json.loads(line) for line in buffer.getvalue().splitlines() if line.startswith("{")]
-    return [e for e in lines if e.get("event") == name]
 
 
 def _daemon(db: Database, settings: Settings, *, sentry_enabled: bool = False) -> Daemon:
@@ -99,7 +40,7 @@ def test_one_task_finished_line_per_run(
     idle = _daemon(db, settings).tick(EVERY_30S)
 
     assert result is not None and idle is not None
-    busy_line, idle_line = _events(log_lines, "task.finished")
+    busy_line, idle_line = events(log_lines, "task.finished")
     assert busy_line["level"] == "info"
     assert {k: busy_line[k] for k in ("task", "run_id", "transitions", "batches", "status")} == {
         "task": "mark-stale",
@@ -150,7 +91,7 @@ def test_run_that_cannot_start_reports_error_tagged_with_its_task(
     assert event["tags"]["task"] == "mark-stale"
     assert "does not exist" in event["message"]
     assert "user" not in event  # send_default_pii is off
-    (error,) = _events(log_lines, "task.error")
+    (error,) = events(log_lines, "task.error")
     assert error["task"] == "mark-stale" and error["retry_in_s"] == 1.0
     assert sentry_sdk.get_client().should_send_default_pii() is False
 
@@ -179,7 +120,7 @@ def test_run_failing_mid_way_reports_error_with_its_run(
     (event,) = sentry.items("event")
     assert event["tags"] == {"task": "mark-stale", "run_id": str(result.run_id)}
     assert "lock timeout" in event["message"]
-    (line,) = _events(log_lines, "task.finished")
+    (line,) = events(log_lines, "task.finished")
     assert line["level"] == "error" and line["status"] == "failed"
     assert line["retry_in_s"] == 1.0 and "lock timeout" in line["error"]
 
@@ -197,7 +138,7 @@ def test_cron_task_retries_five_times_then_waits_for_its_schedule(
             daemon.tick(daily)
     finally:
         db.dispose()
-    assert [e["retry_in_s"] for e in _events(log_lines, "task.error")] == [
+    assert [e["retry_in_s"] for e in events(log_lines, "task.error")] == [
         1.0, 2.0, 4.0, 8.0, 16.0, None,
     ]  # fmt: skip
 
@@ -235,12 +176,12 @@ def test_a_task_whose_lease_another_process_holds_is_skipped_at_debug(
         )
     daemon = _daemon(db, settings)
     assert daemon.tick(EVERY_30S) is None
-    (skipped,) = _events(log_lines, "task.skipped")
+    (skipped,) = events(log_lines, "task.skipped")
     assert skipped["level"] == "debug"
     assert skipped["task"] == "mark-stale"
     assert skipped["holder"] == "other-host:4242:abcd"
     assert datetime.fromisoformat(skipped["lease_expires_at"]) > datetime.now(UTC)
-    assert _events(log_lines, "task.error") == [] and _events(log_lines, "task.crashed") == []
+    assert events(log_lines, "task.error") == [] and events(log_lines, "task.crashed") == []
     with db.transaction() as conn:
         assert conn.execute(text("SELECT count(*) FROM runs")).scalar_one() == 0
 
@@ -263,7 +204,7 @@ def test_a_bug_in_a_task_is_task_crashed_with_its_traceback_and_the_daemon_goes_
     with monkeypatch.context() as patch:
         patch.setattr("reconciler.daemon.run_task", bug)
         assert daemon.tick(EVERY_30S) is None
-    (crashed,) = _events(log_lines, "task.crashed")
+    (crashed,) = events(log_lines, "task.crashed")
     assert crashed["level"] == "error"
     assert crashed["task"] == "mark-stale"
     assert "RuntimeError: a bug in a task" in crashed["exception"]

@@ -60,6 +60,7 @@ def test_every_default_is_pinned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         "retry_max_delay": timedelta(seconds=60),
         "sentry_dsn": None,
         "sentry_environment": None,
+        "sentry_dead_letter_events": 20,
         "log_format": "auto",
         "log_level": "info",
     }
