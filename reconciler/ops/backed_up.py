@@ -27,7 +27,7 @@ def refuse_unless_backed_up(db: Database, job_filter: JobFilter, now: datetime, 
     is not backed up; ``how`` is the export command that would back them up."""
     with db.transaction() as conn:
         missing = conn.execute(
-            text(spliced(filtered_query("ops/dead_letter", "not_backed_up"))),
+            text(spliced(filtered_query("ops/backed_up", "not_backed_up"))),
             job_filter.binds(now),
         ).one()
     if missing.jobs:
@@ -44,7 +44,7 @@ def report_left(db: Database, job_filter: JobFilter, now: datetime) -> int:
     with db.transaction() as conn:
         left = int(
             conn.execute(
-                text(spliced(filtered_query("ops/dead_letter", "not_backed_up"))),
+                text(spliced(filtered_query("ops/backed_up", "not_backed_up"))),
                 job_filter.binds(now),
             )
             .one()

@@ -55,7 +55,7 @@ class ExportResult:
 
 def _pages(db: Database, job_filter: JobFilter, now: datetime) -> Iterator[list[dict[str, Any]]]:
     after = 0
-    sql = text(filtered_query("ops/dead_letter", "export_page"))
+    sql = text(filtered_query("ops/export", "export_page"))
     remaining = job_filter.limit
     while True:
         page = min(_EXPORT_PAGE, remaining) if remaining is not None else _EXPORT_PAGE
@@ -102,7 +102,7 @@ def record_export(
     now, ids, updated = written
     with db.transaction() as conn:
         export_id = conn.execute(
-            text(query("ops/dead_letter", "record_export")),
+            text(query("ops/export", "record_export")),
             {
                 "now": now,
                 "actor": actor,
@@ -114,7 +114,7 @@ def record_export(
         ).scalar_one()
         for start in range(0, len(ids), 10_000):
             conn.execute(
-                text(query("ops/dead_letter", "record_exported_jobs")),
+                text(query("ops/export", "record_exported_jobs")),
                 {
                     "export_id": export_id,
                     "job_ids": ids[start : start + 10_000],

@@ -189,7 +189,7 @@ def check_ids(
     with db.transaction() as conn:
         found = {
             row.id: row.status
-            for row in conn.execute(text(query("ops/jobs", "statuses_of")), {"ids": list(ids)})
+            for row in conn.execute(text(query("ops/filter", "statuses_of")), {"ids": list(ids)})
         }
     missing = [i for i in ids if i not in found]
     if missing:
@@ -213,7 +213,7 @@ def resolve_limit(
         return job_filter
     with db.transaction() as conn:
         ids = conn.execute(
-            text(filtered_query("ops/jobs", "ids")),
+            text(filtered_query("ops/filter", "ids")),
             {
                 **job_filter.binds(now),
                 "eligible": list(statuses),

@@ -16,7 +16,7 @@ def list_jobs(db: Database, job_filter: JobFilter, *, limit: int) -> list[dict[s
     """The matching jobs, newest first."""
     now = db.now()
     return db.rows(
-        spliced(filtered_query("ops/jobs", "list")),
+        spliced(filtered_query("ops/listing", "list")),
         {**job_filter.binds(now), "now": now, "limit": limit},
     )
 

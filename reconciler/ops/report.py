@@ -63,13 +63,13 @@ def report_unchanged(
     with db.transaction() as conn:
         changed = set(
             conn.execute(
-                text(query("ops/jobs", "changed_by_run")),
+                text(query("ops/report", "changed_by_run")),
                 {"ids": list(ids), "run_id": result.run_id},
             ).scalars()
         )
         now = {
             row.id: row.status
-            for row in conn.execute(text(query("ops/jobs", "statuses_of")), {"ids": list(ids)})
+            for row in conn.execute(text(query("ops/filter", "statuses_of")), {"ids": list(ids)})
         }
     # A deleted job's events go with it: for a purge, gone is done.
     missed = [i for i in ids if i not in changed and not (deletes and i not in now)]

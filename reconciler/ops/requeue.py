@@ -52,7 +52,7 @@ def requeue(
         name=name,
         verb="requeue",
         details={"filter": given.describe()},
-        sql=filtered_query("ops/jobs", "requeue"),
+        sql=filtered_query("ops/requeue", "requeue"),
         params={
             **job_filter.binds(now),
             "eligible": list(job_filter.statuses or eligible),

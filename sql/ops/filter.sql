@@ -1,4 +1,4 @@
--- The job filter of every operator's command (reconciler/ops/common.py,
+-- The job filter of every operator's command (reconciler/ops/filter.py,
 -- JobFilter): one predicate over the jobs row aliased j, put in place of the
 -- /*job_filter*/ marker of a query. Every value is bound; NULL means "any".
 --
@@ -18,3 +18,14 @@ AND (CAST(:f_finished_since AS timestamptz) IS NULL
      OR j.finished_at >= CAST(:f_finished_since AS timestamptz))
 AND (CAST(:f_finished_before AS timestamptz) IS NULL
      OR j.finished_at < CAST(:f_finished_before AS timestamptz))
+
+-- name: statuses_of
+SELECT j.id, j.status FROM jobs j WHERE j.id = ANY (CAST(:ids AS bigint[]))
+
+-- name: ids
+-- The first :limit matching jobs among :eligible, oldest first (for --limit).
+SELECT j.id FROM jobs j
+WHERE j.status = ANY (CAST(:eligible AS text[]))
+  AND /*job_filter*/
+ORDER BY j.id
+LIMIT :limit

@@ -35,7 +35,7 @@ def test_every_default_is_pinned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     defaults = {
         name: value
         for name, value in _settings().model_dump().items()
-        # the operator's settings are pinned in tests/unit/test_ops_common.py
+        # the operator's settings are pinned in tests/unit/test_ops_parts.py
         if not name.startswith(("ops_", "check_"))
     }
     assert defaults == {
