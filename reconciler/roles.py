@@ -84,6 +84,12 @@ def render(
     names["readonly"] = readonly
     for what, name in names.items():
         _check(what, name)
+        if what != "schema" and (name.startswith("pg_") or name.lower() in ("public", "none")):
+            raise RoleNameError(f"the {what} role name {name!r} is reserved by PostgreSQL")
+    roles = [names[r] for r in ("owner", "daemon", "worker", "readonly")]
+    if len(set(roles)) < len(roles):
+        # One role doing two jobs would, say, give every worker the daemon's grants.
+        raise RoleNameError(f"the four roles need four different names, not {roles}")
     values: dict[str, sql.Composable] = {}
     for key, name in names.items():
         values[key] = sql.Identifier(name)

@@ -295,6 +295,9 @@ def test_fuzzed_names_create_exactly_the_roles_named(db: Database, pg_url: str, 
         ("--daemon", "a\x00b", "contains a NUL"),
         ("--schema", "s" * 64, "64 bytes"),
         ("--owner", "é" * 32, "64 bytes"),
+        ("--worker", "pg_worker", "reserved by PostgreSQL"),
+        ("--readonly", "public", "reserved by PostgreSQL"),
+        ("--worker", "reconciler_daemon", "four different names"),
     ],
 )
 def test_names_postgres_cannot_hold_are_refused_with_one_line(
