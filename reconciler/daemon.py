@@ -46,6 +46,7 @@ from reconciler.db import Database, first_line
 from reconciler.durations import format_duration
 from reconciler.leases import TaskBusy, new_holder
 from reconciler.logs import get_logger
+from reconciler.probes import Probe, serve_http
 from reconciler.runner import run_task
 from reconciler.schedule import Entry, Schedule
 from reconciler.sdnotify import notify, watchdog_interval
@@ -346,6 +347,20 @@ def _serve(
     sentry_enabled: bool,
 ) -> int:
     daemon = Daemon(settings, schedule, db, sentry_enabled=sentry_enabled)
+    probe = Probe(
+        db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
+        db.schema,
+        running=lambda: daemon.scheduler.running and not stop.is_set(),
+    )
+    http = None
+    if settings.http_addr is not None:
+        try:
+            http = serve_http(settings.http_addr, probe)
+        except OSError as exc:
+            raise DaemonConfigError(
+                f"RECONCILER_HTTP_ADDR {settings.http_addr}: cannot listen there ({exc.strerror}"
+                "); choose another port, or unset it"
+            ) from None
     daemon.start()
     watchdog = watchdog_interval()
     log.info(
@@ -362,8 +377,11 @@ def _serve(
     notify("READY=1", f"STATUS=running {len(schedule.enabled())} task(s)")
     tick = min(watchdog or timedelta(seconds=1), timedelta(seconds=1))
     while not stop.wait(tick.total_seconds()):
+        probe.tick()
         if watchdog is not None and daemon.scheduler.running:
             notify("WATCHDOG=1")
+    if http is not None:
+        http.shutdown()
     grace = settings.shutdown_grace
     notify("STOPPING=1", "STATUS=finishing the current batches")
     log.info(

@@ -28,6 +28,7 @@ from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError
 
 from reconciler.durations import format_duration, parse_duration
+from reconciler.probes import parse_addr
 
 __all__ = [
     "BATCH_SIZE_MAX",
@@ -209,6 +210,12 @@ class Settings(BaseSettings):
         "(one per job, grouped by kind and error); past it, one summary per run says how many "
         "more. 20: every distinct failure shows, a mass failure does not spend the quota.",
     )
+    http_addr: str | None = Field(
+        default=None,
+        description="host:port of the daemon's /healthz and /readyz endpoint, e.g. "
+        "127.0.0.1:9464. Unset: no endpoint. A non-loopback address (0.0.0.0:9464 in a "
+        "container) is your explicit choice.",
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto",
         description="auto: JSON lines when stdout is not a terminal, readable console otherwise.",
@@ -306,6 +313,13 @@ class Settings(BaseSettings):
             scope, _, name = key.partition(":")
             if scope not in ("queue", "kind") or not name:
                 raise ValueError(f"key {key!r} must look like 'queue:NAME' or 'kind:NAME'")
+        return value
+
+    @field_validator("http_addr")
+    @classmethod
+    def _http_addr(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_addr(value)
         return value
 
     @field_validator("schema_name")

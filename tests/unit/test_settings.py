@@ -61,6 +61,7 @@ def test_every_default_is_pinned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         "sentry_dsn": None,
         "sentry_environment": None,
         "sentry_dead_letter_events": 20,
+        "http_addr": None,
         "log_format": "auto",
         "log_level": "info",
     }

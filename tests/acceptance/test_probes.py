@@ -1,0 +1,114 @@
+"""The daemon's /healthz and /readyz: liveness never asks the database, readiness does."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from reconciler.db import Database
+from reconciler.probes import parse_addr
+from tests.acceptance.daemons import DaemonProcess, eventually, fast_schedule
+from tests.pgbouncer import free_port
+
+
+def _get(port: int, path: str) -> tuple[int, str] | None:
+    """(status, body) of GET path, or None while nothing listens yet."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+
+
+def test_healthy_and_ready_with_a_current_schema(pg_url: str, db: Database, tmp_path: Path) -> None:
+    """/healthz 200 ok, /readyz 200 ready, anything else 404; SIGTERM still exits 0."""
+    port = free_port()
+    daemon = DaemonProcess(
+        tmp_path,
+        {
+            "RECONCILER_DATABASE_URL": pg_url,
+            "RECONCILER_SCHEMA": db.schema,
+            "RECONCILER_SCHEDULE_FILE": str(fast_schedule(tmp_path)),
+            "RECONCILER_HTTP_ADDR": f"127.0.0.1:{port}",
+        },
+    )
+    try:
+        assert eventually(lambda: _get(port, "/healthz"), what="/healthz") == (200, "ok\n")
+        assert _get(port, "/readyz") == (200, "ready\n")
+        missing = _get(port, "/metrics?x=1")
+        assert missing is not None and missing[0] == 404
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    finally:
+        daemon.close()
+
+
+def test_a_database_outage_is_not_ready_but_still_alive(tmp_path: Path) -> None:
+    """Nothing listens at the database's address: /readyz 503 saying so, /healthz 200, so an
+    orchestrator stops routing to it instead of restarting a daemon that will recover."""
+    port = free_port()
+    daemon = DaemonProcess(
+        tmp_path,
+        {
+            "RECONCILER_DATABASE_URL": "postgresql://nobody:pw@127.0.0.1:9/none",
+            "RECONCILER_SCHEDULE_FILE": str(fast_schedule(tmp_path, '[requeue]\nevery = "1s"\n')),
+            "RECONCILER_HTTP_ADDR": f"127.0.0.1:{port}",
+        },
+    )
+    try:
+        assert eventually(lambda: _get(port, "/healthz"), what="/healthz") == (200, "ok\n")
+        ready = _get(port, "/readyz")
+        assert ready is not None and ready[0] == 503
+        assert ready[1].startswith("not ready: the database does not answer")
+        assert "pw" not in ready[1]
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    finally:
+        daemon.close()
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(pg_url: str, db: Database, tmp_path: Path) -> None:
+    """Another process listens there: the daemon does not start, one line names the setting."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        daemon = DaemonProcess(
+            tmp_path,
+            {
+                "RECONCILER_DATABASE_URL": pg_url,
+                "RECONCILER_SCHEMA": db.schema,
+                "RECONCILER_SCHEDULE_FILE": str(fast_schedule(tmp_path)),
+                "RECONCILER_HTTP_ADDR": f"127.0.0.1:{port}",
+            },
+        )
+        assert daemon.wait() == 2
+    err = daemon.log_path.read_text()
+    assert "RECONCILER_HTTP_ADDR" in err and "cannot listen there" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("127.0.0.1:9464", ("127.0.0.1", 9464)),
+        ("[::1]:9464", ("::1", 9464)),
+        ("localhost:80", ("localhost", 80)),
+    ],
+)
+def test_addresses_parse(value: str, expected: tuple[str, int]) -> None:
+    assert parse_addr(value) == expected
+
+
+@pytest.mark.parametrize("value", ["9464", "127.0.0.1", "127.0.0.1:99999", "::1:9464", "a b:1"])
+def test_bad_addresses_are_refused(value: str) -> None:
+    """Each is a ValueError saying how to write it (the settings turn it into one line)."""
+    with pytest.raises(ValueError, match=r"host:port|1 to 65535"):
+        parse_addr(value)
