@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from rich.console import Console
@@ -32,6 +33,7 @@ from reconciler.durations import duration_arg
 from reconciler.embedded import EmbeddedUnavailable
 from reconciler.leases import TaskBusy
 from reconciler.logs import configure_logging, get_logger
+from reconciler.metrics import QueueCollector, exposition
 from reconciler.migrate import MigrationBlocked, MigrationError, migrate, pending
 from reconciler.ops.args import batch_size_arg
 from reconciler.ops.cli import OpsError, add_ops_commands
@@ -111,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     sched = sub.add_parser("schedule", help="show the effective schedule and the next runs")
     sched.add_argument("--json", action="store_true", help="print one JSON object")
     sched.set_defaults(handler=cmd_schedule, needs="settings")
+    metrics = sub.add_parser(
+        "metrics", help="print the queue's Prometheus gauges once (the daemon serves /metrics)"
+    )
+    metrics.set_defaults(handler=cmd_metrics, needs="database")
     stat = sub.add_parser("status", help="per task: last run, next run, overdue or not")
     stat.add_argument("--json", action="store_true", help="print one JSON object")
     stat.set_defaults(handler=cmd_status, needs="database")
@@ -249,6 +255,17 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings, db: Database, targ
             f"schema {result.schema!r} on {target.describe()}: already up to date "
             f"at version {result.current_version}"
         )
+    return EXIT_OK
+
+
+def cmd_metrics(args: argparse.Namespace, settings: Settings, db: Database, target: Target) -> int:
+    _require_schema(db, target)
+    snapshot = QueueCollector(db)
+    if snapshot.snapshot()[1]:
+        raise UsageError(f"database error on {target.describe()}: the metrics could not be read")
+    registry = CollectorRegistry()
+    registry.register(snapshot)
+    sys.stdout.write(exposition(registry).decode())
     return EXIT_OK
 
 

@@ -46,6 +46,7 @@ from reconciler.db import Database, first_line
 from reconciler.durations import format_duration
 from reconciler.leases import TaskBusy, new_holder
 from reconciler.logs import get_logger
+from reconciler.metrics import TaskMetrics, exposition, queue_registry
 from reconciler.probes import Probe, serve_http
 from reconciler.runner import run_task
 from reconciler.schedule import Entry, Schedule
@@ -115,6 +116,8 @@ class Daemon:
         # once here, so a lease left behind by a run cut off mid-way is ours to take back.
         self.holder = new_holder()
         self._failures: dict[str, int] = {}
+        # Counters of this process's runs, served at /metrics (None: not counted).
+        self.task_metrics: TaskMetrics | None = None
         self._active = 0
         self._idle = threading.Condition()
         entries = schedule.enabled()
@@ -241,6 +244,8 @@ class Daemon:
         return result
 
     def _log_result(self, entry: Entry, result: TaskResult) -> None:
+        if self.task_metrics is not None:
+            self.task_metrics.observe(result)
         fields: dict[str, Any] = {
             "task": result.task,
             "run_id": result.run_id,
@@ -347,10 +352,13 @@ def _serve(
     sentry_enabled: bool,
 ) -> int:
     daemon = Daemon(settings, schedule, db, sentry_enabled=sentry_enabled)
+    registry = queue_registry(db, holder=daemon.holder)
+    daemon.task_metrics = TaskMetrics(registry)
     probe = Probe(
         db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
         db.schema,
         running=lambda: daemon.scheduler.running and not stop.is_set(),
+        metrics=lambda: exposition(registry),
     )
     http = None
     if settings.http_addr is not None:

@@ -1,4 +1,4 @@
-"""The daemon's HTTP endpoint for orchestrators: ``/healthz`` and ``/readyz``.
+"""The daemon's HTTP endpoint: ``/healthz``, ``/readyz`` and ``/metrics``.
 
 Off unless ``RECONCILER_HTTP_ADDR`` is set (``127.0.0.1:9464``; binding a
 non-loopback address is the operator's explicit choice). One small threaded
@@ -12,7 +12,9 @@ server beside the scheduler:
   connection of its own (never the tasks' pool) and the schema is at this
   build's version; 503 with the reason otherwise.
 
-Answers are one line of text; the server logs nothing per request.
+- ``/metrics``: the Prometheus exposition (``reconciler/metrics.py``).
+
+Answers are one line of text (or the exposition); nothing is logged per request.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ _ADDR = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.\-]+)):(
 # The main loop ticks every second at most; three missed ticks and more is a stall.
 STALL_S = 10.0
 READY_TIMEOUT_S = 2
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def parse_addr(value: str) -> tuple[str, int]:
@@ -53,8 +56,15 @@ def parse_addr(value: str) -> tuple[str, int]:
 class Probe:
     """What the endpoints look at: the daemon's liveness marks, and how to reach the DB."""
 
-    def __init__(self, dsn: str, schema: str, running: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        schema: str,
+        running: Callable[[], bool],
+        metrics: Callable[[], bytes] | None = None,
+    ) -> None:
         self.dsn = dsn
+        self.metrics = metrics
         self.schema = schema
         self.running = running
         self.alive_at = time.monotonic()
@@ -98,18 +108,30 @@ class Probe:
 
 
 def _handler(probe: Probe) -> type[BaseHTTPRequestHandler]:
-    routes: dict[str, Callable[[], tuple[int, str]]] = {
-        "/healthz": probe.healthz,
-        "/readyz": probe.readyz,
+    def text_route(answer: Callable[[], tuple[int, str]]) -> Callable[[], tuple[int, str, bytes]]:
+        def route() -> tuple[int, str, bytes]:
+            code, text = answer()
+            return code, "text/plain; charset=utf-8", (text + "\n").encode()
+
+        return route
+
+    routes: dict[str, Callable[[], tuple[int, str, bytes]]] = {
+        "/healthz": text_route(probe.healthz),
+        "/readyz": text_route(probe.readyz),
     }
+    if probe.metrics is not None:
+        metrics = probe.metrics
+        routes["/metrics"] = lambda: (200, METRICS_CONTENT_TYPE, metrics())
+    missing = f"not found: {', '.join(sorted(routes))}\n".encode()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             route = routes.get(self.path.split("?", 1)[0])
-            code, text = route() if route else (404, "not found: /healthz or /readyz")
-            body = (text + "\n").encode()
+            code, content_type, body = (
+                route() if route else (404, "text/plain; charset=utf-8", missing)
+            )
             self.send_response(code)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()

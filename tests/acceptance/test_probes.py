@@ -42,8 +42,17 @@ def test_healthy_and_ready_with_a_current_schema(pg_url: str, db: Database, tmp_
     try:
         assert eventually(lambda: _get(port, "/healthz"), what="/healthz") == (200, "ok\n")
         assert _get(port, "/readyz") == (200, "ready\n")
-        missing = _get(port, "/metrics?x=1")
+        missing = _get(port, "/nope?x=1")
         assert missing is not None and missing[0] == 404
+
+        def counted() -> str | None:
+            got = _get(port, "/metrics")
+            assert got is not None and got[0] == 200
+            ran = 'reconciler_task_runs_total{status="ok",task="mark-stale"}'
+            return got[1] if ran in got[1] else None
+
+        text = eventually(counted, timeout=60, what="a mark-stale run counted at /metrics")
+        assert "reconciler_jobs" in text and "reconciler_metrics_stale 0.0" in text
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0
     finally:
