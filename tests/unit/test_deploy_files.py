@@ -42,7 +42,7 @@ def test_the_example_environment_parses_as_settings(monkeypatch: pytest.MonkeyPa
 
 def test_deploy_files_name_files_that_exist() -> None:
     """Every repository path a deploy file mentions (deploy/..., schedules/...) exists."""
-    for path in DEPLOY.iterdir():
+    for path in DEPLOY.rglob("*"):
         if not path.is_file():
             continue
         for mentioned in re.findall(r"\b((?:deploy|schedules)/[\w./-]+\w)", path.read_text()):
