@@ -26,7 +26,11 @@ from reconciler.settings import Settings
 
 TEST_URL_ENV = "RECONCILER_TEST_DATABASE_URL"
 # The test run's own settings, which the clean environment keeps.
-TEST_ENV = (TEST_URL_ENV, "RECONCILER_TEST_REQUIRE_PGBOUNCER")
+TEST_ENV = (
+    TEST_URL_ENV,
+    "RECONCILER_TEST_REQUIRE_PGBOUNCER",
+    "RECONCILER_TEST_REQUIRE_PROMTOOL",
+)
 
 # The PgBouncer fixtures (`bouncer`, `bouncer_url`), for any test that asks for them.
 pytest_plugins = ["tests.pgbouncer"]

@@ -115,3 +115,23 @@ def test_task_counters_count_this_process_runs(db: Database, settings: Settings)
         == 1
     )
     assert value("reconciler_task_run_duration_seconds_count", {"task": "mark-stale"}) == 1
+
+
+def test_every_metric_the_alert_rules_use_is_exported(db: Database, settings: Settings) -> None:
+    """A rule over a metric the exporter does not have would never fire: every
+    reconciler_* name in deploy/prometheus/alerts.yml is in a real exposition."""
+    import re
+    from pathlib import Path
+
+    from reconciler.metrics import exposition, queue_registry
+
+    insert_job(db, status="queued", run_at=db.now() - timedelta(minutes=1))
+    run_task(db, settings, "mark-stale")
+    registry = queue_registry(db)
+    metrics = TaskMetrics(registry)
+    metrics.observe(run_task(db, settings, "requeue"))
+    exported = set(re.findall(r"^(reconciler_\w+?)(?:\{| )", exposition(registry).decode(), re.M))
+    rules = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
+    used = set(re.findall(r"\b(reconciler_\w+)", rules.read_text(encoding="utf-8")))
+    assert used, "the rules use no reconciler metric"
+    assert used <= exported, used - exported

@@ -1,0 +1,51 @@
+"""deploy/prometheus: the alert rules are valid and each fires, and stays quiet, as tested."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
+REQUIRE_ENV = "RECONCILER_TEST_REQUIRE_PROMTOOL"
+
+
+def _promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"promtool is not installed, and {REQUIRE_ENV}=1 requires these tests")
+        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
+    return found
+
+
+def test_the_rules_are_valid() -> None:
+    done = subprocess.run(
+        [_promtool(), "check", "rules", str(PROMETHEUS / "alerts.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_alert_fires_and_stays_quiet_as_its_tests_say() -> None:
+    """promtool test rules: each alert below its threshold or its `for:`, then firing."""
+    done = subprocess.run(
+        [_promtool(), "test", "rules", "alerts_test.yml"],
+        capture_output=True,
+        text=True,
+        cwd=PROMETHEUS,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_alert_has_a_test() -> None:
+    rules = (PROMETHEUS / "alerts.yml").read_text(encoding="utf-8")
+    tests = (PROMETHEUS / "alerts_test.yml").read_text(encoding="utf-8")
+    alerts = {line.split(":", 1)[1].strip() for line in rules.splitlines() if "- alert:" in line}
+    assert alerts
+    for alert in alerts:
+        assert f"alertname: {alert}" in tests, alert
