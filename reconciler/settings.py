@@ -297,6 +297,17 @@ class Settings(BaseSettings):
         "than this. 1h: a failover or an incident's pause lasts minutes; one left behind "
         "silently stops all work.",
     )
+    latency_targets: dict[str, Duration] = Field(
+        default_factory=lambda: {
+            "critical": timedelta(seconds=1),
+            "high": timedelta(seconds=5),
+            "default": timedelta(seconds=30),
+            "low": timedelta(minutes=2),
+        },
+        description="How long a due job of each priority may wait, as JSON, e.g. "
+        '{"critical": "1s", "high": "5s", "default": "30s", "low": "2m"} (runbook 004; '
+        "bulk has none). stats shows the waits against them; check warns past a target.",
+    )
     check_latency_critical_factor: float = Field(
         default=10.0,
         ge=1,
@@ -321,6 +332,22 @@ class Settings(BaseSettings):
         if value is not None:
             parse_addr(value)
         return value
+
+    @field_validator("latency_targets")
+    @classmethod
+    def _latency_keys(cls, value: dict[str, timedelta]) -> dict[str, timedelta]:
+        allowed = ("critical", "high", "default", "low")
+        for key in value:
+            if key not in allowed:
+                raise ValueError(
+                    f"key {key!r} is not a priority with a target; use {', '.join(allowed)}"
+                )
+        return value
+
+    def latency_target(self, priority: int) -> timedelta | None:
+        """The wait target of priority 0 (critical) .. 4 (bulk: none)."""
+        names = ("critical", "high", "default", "low", "bulk")
+        return self.latency_targets.get(names[priority]) if 0 <= priority < 5 else None
 
     @field_validator("schema_name")
     @classmethod

@@ -28,7 +28,7 @@ from reconciler.heartbeat import HeartbeatRule
 from reconciler.ops.confirm import OpsError
 from reconciler.ops.output import age, console, emit_json, table
 from reconciler.ops.pause import paused_queues, queue_label
-from reconciler.ops.vocabulary import LATENCY_TARGETS, PRIORITIES
+from reconciler.ops.vocabulary import PRIORITIES
 from reconciler.ops.workers import worker_report
 from reconciler.schedule import Schedule, ScheduleError, load_schedule
 from reconciler.settings import Settings
@@ -191,7 +191,7 @@ def evaluate(
             continue
         findings.append(_task_finding(status, now))
     for row in latency:
-        target = LATENCY_TARGETS[row.priority]
+        target = settings.latency_target(row.priority)
         name = PRIORITIES[row.priority]
         if target is None:
             continue

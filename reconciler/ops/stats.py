@@ -24,14 +24,16 @@ from sqlalchemy import text
 from reconciler.db import Database
 from reconciler.ops.output import age, console, emit_json, table
 from reconciler.ops.pause import ALL_QUEUES, paused_queues, queue_label
-from reconciler.ops.vocabulary import LATENCY_TARGETS, PRIORITIES
+from reconciler.ops.vocabulary import PRIORITIES
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query
 
 __all__ = ["cmd_stats", "collect", "render", "watch"]
 
 
-def collect(db: Database, *, since: timedelta, now: datetime | None = None) -> dict[str, Any]:
+def collect(
+    db: Database, *, since: timedelta, settings: Settings, now: datetime | None = None
+) -> dict[str, Any]:
     """Every number of ``stats``, read at one database time."""
     now = now or db.now()
     binds = {"now": now, "since": now - since}
@@ -46,7 +48,7 @@ def collect(db: Database, *, since: timedelta, now: datetime | None = None) -> d
         durations = rows("durations")
         failures = rows("failure_rate")
     for row in oldest:
-        target = LATENCY_TARGETS[row["priority"]]
+        target = settings.latency_target(row["priority"])
         row["priority_name"] = PRIORITIES[row["priority"]]
         row["target_s"] = target.total_seconds() if target else None
         row["late"] = bool(target and row["oldest_wait"] > target)
@@ -173,11 +175,14 @@ def watch(
 
 def cmd_stats(args: argparse.Namespace, settings: Settings, db: Database) -> int:
     if args.json:
-        emit_json(collect(db, since=args.since))
+        emit_json(collect(db, since=args.since, settings=settings))
         return 0
     if args.watch:
         with contextlib.suppress(KeyboardInterrupt):
-            watch(lambda: render(collect(db, since=args.since)), interval=args.interval)
+            watch(
+                lambda: render(collect(db, since=args.since, settings=settings)),
+                interval=args.interval,
+            )
         return 0
-    console().print(render(collect(db, since=args.since)))
+    console().print(render(collect(db, since=args.since, settings=settings)))
     return 0

@@ -235,6 +235,23 @@ def test_latency_target(
     assert findings(cli)[0] == code
 
 
+def test_latency_targets_come_from_the_setting(
+    cli: CliRun, db: Database, db_now: datetime, healthy: None
+) -> None:
+    """RECONCILER_LATENCY_TARGETS moves the line: 20 s waited is a warning for high (5 s)
+    by default, fine with a 1 m target, critical with a 1 s target (10x)."""
+    insert_job(db, status="queued", priority=1, run_at=db_now - timedelta(seconds=20))
+    assert findings(cli)[0] == 1
+    cli.setenv("RECONCILER_LATENCY_TARGETS", '{"high": "1m"}')
+    assert findings(cli)[0] == 0
+    cli.setenv("RECONCILER_LATENCY_TARGETS", '{"high": "1s"}')
+    assert findings(cli)[0] == 2
+    code, out, _ = cli("stats", "--json")
+    assert code == 0
+    (high,) = [r for r in json.loads(out)["oldest_due"] if r["priority"] == 1]
+    assert high["target_s"] == 1.0
+
+
 def test_worst_finding_wins(cli: CliRun, db: Database, db_now: datetime) -> None:
     """A warning and a critical together: exit 2, and the table lists both."""
     insert_job(db, status="queued", priority=0, run_at=db_now - timedelta(minutes=1))

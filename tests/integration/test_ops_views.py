@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from reconciler.db import Database
 from reconciler.ops.stats import collect, render, watch
+from reconciler.settings import Settings
 from tests.helpers import insert_job, wait_until
 from tests.ops_data import CliRun, insert_event
 
@@ -63,14 +64,14 @@ def test_stats_table_shows_late_and_paused(
     assert "paused queues" in out
 
 
-def test_watch_redraws(db: Database, ids: dict[str, list[int]]) -> None:
+def test_watch_redraws(db: Database, settings: Settings, ids: dict[str, list[int]]) -> None:
     """watch redraws the tables every interval (here three rounds, no real sleep)."""
     drawn: list[int] = []
     slept: list[float] = []
 
     def draw() -> object:
         drawn.append(1)
-        return render(collect(db, since=timedelta(hours=1)))
+        return render(collect(db, since=timedelta(hours=1), settings=settings))
 
     watch(draw, interval=timedelta(seconds=2), rounds=3, sleep=slept.append)  # type: ignore[arg-type]
     assert len(drawn) == 3 and slept == [2.0, 2.0]

@@ -62,6 +62,12 @@ def test_every_default_is_pinned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         "sentry_environment": None,
         "sentry_dead_letter_events": 20,
         "http_addr": None,
+        "latency_targets": {
+            "critical": timedelta(seconds=1),
+            "high": timedelta(seconds=5),
+            "default": timedelta(seconds=30),
+            "low": timedelta(minutes=2),
+        },
         "log_format": "auto",
         "log_level": "info",
     }
@@ -165,6 +171,8 @@ def test_keyword_values_win_over_the_environment(monkeypatch: pytest.MonkeyPatch
         ("RECONCILER_MIGRATE_DEADLINE", "0s", "must be longer than zero"),
         ("RECONCILER_BATCH_SIZE", "99999999999999999999999", "from 1 to 100000"),
         ("RECONCILER_CHECK_BACKLOG_WARNING", "-1", "greater than or equal to 1"),
+        ("RECONCILER_LATENCY_TARGETS", '{"bulk": "1h"}', "not a priority with a target"),
+        ("RECONCILER_LATENCY_TARGETS", '{"high": "0s"}', "longer than zero"),
     ],
 )
 def test_bad_value_is_one_line_naming_the_variable(
