@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,6 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from reconciler.db import Database
-from reconciler.logs import configure_logging
 from reconciler.runner import run_task
 from reconciler.settings import Settings
 from tests.helpers import events_of, insert_job, job, wait_until
@@ -865,22 +863,7 @@ def test_an_unknown_job_id_returns_false(db: Database, worker: Conn, function: s
     assert snapshot(db) == {"jobs": [], "job_events": []}
 
 
-@pytest.fixture
-def debug_log() -> Iterator[io.StringIO]:
-    """The reconciler's logging at debug level, into a buffer; restored afterwards."""
-    names = ("", "sqlalchemy", "sqlalchemy.engine", "apscheduler", "sentry_sdk")
-    saved = [(lg, lg.handlers[:], lg.level) for lg in map(logging.getLogger, names)]
-    buffer = io.StringIO()
-    configure_logging("json", "debug", stream=buffer)
-    try:
-        yield buffer
-    finally:
-        for lg, handlers, level in saved:
-            lg.handlers[:] = handlers
-            lg.setLevel(level)
-
-
-def test_tokens_stay_out_of_debug_logs(db: Database, debug_log: io.StringIO) -> None:
+def test_tokens_stay_out_of_log_liness(db: Database, log_lines: io.StringIO) -> None:
     """At RECONCILER_LOG_LEVEL=debug, SQLAlchemy's lines name the statements run through the
     reconciler's engine (the demo's workers use it) but show neither bound values nor rows."""
     with db.transaction() as conn:
@@ -890,7 +873,7 @@ def test_tokens_stay_out_of_debug_logs(db: Database, debug_log: io.StringIO) -> 
             text("SELECT heartbeat(job_id => 1, claim_token => :t)"), {"t": token}
         ).scalar_one()
 
-    logged = debug_log.getvalue()
+    logged = log_lines.getvalue()
     assert "SELECT heartbeat(job_id => 1, claim_token => %(t)s)" in logged
     assert str(token) not in logged and token.hex not in logged
 

@@ -136,6 +136,25 @@ def _fails(result: InvariantResult, *words: str) -> None:
         assert word in text_, result.examples
 
 
+def _forge_stale_mark(sim: Sim, job: int, *, timeout_s: float, age_s: float) -> None:
+    """A stale mark written by hand, as mark-stale would write it, with the reason given:
+    the job's last heartbeat ``age_s`` old against a ``timeout_s`` timeout."""
+    with sim.db.transaction() as conn:
+        conn.execute(
+            text(
+                "WITH m AS (UPDATE jobs SET status = 'stale', locked_by = NULL, locked_at = NULL,"
+                " finished_at = now() WHERE id = :id RETURNING id, attempt)"
+                " INSERT INTO job_events (job_id, from_status, to_status, at, actor, reason)"
+                " SELECT id, 'running', 'stale', now(), 'reconciler:mark-stale',"
+                " jsonb_build_object('worker', 'w1', 'attempt', attempt, 'timeout_s', :t,"
+                " 'heartbeat_age_s', :a,"
+                " 'last_heartbeat_at', now() - make_interval(secs => CAST(:a AS float8)))"
+                " FROM m"
+            ),
+            {"id": job, "t": timeout_s, "a": age_s},
+        )
+
+
 def clean_history(sim: Sim) -> None:
     """Three jobs: one succeeds, one fails and succeeds on retry, one's worker dies."""
     a, b, _ = sim.enqueue(), sim.enqueue(), sim.enqueue()
@@ -219,19 +238,7 @@ def test_3_a_stale_mark_while_the_worker_was_heartbeating_is_reported(sim: Sim) 
     job = sim.enqueue()
     _, att = sim.claim("w1")
     assert sim.call("heartbeat", job, "w1", att)
-    with sim.db.transaction() as conn:
-        conn.execute(
-            text(
-                "WITH m AS (UPDATE jobs SET status = 'stale', locked_by = NULL, locked_at = NULL,"
-                " finished_at = now() WHERE id = :id RETURNING id, attempt)"
-                " INSERT INTO job_events (job_id, from_status, to_status, at, actor, reason)"
-                " SELECT id, 'running', 'stale', now(), 'reconciler:mark-stale',"
-                " jsonb_build_object('worker', 'w1', 'attempt', attempt, 'timeout_s', 2,"
-                " 'heartbeat_age_s', 10, 'last_heartbeat_at', now() - interval '10 seconds')"
-                " FROM m"
-            ),
-            {"id": job},
-        )
+    _forge_stale_mark(sim, job, timeout_s=2, age_s=10)
     _fails(no_stale_while_fresh(sim.history()), f"job {job}", "records show it alive")
 
 
@@ -427,19 +434,7 @@ def test_3_a_stale_mark_younger_than_its_own_timeout_is_reported(sim: Sim) -> No
     """The event's own reason: heartbeat 1 s old, timeout 2 s."""
     job = sim.enqueue()
     sim.claim("w1")
-    with sim.db.transaction() as conn:
-        conn.execute(
-            text(
-                "WITH m AS (UPDATE jobs SET status = 'stale', locked_by = NULL, locked_at = NULL,"
-                " finished_at = now() WHERE id = :id RETURNING id, attempt)"
-                " INSERT INTO job_events (job_id, from_status, to_status, at, actor, reason)"
-                " SELECT id, 'running', 'stale', now(), 'reconciler:mark-stale',"
-                " jsonb_build_object('worker', 'w1', 'attempt', attempt, 'timeout_s', 2,"
-                " 'heartbeat_age_s', 1, 'last_heartbeat_at', now() - interval '1 second')"
-                " FROM m"
-            ),
-            {"id": job},
-        )
+    _forge_stale_mark(sim, job, timeout_s=2, age_s=1)
     _fails(no_stale_while_fresh(sim.history()), f"job {job}", "old at the mark")
 
 
@@ -477,19 +472,7 @@ def test_7_a_stale_mark_long_after_the_last_heartbeat_is_reported(sim: Sim) -> N
     """The mark's reason says the job stayed running an hour past its last heartbeat."""
     job = sim.enqueue()
     sim.claim("w1")
-    with sim.db.transaction() as conn:
-        conn.execute(
-            text(
-                "WITH m AS (UPDATE jobs SET status = 'stale', locked_by = NULL, locked_at = NULL,"
-                " finished_at = now() WHERE id = :id RETURNING id, attempt)"
-                " INSERT INTO job_events (job_id, from_status, to_status, at, actor, reason)"
-                " SELECT id, 'running', 'stale', now(), 'reconciler:mark-stale',"
-                " jsonb_build_object('worker', 'w1', 'attempt', attempt, 'timeout_s', 0.2,"
-                " 'heartbeat_age_s', 3600, 'last_heartbeat_at', now() - interval '1 hour')"
-                " FROM m"
-            ),
-            {"id": job},
-        )
+    _forge_stale_mark(sim, job, timeout_s=0.2, age_s=3600)
     _fails(nothing_stuck(sim.history()), f"job {job}", "stayed running")
 
 
