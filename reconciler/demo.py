@@ -250,6 +250,18 @@ def run_demo(settings: Settings, *, duration: timedelta, as_json: bool, schema: 
         )
     if duration < timedelta(seconds=3):
         raise ValueError("--duration must be at least 3s")
+    # The demo narrates its dead letters itself; a job.dead_lettered line per job
+    # would tear through its live view.
+    signals_log = logging.getLogger("reconciler.signals")
+    level = signals_log.level
+    signals_log.setLevel(logging.ERROR)
+    try:
+        return _run_demo(settings, duration=duration, as_json=as_json, schema=schema)
+    finally:
+        signals_log.setLevel(level)
+
+
+def _run_demo(settings: Settings, *, duration: timedelta, as_json: bool, schema: str) -> int:
     demo_settings = Settings(
         **{
             **settings.model_dump(),
