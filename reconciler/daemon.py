@@ -45,6 +45,7 @@ from reconciler.app import SchemaBehind, Target, ensure_schema, open_database
 from reconciler.db import Database, first_line
 from reconciler.durations import format_duration
 from reconciler.leases import TaskBusy, new_holder
+from reconciler.ledger_metrics import LedgerCounters
 from reconciler.logs import get_logger
 from reconciler.metrics import TaskMetrics, exposition, queue_registry
 from reconciler.probes import Probe, serve_http
@@ -354,12 +355,20 @@ def _serve(
     daemon = Daemon(settings, schedule, db, sentry_enabled=sentry_enabled)
     registry = queue_registry(db, holder=daemon.holder)
     daemon.task_metrics = TaskMetrics(registry)
+    ledger = LedgerCounters(db, registry)
+
+    def metrics() -> bytes:
+        ledger.poll()  # the ledger's new events, counted before they are shown
+        return exposition(registry)
+
     probe = Probe(
         db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False),
         db.schema,
         running=lambda: daemon.scheduler.running and not stop.is_set(),
-        metrics=lambda: exposition(registry),
+        metrics=metrics,
     )
+    if settings.http_addr is not None:
+        ledger.poll()  # counting starts at the ledger's head now, not at the first scrape
     http = None
     if settings.http_addr is not None:
         try:

@@ -53,6 +53,7 @@ def test_healthy_and_ready_with_a_current_schema(pg_url: str, db: Database, tmp_
 
         text = eventually(counted, timeout=60, what="a mark-stale run counted at /metrics")
         assert "reconciler_jobs" in text and "reconciler_metrics_stale 0.0" in text
+        assert "reconciler_ledger_pending_gaps 0.0" in text
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0
     finally:
