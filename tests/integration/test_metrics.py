@@ -123,6 +123,7 @@ def test_every_metric_the_alert_rules_use_is_exported(db: Database, settings: Se
     import re
     from pathlib import Path
 
+    from reconciler.ledger_metrics import LedgerCounters
     from reconciler.metrics import exposition, queue_registry
 
     insert_job(db, status="queued", run_at=db.now() - timedelta(minutes=1))
@@ -130,6 +131,18 @@ def test_every_metric_the_alert_rules_use_is_exported(db: Database, settings: Se
     registry = queue_registry(db)
     metrics = TaskMetrics(registry)
     metrics.observe(run_task(db, settings, "requeue"))
+    ledger = LedgerCounters(db, registry)
+    assert ledger.poll()
+    with db.transaction() as conn:  # a job through the worker API: every counter has a sample
+        conn.execute(text("SELECT enqueue(kind => 'k')"))
+        for outcome in ("complete", "fail"):
+            conn.execute(text("SELECT enqueue(kind => 'k')"))
+            row = conn.execute(text("SELECT id, claim_token FROM claim(worker => 'w')")).one()
+            conn.execute(
+                text(f"SELECT {outcome}(job_id => :i, claim_token => :t)"),
+                {"i": row.id, "t": row.claim_token},
+            )
+    assert ledger.poll()
     exported = set(re.findall(r"^(reconciler_\w+?)(?:\{| )", exposition(registry).decode(), re.M))
     rules = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
     used = set(re.findall(r"\b(reconciler_\w+)", rules.read_text(encoding="utf-8")))
