@@ -117,9 +117,11 @@ def test_task_counters_count_this_process_runs(db: Database, settings: Settings)
     assert value("reconciler_task_run_duration_seconds_count", {"task": "mark-stale"}) == 1
 
 
-def test_every_metric_the_alert_rules_use_is_exported(db: Database, settings: Settings) -> None:
-    """A rule over a metric the exporter does not have would never fire: every
-    reconciler_* name in deploy/prometheus/alerts.yml is in a real exposition."""
+def test_every_metric_the_rules_and_the_dashboard_use_is_exported(
+    db: Database, settings: Settings
+) -> None:
+    """A rule or panel over a metric the exporter does not have would never show: every
+    reconciler_* name in the alert rules and the Grafana dashboard is in a real exposition."""
     import re
     from pathlib import Path
 
@@ -144,7 +146,11 @@ def test_every_metric_the_alert_rules_use_is_exported(db: Database, settings: Se
             )
     assert ledger.poll()
     exported = set(re.findall(r"^(reconciler_\w+?)(?:\{| )", exposition(registry).decode(), re.M))
-    rules = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
-    used = set(re.findall(r"\b(reconciler_\w+)", rules.read_text(encoding="utf-8")))
-    assert used, "the rules use no reconciler metric"
-    assert used <= exported, used - exported
+    deploy = Path(__file__).resolve().parents[2] / "deploy"
+    for source in (
+        deploy / "prometheus" / "alerts.yml",
+        deploy / "grafana" / "reconciler-dashboard.json",
+    ):
+        used = set(re.findall(r"\b(reconciler_\w+)", source.read_text(encoding="utf-8")))
+        assert used, f"{source.name} uses no reconciler metric"
+        assert used <= exported, (source.name, used - exported)

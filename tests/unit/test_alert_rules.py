@@ -49,3 +49,33 @@ def test_every_alert_has_a_test() -> None:
     assert alerts
     for alert in alerts:
         assert f"alertname: {alert}" in tests, alert
+
+
+DASHBOARD = PROMETHEUS.parent / "grafana" / "reconciler-dashboard.json"
+
+
+def test_the_dashboard_has_runbook_004s_six_panels_and_valid_queries(tmp_path: Path) -> None:
+    """Six panels; every query is valid PromQL (promtool checks them as recording rules)."""
+    import json
+
+    import yaml
+
+    panels = json.loads(DASHBOARD.read_text(encoding="utf-8"))["panels"]
+    assert len(panels) == 6
+    exprs = [t["expr"] for p in panels for t in p["targets"]]
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query_{i}", "expr": e} for i, e in enumerate(exprs)
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(yaml.safe_dump(rules), encoding="utf-8")
+    done = subprocess.run(
+        [_promtool(), "check", "rules", str(path)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
