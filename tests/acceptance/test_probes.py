@@ -122,3 +122,70 @@ def test_bad_addresses_are_refused(value: str) -> None:
     """Each is a ValueError saying how to write it (the settings turn it into one line)."""
     with pytest.raises(ValueError, match=r"host:port|1 to 65535"):
         parse_addr(value)
+
+
+def test_the_scraped_job_counters_match_the_ledger_under_a_workload(
+    pg_url: str, db: Database, tmp_path: Path
+) -> None:
+    """A workload through the SQL API while the daemon serves /metrics: once it settles,
+    the sum of reconciler_job_transitions_total equals the ledger's events since start."""
+    import re
+    import threading
+
+    import psycopg
+    from psycopg import sql
+
+    port = free_port()
+    daemon = DaemonProcess(
+        tmp_path,
+        {
+            "RECONCILER_DATABASE_URL": pg_url,
+            "RECONCILER_SCHEMA": db.schema,
+            "RECONCILER_SCHEDULE_FILE": str(fast_schedule(tmp_path)),
+            "RECONCILER_HTTP_ADDR": f"127.0.0.1:{port}",
+        },
+    )
+
+    def ledger() -> int:
+        with psycopg.connect(pg_url) as conn:
+            row = conn.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(db.schema, "job_events"))
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+    def counted() -> float:
+        got = _get(port, "/metrics")
+        assert got is not None and got[0] == 200
+        values = re.findall(r"^reconciler_job_transitions_total\{[^}]*\} (\S+)$", got[1], re.M)
+        return sum(float(v) for v in values)
+
+    def work(seed: int) -> None:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(db.schema)))
+            for i in range(20):
+                conn.execute("SELECT enqueue(kind => 'w', queue => 'email')")
+                row = conn.execute("SELECT id, claim_token FROM claim(worker => 'w')").fetchone()
+                if row is not None:
+                    fn = "fail" if (i + seed) % 4 == 0 else "complete"
+                    conn.execute(sql.SQL("SELECT {}(%s, %s)").format(sql.Identifier(fn)), row)
+                if i % 5 == 0:
+                    _get(port, "/metrics")  # scrapes while the workload runs
+
+    try:
+        assert eventually(lambda: _get(port, "/healthz"), what="/healthz") == (200, "ok\n")
+        before = ledger()  # nothing writes before this: the daemon's head is here
+        writers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in writers:
+            t.start()
+        for t in writers:
+            t.join(timeout=120)
+        eventually(
+            lambda: counted() == ledger() - before,
+            timeout=60,
+            what="the scraped counters to equal the ledger's new events",
+        )
+        assert ledger() - before >= 4 * 20 * 2
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait() == 0
+    finally:
+        daemon.close()
