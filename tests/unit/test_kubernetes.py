@@ -35,6 +35,16 @@ def _container(kind: str) -> dict[str, Any]:
     return container
 
 
+@pytest.mark.parametrize(
+    "kind", ["Deployment", "Job", "PodDisruptionBudget", "ConfigMap", "Secret"]
+)
+def test_every_document_is_valid_for_the_kubernetes_api(kind: str) -> None:
+    """Strict validation against Kubernetes 1.30's schemas: a typo in a field name fails."""
+    import kubernetes_validate
+
+    kubernetes_validate.validate(DOCS[kind], "1.30.0", strict=True)
+
+
 def test_every_file_is_in_the_kustomization() -> None:
     listed = set(DOCS["Kustomization"]["resources"])
     assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
