@@ -52,6 +52,15 @@ def test_healthy_and_ready_with_a_current_schema(pg_url: str, db: Database, tmp_
             return got[1] if ran in got[1] else None
 
         text = eventually(counted, timeout=60, what="a mark-stale run counted at /metrics")
+        # Not ready while the schema is not this build's, ready again once it is.
+        with db.transaction() as conn:
+            conn.exec_driver_sql("ALTER TABLE schema_migrations RENAME TO schema_migrations_away")
+        gone = _get(port, "/readyz")
+        assert gone is not None and gone[0] == 503 and "is not migrated" in gone[1]
+        assert _get(port, "/healthz") == (200, "ok\n")
+        with db.transaction() as conn:
+            conn.exec_driver_sql("ALTER TABLE schema_migrations_away RENAME TO schema_migrations")
+        assert _get(port, "/readyz") == (200, "ready\n")
         assert "reconciler_jobs" in text and "reconciler_metrics_stale 0.0" in text
         assert "reconciler_ledger_pending_gaps 0.0" in text
         daemon.signal(signal.SIGTERM)
