@@ -87,6 +87,9 @@ def test_a_database_outage_is_not_ready_but_still_alive(tmp_path: Path) -> None:
         assert ready is not None and ready[0] == 503
         assert ready[1].startswith("not ready: the database does not answer")
         assert "pw" not in ready[1]
+        scraped = _get(port, "/metrics")  # answers at once, from the (empty) cache
+        assert scraped is not None and scraped[0] == 200
+        assert "reconciler_metrics_stale 1.0" in scraped[1]
         daemon.signal(signal.SIGTERM)
         assert daemon.wait() == 0
     finally:
