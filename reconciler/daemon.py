@@ -48,7 +48,7 @@ from reconciler.leases import TaskBusy, new_holder
 from reconciler.ledger_metrics import LedgerCounters
 from reconciler.logs import get_logger
 from reconciler.metrics import TaskMetrics, exposition, queue_registry
-from reconciler.probes import Probe, serve_http
+from reconciler.probes import Probe, bind_http, start_serving
 from reconciler.runner import run_task
 from reconciler.schedule import Entry, Schedule
 from reconciler.sdnotify import notify, watchdog_interval
@@ -372,13 +372,15 @@ def _serve(
     http = None
     if settings.http_addr is not None:
         try:
-            http = serve_http(settings.http_addr, probe)
+            http = bind_http(settings.http_addr, probe)
         except OSError as exc:
             raise DaemonConfigError(
                 f"RECONCILER_HTTP_ADDR {settings.http_addr}: cannot listen there ({exc.strerror}"
                 "); choose another port, or unset it"
             ) from None
     daemon.start()
+    if http is not None:
+        start_serving(http)  # /healthz answers ok only once the scheduler runs
     watchdog = watchdog_interval()
     log.info(
         "daemon.started",

@@ -31,7 +31,7 @@ from psycopg import sql
 
 from reconciler.sqlfiles import migration_files
 
-__all__ = ["Probe", "parse_addr", "serve_http"]
+__all__ = ["Probe", "bind_http", "parse_addr", "start_serving"]
 
 _ADDR = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.\-]+)):(?P<port>\d{1,5})$")
 # The main loop ticks every second at most; three missed ticks and more is a stall.
@@ -143,9 +143,10 @@ def _handler(probe: Probe) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve_http(addr: str, probe: Probe) -> ThreadingHTTPServer:
-    """Start the endpoint in a daemon thread; OSError (e.g. the port is in use) if it
-    cannot bind. Stop it with ``shutdown()``."""
+def bind_http(addr: str, probe: Probe) -> ThreadingHTTPServer:
+    """The endpoint, bound but not yet serving; OSError (e.g. the port is in use) if it
+    cannot bind. Bind before anything starts (a port in use is a start-up error), serve
+    with :func:`start_serving` once the scheduler runs; stop it with ``shutdown()``."""
     host, port = parse_addr(addr)
     server_class = ThreadingHTTPServer
     if ":" in host:
@@ -157,5 +158,9 @@ def serve_http(addr: str, probe: Probe) -> ThreadingHTTPServer:
         server_class = V6
     server = server_class((host, port), _handler(probe))
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server
+
+
+def start_serving(server: ThreadingHTTPServer) -> None:
+    """Answer requests in a daemon thread."""
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()

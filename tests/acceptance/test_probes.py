@@ -40,7 +40,7 @@ def test_healthy_and_ready_with_a_current_schema(pg_url: str, db: Database, tmp_
         },
     )
     try:
-        assert eventually(lambda: _get(port, "/healthz"), what="/healthz") == (200, "ok\n")
+        eventually(lambda: _get(port, "/healthz") == (200, "ok\n"), what="/healthz to answer ok")
         assert _get(port, "/readyz") == (200, "ready\n")
         missing = _get(port, "/nope?x=1")
         assert missing is not None and missing[0] == 404
@@ -82,7 +82,7 @@ def test_a_database_outage_is_not_ready_but_still_alive(tmp_path: Path) -> None:
         },
     )
     try:
-        assert eventually(lambda: _get(port, "/healthz"), what="/healthz") == (200, "ok\n")
+        eventually(lambda: _get(port, "/healthz") == (200, "ok\n"), what="/healthz to answer ok")
         ready = _get(port, "/readyz")
         assert ready is not None and ready[0] == 503
         assert ready[1].startswith("not ready: the database does not answer")
@@ -184,7 +184,7 @@ def test_the_scraped_job_counters_match_the_ledger_under_a_workload(
                     _get(port, "/metrics")  # scrapes while the workload runs
 
     try:
-        assert eventually(lambda: _get(port, "/healthz"), what="/healthz") == (200, "ok\n")
+        eventually(lambda: _get(port, "/healthz") == (200, "ok\n"), what="/healthz to answer ok")
         before = ledger()  # nothing writes before this: the daemon's head is here
         writers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
         for t in writers:

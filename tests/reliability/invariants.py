@@ -708,6 +708,11 @@ def fencing_held(h: History) -> InvariantResult:
                     f"(attempt {e.attempt}) while attempt {attempt} was held by {holder}"
                 )
     taken = h.taken_events()
+    # An operator's event carries its command's clock (read once, at the start), not the
+    # moment its UPDATE committed: a call accepted in between was still the attempt's.
+    # Such a take is final by the end of its run; the reconciler's own stale mark is
+    # judged at its time, since mark-stale re-checks the heartbeat under the row lock.
+    run_end = {r.id: r.finished_at for r in h.runs}
     for c in h.calls:
         if c.ev not in ("heartbeat", "complete", "fail"):
             continue
@@ -715,7 +720,10 @@ def fencing_held(h: History) -> InvariantResult:
         if not c.ok:
             fenced += 1
         mark = taken.get((c.job, c.attempt))
-        if c.ok and mark is not None and c.at > mark.at:
+        final = mark.at if mark is not None else None
+        if mark is not None and not mark.actor.startswith("reconciler:") and mark.run_id:
+            final = run_end.get(mark.run_id) or mark.at
+        if c.ok and mark is not None and final is not None and c.at > final:
             found.add(
                 f"job {c.job}: {c.worker}'s {c.ev} of attempt {c.attempt} was accepted at "
                 f"{c.at}, after {mark.actor} took the attempt ({mark.to_status}) at {mark.at}"
