@@ -27,10 +27,9 @@ def _get(port: int, path: str) -> tuple[int, str] | None:
         return None
 
 
-def test_healthy_and_ready_with_a_current_schema(pg_url: str, db: Database, tmp_path: Path) -> None:
-    """/healthz 200 ok, /readyz 200 ready, anything else 404; SIGTERM still exits 0."""
-    port = free_port()
-    daemon = DaemonProcess(
+def _daemon(tmp_path: Path, pg_url: str, db: Database, port: int) -> DaemonProcess:
+    """`reconciler daemon` on the test's schema, fast schedule, endpoint on ``port``."""
+    return DaemonProcess(
         tmp_path,
         {
             "RECONCILER_DATABASE_URL": pg_url,
@@ -39,6 +38,12 @@ def test_healthy_and_ready_with_a_current_schema(pg_url: str, db: Database, tmp_
             "RECONCILER_HTTP_ADDR": f"127.0.0.1:{port}",
         },
     )
+
+
+def test_healthy_and_ready_with_a_current_schema(pg_url: str, db: Database, tmp_path: Path) -> None:
+    """/healthz 200 ok, /readyz 200 ready, anything else 404; SIGTERM still exits 0."""
+    port = free_port()
+    daemon = _daemon(tmp_path, pg_url, db, port)
     try:
         eventually(lambda: _get(port, "/healthz") == (200, "ok\n"), what="/healthz to answer ok")
         assert _get(port, "/readyz") == (200, "ready\n")
@@ -102,15 +107,7 @@ def test_a_port_in_use_is_one_line_and_exit_2(pg_url: str, db: Database, tmp_pat
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        daemon = DaemonProcess(
-            tmp_path,
-            {
-                "RECONCILER_DATABASE_URL": pg_url,
-                "RECONCILER_SCHEMA": db.schema,
-                "RECONCILER_SCHEDULE_FILE": str(fast_schedule(tmp_path)),
-                "RECONCILER_HTTP_ADDR": f"127.0.0.1:{port}",
-            },
-        )
+        daemon = _daemon(tmp_path, pg_url, db, port)
         assert daemon.wait() == 2
     err = daemon.log_path.read_text()
     assert "RECONCILER_HTTP_ADDR" in err and "cannot listen there" in err
@@ -148,15 +145,7 @@ def test_the_scraped_job_counters_match_the_ledger_under_a_workload(
     from psycopg import sql
 
     port = free_port()
-    daemon = DaemonProcess(
-        tmp_path,
-        {
-            "RECONCILER_DATABASE_URL": pg_url,
-            "RECONCILER_SCHEMA": db.schema,
-            "RECONCILER_SCHEDULE_FILE": str(fast_schedule(tmp_path)),
-            "RECONCILER_HTTP_ADDR": f"127.0.0.1:{port}",
-        },
-    )
+    daemon = _daemon(tmp_path, pg_url, db, port)
 
     def ledger() -> int:
         with psycopg.connect(pg_url) as conn:
