@@ -119,8 +119,11 @@ class Operator:
 
     def _pick(self, statuses: Sequence[str], n: int = 2) -> list[int]:
         rows = self._conn.execute(
+            # A few of the ten most recently changed: finished jobs are purged within
+            # seconds here, so an old one would be gone before the command runs.
             sql.SQL(
-                "SELECT id FROM {}.jobs WHERE status = ANY(%s) ORDER BY random() LIMIT %s"
+                "SELECT id FROM (SELECT id FROM {}.jobs WHERE status = ANY(%s)"
+                " ORDER BY updated_at DESC LIMIT 10) AS recent ORDER BY random() LIMIT %s"
             ).format(sql.Identifier(self.workload.schema)),
             (list(statuses), self._rng.randint(1, n)),
         ).fetchall()
