@@ -136,14 +136,7 @@ def test_sigterm_mid_batch_finishes_that_batch_and_no_other(
     blocker.exec_driver_sql(f"LOCK TABLE {db.qualified_schema}.job_events IN EXCLUSIVE MODE")
     daemon = start(env)
     try:
-        waiting = (
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = :app "
-            "AND wait_event_type = 'Lock'"
-        )
-        eventually(
-            lambda: scalar(db, waiting, app=f"reconciler daemon {daemon.pid}"),
-            what="the batch to wait on the lock",
-        )
+        _waiting_on_lock(db, daemon)
         daemon.signal(signal.SIGTERM)
         daemon.wait_event("daemon.stopping")
     finally:
