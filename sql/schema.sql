@@ -150,9 +150,28 @@ CREATE TABLE runs (
     error       text,
     host        text        NOT NULL,
     pid         integer     NOT NULL,
-    actor       text        NOT NULL
+    actor       text        NOT NULL,
+    profile     text        NOT NULL DEFAULT 'native'   -- the profile the run was for
 );
 CREATE INDEX runs_task_started_idx ON runs (task, started_at DESC);
+
+-- Every change the reconciler makes to a queue table it does not own (a
+-- profile's table, reconciler/profiles/), written in the statement that makes
+-- it: what job_events is for the reconciler's own jobs.
+CREATE TABLE ledger (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    profile     text        NOT NULL,   -- the profile's name (procrastinate, ai-course-jobs, ...)
+    table_name  text        NOT NULL,   -- schema.table, as the profile names it
+    job_id      text        NOT NULL,   -- the job's id as text (bigint, uuid, ...)
+    from_status text        NOT NULL,
+    to_status   text        NOT NULL,   -- a status, or 'purged' for a deleted job
+    at          timestamptz NOT NULL,
+    actor       text        NOT NULL,   -- reconciler:mark-stale, cli:alice, ...
+    reason      jsonb       NOT NULL DEFAULT '{}',
+    run_id      bigint                  -- the reconciler run that made it
+);
+CREATE INDEX ledger_job_idx ON ledger (profile, job_id, id);
+CREATE INDEX ledger_at_idx ON ledger (at);
 
 -- Queues an operator paused: claim() hands out none of their jobs.
 CREATE TABLE paused_queues (
