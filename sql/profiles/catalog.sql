@@ -1,0 +1,30 @@
+-- What reconciler/profiles/live.py asks the catalog about a profile's tables.
+
+-- name: columns
+-- Every column of :schema.:table the session can see: its information_schema type
+-- (USER-DEFINED for an enum) and its type as format_type() spells it (quoted as needed).
+SELECT a.attname AS name,
+       c.data_type,
+       format_type(a.atttypid, a.atttypmod) AS type_name
+FROM pg_attribute a
+JOIN pg_class t ON t.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+JOIN information_schema.columns c
+  ON c.table_schema = n.nspname AND c.table_name = t.relname AND c.column_name = a.attname
+WHERE n.nspname = :schema AND t.relname = :table
+  AND a.attnum > 0 AND NOT a.attisdropped
+
+-- name: enum_labels
+SELECT e.enumlabel
+FROM pg_attribute a
+JOIN pg_class t ON t.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+JOIN pg_enum e ON e.enumtypid = a.atttypid
+WHERE n.nspname = :schema AND t.relname = :table AND a.attname = :column
+ORDER BY e.enumsortorder
+
+-- name: function_exists
+SELECT EXISTS (
+    SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE n.nspname = :schema AND p.proname = :name
+)
