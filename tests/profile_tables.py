@@ -21,7 +21,8 @@ CREATE TABLE {table} (
     {payload}      text NOT NULL DEFAULT 'algebra',
     job_type       text NOT NULL DEFAULT 'course',
     status         text NOT NULL DEFAULT 'pending'
-                   CHECK (status IN ('pending', 'processing', 'done', 'failed', 'dead_letter', 'stale')),
+                   CHECK (status IN ('pending', 'processing', 'done', 'failed', 'dead_letter',
+                                     'stale')),
     retry_count    integer NOT NULL DEFAULT 0,
     max_retries    integer NOT NULL DEFAULT 3,
     locked_by      text,

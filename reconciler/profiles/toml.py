@@ -79,8 +79,11 @@ def load_table_profile(path: Path) -> Profile:
         if required not in names:
             raise ProfileError(
                 f"{where}: columns.{required} is missing; name the table's column"
-                + (" (without a count of attempts a failing job would be retried forever)"
-                   if required == "attempts" else "")
+                + (
+                    " (without a count of attempts a failing job would be retried forever)"
+                    if required == "attempts"
+                    else ""
+                )
             )
     states = _table(data, "states", where)
     _known(states, LIFECYCLE, where, "states.")

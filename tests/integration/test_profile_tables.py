@@ -47,17 +47,22 @@ def test_ai_jobs_mark_stale_at_the_heartbeat_boundary(
     now = db.now()
     timeout = settings.heartbeat_timeout
     with db.transaction() as conn:
-        ids = conn.execute(
-            text(
-                "INSERT INTO ai_course_jobs (status, locked_by, started_at, last_heartbeat)"
-                " VALUES ('processing', 'w1', :now - interval '1 hour', :now - :t - interval '1 ms'),"
-                "        ('processing', 'w2', :now - interval '1 hour', :now - :t),"
-                "        ('processing', 'w3', :now - interval '1 hour', NULL),"
-                "        ('pending', NULL, NULL, :now - interval '1 hour')"
-                " RETURNING id::text"
-            ),
-            {"now": now, "t": timeout},
-        ).scalars().all()
+        ids = (
+            conn.execute(
+                text(
+                    "INSERT INTO ai_course_jobs (status, locked_by, started_at, last_heartbeat)"
+                    " VALUES ('processing', 'w1', :now - interval '1 hour',"
+                    "         :now - :t - interval '1 ms'),"
+                    "        ('processing', 'w2', :now - interval '1 hour', :now - :t),"
+                    "        ('processing', 'w3', :now - interval '1 hour', NULL),"
+                    "        ('pending', NULL, NULL, :now - interval '1 hour')"
+                    " RETURNING id::text"
+                ),
+                {"now": now, "t": timeout},
+            )
+            .scalars()
+            .all()
+        )
     result = run_task(db, settings, "mark-stale", now=now, profile=bound)
     assert result.status == "ok", result.error
     assert result.transitions == {"processing->stale": 2}
@@ -81,17 +86,21 @@ def test_ai_jobs_requeue_and_dead_letter_split_by_attempts(
     bound = _table(db, "ai-course-jobs", schema)
     now = db.now()
     with db.transaction() as conn:
-        ids = conn.execute(
-            text(
-                "INSERT INTO ai_course_jobs (status, retry_count, max_retries, completed_at)"
-                " VALUES ('failed', 2, 3, :now - interval '1 hour'),"
-                "        ('failed', 3, 3, :now - interval '1 hour'),"
-                "        ('stale', 1, 3, :now - interval '1 hour'),"
-                "        ('failed', 0, 3, :now)"  # backoff (1 s by the default policy) not over
-                " RETURNING id::text"
-            ),
-            {"now": now},
-        ).scalars().all()
+        ids = (
+            conn.execute(
+                text(
+                    "INSERT INTO ai_course_jobs (status, retry_count, max_retries, completed_at)"
+                    " VALUES ('failed', 2, 3, :now - interval '1 hour'),"
+                    "        ('failed', 3, 3, :now - interval '1 hour'),"
+                    "        ('stale', 1, 3, :now - interval '1 hour'),"
+                    "        ('failed', 0, 3, :now)"  # backoff (1 s by the default policy) not over
+                    " RETURNING id::text"
+                ),
+                {"now": now},
+            )
+            .scalars()
+            .all()
+        )
     requeued = run_task(db, settings, "requeue", now=now, profile=bound)
     dead = run_task(db, settings, "dead-letter", now=now, profile=bound)
     assert requeued.transitions == {"failed->pending": 1, "stale->pending": 1}
@@ -109,15 +118,19 @@ def test_jobforge_goes_straight_back_to_queued_or_dead(
     bound = _table(db, "jobforge", schema)
     now = db.now()
     with db.transaction() as conn:
-        ids = conn.execute(
-            text(
-                "INSERT INTO jobforge_jobs (status, attempts, max_attempts, locked_by, locked_at,"
-                " run_at) VALUES ('running', 1, 3, 'w1', :now - interval '1 hour', :old),"
-                "                ('running', 3, 3, 'w2', :now - interval '1 hour', :old)"
-                " RETURNING id::text"
-            ),
-            {"now": now, "old": now - timedelta(hours=2)},
-        ).scalars().all()
+        ids = (
+            conn.execute(
+                text(
+                    "INSERT INTO jobforge_jobs (status, attempts, max_attempts, locked_by, locked_at,"
+                    " run_at) VALUES ('running', 1, 3, 'w1', :now - interval '1 hour', :old),"
+                    "                ('running', 3, 3, 'w2', :now - interval '1 hour', :old)"
+                    " RETURNING id::text"
+                ),
+                {"now": now, "old": now - timedelta(hours=2)},
+            )
+            .scalars()
+            .all()
+        )
     result = run_task(db, settings, "mark-stale", now=now, profile=bound)
     assert result.transitions == {"running->queued": 1, "running->dead": 1}
     rows = {
@@ -159,15 +172,20 @@ def test_purge_deletes_finished_jobs_past_retention_only(
     now = db.now()
     keep = settings.retention_succeeded
     with db.transaction() as conn:
-        ids = conn.execute(
-            text(
-                "INSERT INTO ai_course_jobs (status, completed_at)"
-                " VALUES ('done', :now - :keep - interval '1 s'), ('done', :now - :keep + interval '1 s'),"
-                "        ('failed', :now - interval '400 days'), ('pending', NULL)"
-                " RETURNING id::text"
-            ),
-            {"now": now, "keep": keep},
-        ).scalars().all()
+        ids = (
+            conn.execute(
+                text(
+                    "INSERT INTO ai_course_jobs (status, completed_at)"
+                    " VALUES ('done', :now - :keep - interval '1 s'),"
+                    "        ('done', :now - :keep + interval '1 s'),"
+                    "        ('failed', :now - interval '400 days'), ('pending', NULL)"
+                    " RETURNING id::text"
+                ),
+                {"now": now, "keep": keep},
+            )
+            .scalars()
+            .all()
+        )
     dry = run_task(db, settings, "purge", now=now, profile=bound, dry_run=True)
     assert dry.transitions == {"done->purged": 1}
     assert len(_rows(db, "SELECT 1 FROM ai_course_jobs")) == 4
