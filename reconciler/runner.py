@@ -204,6 +204,7 @@ def run_task(
         error=error,
         other_work=progress.other_work,
         notes=tuple(progress.notes),
+        profile=profile_name(profile),
     )
 
 

@@ -16,12 +16,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from reconciler.db import Database
+from reconciler.profiles.live import Bound, bind
 from reconciler.profiles.model import Profile, ProfileError
+from reconciler.profiles.procrastinate import functions
 from reconciler.profiles.procrastinate import profile as procrastinate_profile
 from reconciler.profiles.toml import load_table_profile
 from reconciler.settings import Settings
 
-__all__ = ["BUILT_IN", "Profile", "ProfileError", "configured", "native", "select"]
+__all__ = [
+    "BUILT_IN",
+    "Profile",
+    "ProfileError",
+    "bind_profile",
+    "configured",
+    "native",
+    "open_profile",
+    "select",
+]
 
 BUILT_IN = ("native", "procrastinate")
 
@@ -82,3 +94,18 @@ def select(settings: Settings, name: str | None) -> Profile:
         f"--profile {name}: no such profile; configured: {', '.join(p.name for p in profiles)}"
         " (RECONCILER_PROFILES)"
     )
+
+
+def bind_profile(db: Database, profile: Profile) -> Bound | None:
+    """``profile`` checked against the live database; None for native (nothing to check)."""
+    if profile.kind == "native":
+        return None
+    bound = bind(db, profile)
+    if profile.kind == "procrastinate":
+        functions(db, profile.schema)  # its functions exist too
+    return bound
+
+
+def open_profile(settings: Settings, db: Database, name: str | None) -> Bound | None:
+    """``--profile NAME`` selected and checked: None for native; ProfileError (one line)."""
+    return bind_profile(db, select(settings, name))

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from reconciler.db import Database
 from reconciler.heartbeat import HeartbeatRule
 from reconciler.profiles.live import Bound
 from reconciler.profiles.procrastinate import PURGE_RETENTION, functions
-from reconciler.profiles.statements import ident, markers, render
-from reconciler.sqlfiles import locking
+from reconciler.profiles.statements import fill, ident, markers, render
+from reconciler.sqlfiles import locking, query
 from reconciler.tasks import vacuum_analyze
 from reconciler.tasks.base import TaskContext
 
-__all__ = ["execute", "unsupported"]
+__all__ = ["execute", "statement", "unsupported"]
 
 
 def _binds(ctx: TaskContext, bound: Bound) -> dict[str, Any]:
@@ -33,12 +34,9 @@ def _binds(ctx: TaskContext, bound: Bound) -> dict[str, Any]:
     }
 
 
-def _procrastinate_sql(bound: Bound, name: str, ctx: TaskContext) -> str:
-    from reconciler.profiles.statements import fill
-    from reconciler.sqlfiles import query
-
+def _procrastinate_sql(bound: Bound, name: str, db: Database) -> str:
     p = bound.profile
-    retry, finish = functions(ctx.db, p.schema)
+    retry, finish = functions(db, p.schema)
     values = markers(bound)
     values.update(
         timeout_s=query("profiles/table", "timeout_s"),
@@ -69,6 +67,16 @@ def unsupported(bound: Bound, task: str) -> str | None:
     return None
 
 
+def statement(db: Database, bound: Bound, task: str) -> str:
+    """The SQL of ``task`` for the profile (purge: one status per run of it)."""
+    p = bound.profile
+    if p.kind == "procrastinate":
+        return _procrastinate_sql(bound, task.replace("-", "_"), db)
+    if task == "mark-stale":
+        return render(bound, "table", "mark_stale_by_workers" if p.worker_table else "mark_stale")
+    return render(bound, "table", task.replace("-", "_"))
+
+
 def execute(task: str, ctx: TaskContext, bound: Bound) -> None:
     why = unsupported(bound, task)
     if why is not None:
@@ -77,17 +85,13 @@ def execute(task: str, ctx: TaskContext, bound: Bound) -> None:
         return
     p = bound.profile
     binds = _binds(ctx, bound)
+    waits = bool(ctx.params.get("ids"))  # named jobs are waited for, others skipped
     if task == "mark-stale":
         rule = HeartbeatRule.from_settings(ctx.settings, only=ctx.params.get("timeout"))
-        if p.kind == "procrastinate":
-            sql = _procrastinate_sql(bound, "mark_stale", ctx)
-        else:
-            form = "mark_stale_by_workers" if p.worker_table else "mark_stale"
-            sql = render(bound, "table", form)
-        ctx.run_batches(locking(sql, wait=bool(ctx.params.get("ids"))), {**binds, **rule.binds()})
+        sql = locking(statement(ctx.db, bound, task), wait=waits)
+        ctx.run_batches(sql, {**binds, **rule.binds()})
     elif task in ("requeue", "dead-letter"):
-        sql = render(bound, "table", task.replace("-", "_"))
-        ctx.run_batches(locking(sql, wait=bool(ctx.params.get("ids"))), binds)
+        ctx.run_batches(locking(statement(ctx.db, bound, task), wait=waits), binds)
     elif task == "purge":
         _purge(ctx, bound, binds)
     elif task == "vacuum-analyze":
@@ -103,11 +107,10 @@ def execute(task: str, ctx: TaskContext, bound: Bound) -> None:
 def _purge(ctx: TaskContext, bound: Bound, binds: dict[str, Any]) -> None:
     p = bound.profile
     retention = ctx.settings.retention()
+    sql = statement(ctx.db, bound, "purge")
     if p.kind == "procrastinate":
-        sql = _procrastinate_sql(bound, "purge", ctx)
         plan = [(status, retention[setting]) for status, setting in PURGE_RETENTION.items()]
     else:
-        sql = render(bound, "table", "purge")
         plan = [(p.states[state], retention[state]) for state in p.finished_states]
     wanted = ctx.params.get("statuses")
     for status, keep in plan:

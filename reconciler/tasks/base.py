@@ -186,6 +186,7 @@ class TaskResult:
     error: str | None = None
     other_work: int = 0
     notes: tuple[str, ...] = ()
+    profile: str = "native"
 
     @property
     def changed(self) -> int:
@@ -199,6 +200,7 @@ class TaskResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "task": self.task,
+            "profile": self.profile,
             "status": self.status,
             "dry_run": self.dry_run,
             "now": self.now.isoformat(),

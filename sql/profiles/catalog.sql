@@ -28,3 +28,13 @@ SELECT EXISTS (
     SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
     WHERE n.nspname = :schema AND p.proname = :name
 )
+
+-- name: partial_indexes
+-- The partial indexes on :schema's :tables: a scan of one without an index condition
+-- still reads only the rows its predicate names.
+SELECT i.relname
+FROM pg_index x
+JOIN pg_class i ON i.oid = x.indexrelid
+JOIN pg_class t ON t.oid = x.indrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE n.nspname = :schema AND t.relname = ANY (CAST(:tables AS text[])) AND x.indpred IS NOT NULL
