@@ -260,9 +260,7 @@ def cmd_profiles(args: argparse.Namespace, settings: Settings, db: Database, tar
             return EXIT_OK
         for p in profiles:
             states = ", ".join(f"{k}={v}" for k, v in p.states.items())
-            _out().print(
-                escape(f"{p.name:<16} {p.kind:<14} {p.qualified}  ({p.source})  {states}")
-            )
+            _out().print(escape(f"{p.name:<16} {p.kind:<14} {p.qualified}  ({p.source})  {states}"))
         return EXIT_OK
     _require_schema(db, target)
     report, missing = [], 0

@@ -121,9 +121,7 @@ def explain(db: Database, settings: Settings, bound: Bound) -> list[Finding]:
             "profile": p.name,
             "table_name": p.qualified,
             "only_ids": None,
-            "status": (
-                p.states[p.finished_states[0]] if p.finished_states else p.states["queued"]
-            ),
+            "status": (p.states[p.finished_states[0]] if p.finished_states else p.states["queued"]),
             "horizon": now,
             **HeartbeatRule.from_settings(settings).binds(),
         }

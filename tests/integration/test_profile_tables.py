@@ -121,8 +121,9 @@ def test_jobforge_goes_straight_back_to_queued_or_dead(
         ids = (
             conn.execute(
                 text(
-                    "INSERT INTO jobforge_jobs (status, attempts, max_attempts, locked_by, locked_at,"
-                    " run_at) VALUES ('running', 1, 3, 'w1', :now - interval '1 hour', :old),"
+                    "INSERT INTO jobforge_jobs"
+                    " (status, attempts, max_attempts, locked_by, locked_at, run_at)"
+                    " VALUES ('running', 1, 3, 'w1', :now - interval '1 hour', :old),"
                     "                ('running', 3, 3, 'w2', :now - interval '1 hour', :old)"
                     " RETURNING id::text"
                 ),
