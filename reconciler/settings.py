@@ -181,7 +181,8 @@ class Settings(BaseSettings):
     profiles: str = Field(
         default="native",
         description="The queue tables to reconcile, comma-separated: native (the reconciler's "
-        "own jobs table), procrastinate (Procrastinate 3.x's schema), or paths to TOML files "
+        "own jobs table), procrastinate (Procrastinate 3.x's schema; procrastinate:SCHEMA when "
+        "not in public), or paths to TOML files "
         "describing any other table (deploy/profiles/). The daemon runs every scheduled task "
         "for each; commands take --profile when there is more than one.",
     )

@@ -59,8 +59,10 @@ def configured(settings: Settings) -> list[Profile]:
     for entry in settings.profile_entries():
         if entry == "native":
             profile = native(settings)
-        elif entry == "procrastinate":
-            profile = procrastinate_profile()
+        elif entry == "procrastinate" or entry.startswith("procrastinate:"):
+            # procrastinate:SCHEMA when its tables are not in public
+            schema = entry.partition(":")[2] or "public"
+            profile = procrastinate_profile(schema)
         elif entry.endswith(".toml") or "/" in entry:
             profile = load_table_profile(Path(entry))
         else:

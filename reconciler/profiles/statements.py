@@ -101,7 +101,7 @@ def markers(bound: Bound) -> dict[str, str]:
         "table": f"{ident(p.schema)}.{ident(p.table)}",
         "id": ident(p.id),
         "status": ident(p.status),
-        "status_type": bound.status_type,
+        "status_type": _for_text(bound.status_type),
         "last_seen": last_seen,
         "worker": _col(p, "worker") or "NULL::text",
         "attempts": attempts,

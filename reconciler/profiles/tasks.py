@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reconciler.db import Database
+from reconciler.db import Database, quote_ident
 from reconciler.heartbeat import HeartbeatRule
 from reconciler.profiles.live import Bound
 from reconciler.profiles.procrastinate import PURGE_RETENTION, functions
@@ -23,6 +23,14 @@ from reconciler.tasks import vacuum_analyze
 from reconciler.tasks.base import TaskContext
 
 __all__ = ["execute", "statement", "unsupported"]
+
+
+def search_path(db: Database, bound: Bound) -> str | None:
+    """Procrastinate's functions find its tables and types by the caller's search_path:
+    its schema goes after the reconciler's (and before pg_temp) for its statements."""
+    if bound.profile.kind != "procrastinate":
+        return None
+    return f"{quote_ident(db.schema)}, {quote_ident(bound.profile.schema)}, pg_temp"
 
 
 def _binds(ctx: TaskContext, bound: Bound) -> dict[str, Any]:
@@ -89,7 +97,7 @@ def execute(task: str, ctx: TaskContext, bound: Bound) -> None:
     if task == "mark-stale":
         rule = HeartbeatRule.from_settings(ctx.settings, only=ctx.params.get("timeout"))
         sql = locking(statement(ctx.db, bound, task), wait=waits)
-        ctx.run_batches(sql, {**binds, **rule.binds()})
+        ctx.run_batches(sql, {**binds, **rule.binds()}, search_path=search_path(ctx.db, bound))
     elif task in ("requeue", "dead-letter"):
         ctx.run_batches(locking(statement(ctx.db, bound, task), wait=waits), binds)
     elif task == "purge":
@@ -121,4 +129,8 @@ def _purge(ctx: TaskContext, bound: Bound, binds: dict[str, Any]) -> None:
             ctx.progress.stopped = reason
             return
         horizon = ctx.now - ctx.params.get("older_than", keep)
-        ctx.run_batches(sql, {**binds, "status": status, "horizon": horizon})
+        ctx.run_batches(
+            sql,
+            {**binds, "status": status, "horizon": horizon},
+            search_path=search_path(ctx.db, bound),
+        )

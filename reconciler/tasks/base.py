@@ -128,15 +128,19 @@ class TaskContext:
         params: Mapping[str, Any],
         *,
         committed: Callable[[Sequence[Any]], None] | None = None,
+        search_path: str | None = None,
     ) -> None:
         """Run ``sql`` batch by batch until a short batch or the time budget.
 
         ``committed(rows)`` is called with each batch's rows once it has committed (never
-        for a dry run): what a task says about the jobs it changed.
+        for a dry run): what a task says about the jobs it changed. ``search_path``
+        replaces the transaction's (a profile whose own SQL functions find their tables
+        by it: Procrastinate's).
         """
         base = {"now": self.now, "actor": self.actor, "run_id": self.run_id, **params}
         if self.dry_run:
             with self.db.transaction(rollback=True) as conn:
+                _set_path(conn, search_path)
                 rows = conn.execute(text(sql), {**base, "batch_size": DRY_RUN_LIMIT}).all()
             self.progress.add(rows)
             self.progress.batches += 1
@@ -145,6 +149,7 @@ class TaskContext:
             return
         while True:
             with self.db.transaction() as conn:
+                _set_path(conn, search_path)
                 rows = conn.execute(text(sql), {**base, "batch_size": self.batch_size}).all()
                 self.renew_lease(conn)
             self.progress.add(rows)
@@ -157,6 +162,11 @@ class TaskContext:
             if reason is not None:
                 self.progress.stopped = reason
                 return
+
+
+def _set_path(conn: Connection, search_path: str | None) -> None:
+    if search_path is not None:
+        conn.execute(text("SELECT set_config('search_path', :sp, true)"), {"sp": search_path})
 
 
 @dataclass(frozen=True)

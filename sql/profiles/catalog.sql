@@ -2,13 +2,17 @@
 
 -- name: columns
 -- Every column of :schema.:table the session can see: its information_schema type
--- (USER-DEFINED for an enum) and its type as format_type() spells it (quoted as needed).
+-- (USER-DEFINED for an enum) and its type's name for a cast: format_type() for a built-in
+-- type, schema-qualified for any other (an enum is found whatever the search_path).
 SELECT a.attname AS name,
        c.data_type,
-       format_type(a.atttypid, a.atttypmod) AS type_name
+       CASE WHEN tn.nspname = 'pg_catalog' THEN format_type(a.atttypid, a.atttypmod)
+            ELSE quote_ident(tn.nspname) || '.' || quote_ident(ty.typname) END AS type_name
 FROM pg_attribute a
 JOIN pg_class t ON t.oid = a.attrelid
 JOIN pg_namespace n ON n.oid = t.relnamespace
+JOIN pg_type ty ON ty.oid = a.atttypid
+JOIN pg_namespace tn ON tn.oid = ty.typnamespace
 JOIN information_schema.columns c
   ON c.table_schema = n.nspname AND c.table_name = t.relname AND c.column_name = a.attname
 WHERE n.nspname = :schema AND t.relname = :table
