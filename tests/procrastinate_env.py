@@ -1,6 +1,6 @@
 """A real Procrastinate schema, applied with Procrastinate's own CLI, in a test's own schema.
 
-:func:`pq` (a fixture; import it into a test module) yields a :class:`Pq`: the
+:func:`pq` (a fixture, which tests/conftest.py makes every test's) yields a :class:`Pq`: the
 schema, a conninfo whose search_path is that schema, helpers to defer jobs
 through Procrastinate's own ``procrastinate_defer_jobs_v1`` and to start real
 ``procrastinate worker`` processes of tests/procrastinate_app.py.
@@ -21,8 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
-
-from tests.conftest import dropped_after
+from psycopg.types.json import Jsonb
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,7 +45,7 @@ class Pq:
         rows = self.sql(
             "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW('default', %s, 0, NULL, NULL,"
             " %s::jsonb, NULL)]::procrastinate_job_to_defer_v1[]))",
-            (task, psycopg.types.json.Jsonb(args)),
+            (task, Jsonb(args)),
         )
         return int(rows[0][0])
 
@@ -93,16 +92,16 @@ class Pq:
         ]
 
     def log(self, job_id: int) -> list[tuple[int, str, int]]:
-        return [
-            tuple(r)
-            for r in self.sql(  # type: ignore[misc]
-                "SELECT attempt, event, pid FROM pq_log WHERE job_id = %s ORDER BY id", (job_id,)
-            )
-        ]
+        rows = self.sql(
+            "SELECT attempt, event, pid FROM pq_log WHERE job_id = %s ORDER BY id", (job_id,)
+        )
+        return [(int(a), str(e), int(p)) for a, e, p in rows]
 
 
 @pytest.fixture
 def pq(pg_url: str) -> Iterator[Pq]:
+    from tests.conftest import dropped_after  # tests/conftest.py imports this module
+
     for name in dropped_after(pg_url, f"pq_{uuid.uuid4().hex[:12]}"):
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute(f'CREATE SCHEMA "{name}"')

@@ -23,7 +23,7 @@ from reconciler.runner import run_task
 from reconciler.settings import Settings
 from reconciler.tasks import TaskResult
 from tests.helpers import wait_until
-from tests.procrastinate_env import Pq, pq  # noqa: F401  (the fixture)
+from tests.procrastinate_env import Pq
 
 
 def _worker(pq: Pq, age: timedelta) -> int:
@@ -85,7 +85,8 @@ def test_a_job_with_no_attempts_left_fails(db: Database, settings: Settings, pq:
     with db.transaction() as conn:
         conn.execute(
             text(
-                "INSERT INTO retry_policies (kind, max_attempts, initial_delay, max_delay, multiplier)"
+                "INSERT INTO retry_policies"
+                " (kind, max_attempts, initial_delay, max_delay, multiplier)"
                 " VALUES ('crunch', 2, interval '1 s', interval '1 s', 1)"
             )
         )
