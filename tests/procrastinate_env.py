@@ -67,6 +67,8 @@ class Pq:
                 "default",
                 "--fetch-job-polling-interval",
                 "0.2",
+                "--concurrency",
+                "2",
             ],
             env=self.env(),
             cwd=REPO,
