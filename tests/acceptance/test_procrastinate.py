@@ -69,7 +69,7 @@ def test_a_killed_workers_job_is_recovered(
 
     def recovered() -> bool:
         runs.append(_mark_stale(cli, env))
-        return runs[-1]["changed"] > 0
+        return int(runs[-1]["changed"]) > 0
 
     wait_until(
         recovered, "the reconciler to recover the killed worker's job", timeout=120, poll=0.5
