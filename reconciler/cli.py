@@ -36,12 +36,14 @@ from reconciler.leases import TaskBusy
 from reconciler.logs import configure_logging, get_logger
 from reconciler.metrics import QueueCollector, exposition
 from reconciler.migrate import MigrationBlocked, MigrationError, migrate, pending
-from reconciler.ops.args import batch_size_arg
+from reconciler.ops.args import batch_size_arg, job_id_arg
 from reconciler.ops.cli import OpsError, add_ops_commands
 from reconciler.ops.output import emit_json
 from reconciler.profiles import ProfileError, bind_profile, configured, open_profile, select
 from reconciler.profiles.check import describe, explain
 from reconciler.profiles.live import Bound
+from reconciler.profiles.ops import HANDLERS as FOREIGN_HANDLERS
+from reconciler.profiles.ops import unsupported as foreign_unsupported
 from reconciler.runner import run_task
 from reconciler.schedule import Schedule, ScheduleError, load_schedule, next_runs
 from reconciler.schedule import render as render_schedule
@@ -240,6 +242,17 @@ def cmd_run(args: argparse.Namespace, settings: Settings, db: Database, target: 
     else:
         _print_result(result, target)
     return EXIT_OK if result.status == "ok" else EXIT_FAILED
+
+
+def _native_ids(args: argparse.Namespace) -> None:
+    """The reconciler's own job ids are whole numbers: checked once the profile is known."""
+    try:
+        if getattr(args, "ids", None):
+            args.ids = [job_id_arg(v) for v in args.ids]
+        if isinstance(getattr(args, "id", None), str):
+            args.id = job_id_arg(args.id)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _profile(settings: Settings, db: Database, name: str | None) -> Bound | None:
@@ -497,7 +510,15 @@ def _main(argv: Sequence[str]) -> int:
         db.ping()
         if args.needs == "schema":  # the operator's commands (reconciler/ops/)
             _require_schema(db, target)
-            return int(args.handler(args, settings, db))
+            profile = _profile(settings, db, args.profile)
+            if profile is None:
+                _native_ids(args)
+                return int(args.handler(args, settings, db))
+            foreign = FOREIGN_HANDLERS.get(args.handler)
+            if foreign is None:
+                command = " ".join(filter(None, (args.command, getattr(args, "ops_action", None))))
+                raise UsageError(foreign_unsupported(command, profile))
+            return int(foreign(args, settings, db, profile))
         return int(args.handler(args, settings, db, target))
     except DatabaseUnavailable as exc:
         raise UsageError(str(exc)) from None

@@ -157,10 +157,14 @@ def run_task(
     status: RunStatus = "ok"
     error: str | None = None
     try:
-        if profile is None or profile.profile.kind == "native":
-            task.execute(ctx)
+        if (
+            profile is not None
+            and profile.profile.kind != "native"
+            and TASKS.get(task.name) is task
+        ):
+            profile_tasks.execute(task.name, ctx, profile)  # a task, on a profile's table
         else:
-            profile_tasks.execute(task.name, ctx, profile)
+            task.execute(ctx)  # a native task, or an operator's change (its own statement)
     except (TaskFailed, LeaseLost, SQLAlchemyError, psycopg.Error) as exc:
         # psycopg.Error: vacuum-analyze works on the raw driver connection, so a
         # killed connection there arrives unwrapped; it is a failed run all the same.
