@@ -59,7 +59,7 @@ class JobFilter:
             return tuple(dict.fromkeys(item for group in groups for item in group))
 
         return cls(
-            ids=tuple(dict.fromkeys(getattr(args, "ids", None) or ())),
+            ids=tuple(dict.fromkeys(int(i) for i in getattr(args, "ids", None) or ())),
             statuses=flat("status"),
             queues=flat("queue"),
             kinds=flat("kind"),

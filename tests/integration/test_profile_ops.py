@@ -60,7 +60,7 @@ def ai(cli: CliRun, db: Database, schema: str, tmp_path: Path) -> dict[str, str]
 def test_list_and_show_with_its_history(cli: CliRun, ai: dict[str, str]) -> None:
     listed = cli.json_lines("jobs", "list", "--status", "failed,dead")
     assert {r["id"] for r in listed} == {ai["failed"], ai["dead_letter"]}
-    code, out, err = cli("jobs", "requeue", ai["dead_letter"], "--reason", "INC-7", "-y")
+    code, _out, err = cli("jobs", "requeue", ai["dead_letter"], "--reason", "INC-7", "-y")
     assert code == 0, err
     shown = cli.json("jobs", "show", ai["dead_letter"])
     assert shown["job"]["status"] == "pending"
@@ -91,7 +91,7 @@ def test_requeue_keeps_attempts_when_asked_and_dry_run_changes_nothing(
 
 
 def test_cancel_and_reset_stuck(cli: CliRun, db: Database, ai: dict[str, str]) -> None:
-    code, out, err = cli("jobs", "cancel", ai["pending"], "-y")
+    code, _out, err = cli("jobs", "cancel", ai["pending"], "-y")
     assert code == 2 and "has no cancelled state" in err
     reset = cli.json("jobs", "reset-stuck", "--older-than", "1h", "-y")
     assert reset["transitions"] == {"processing->stale": 1}
@@ -148,11 +148,11 @@ def test_several_profiles_need_a_name(
     both = f"{_profile_file(tmp_path, 'ai-course-jobs', schema)},"
     both += str(_profile_file(tmp_path, "jobforge", schema))
     cli.setenv("RECONCILER_PROFILES", f"native,{both}")
-    code, out, err = cli("jobs", "list")
+    code, _out, err = cli("jobs", "list")
     assert code == 2 and "3 profiles are configured" in err and "--profile" in err
     assert cli.json_lines("jobs", "list", "--profile", "jobforge") == []
     # native still checks its own ids
-    code, out, err = cli("jobs", "cancel", "abc", "--profile", "native")
+    code, _out, err = cli("jobs", "cancel", "abc", "--profile", "native")
     assert code == 2 and "job id 'abc' is not a whole number" in err
 
 
@@ -182,7 +182,7 @@ def test_a_hostile_table_and_column_names(
     result = cli.json("run", "mark-stale")
     assert result["transitions"] == {"Run :x->it's queued": 1}, result
     with db.transaction() as conn:
-        rows = dict(
+        rows: dict[int, str] = dict(
             conn.exec_driver_sql('SELECT "Job Id", "St:atus" FROM "Odd ""Jobs"": %%x"').all()
         )
     assert rows == {1: "it's queued", 2: "Run :x", 3: "it's queued"}
