@@ -69,9 +69,11 @@ def describe(profile: Profile) -> dict[str, Any]:
 def advice(bound: Bound, task: str) -> str | None:
     """The index that serves ``task``'s statement on the profile's table."""
     p = bound.profile
-    if p.kind == "procrastinate":
-        return None  # Procrastinate's own indexes serve these (its worker and status indexes)
     table = f"{ident(p.schema)}.{ident(p.table)}".replace("\\:", ":")
+    if p.kind == "procrastinate":
+        # mark-stale walks Procrastinate's own partial index on todo/doing jobs by id;
+        # purge looks for finished jobs of one status, oldest id first.
+        return f"CREATE INDEX CONCURRENTLY ON {table} (status, id);" if task == "purge" else None
 
     def where(*states: str) -> str:
         values = [literal(p.states[s]).replace("\\:", ":") for s in states if s in p.states]
