@@ -397,7 +397,11 @@ def cmd_schedule(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_status(args: argparse.Namespace, settings: Settings, db: Database, target: Target) -> int:
     schedule = _load_schedule(settings)
     _require_schema(db, target)
-    now, statuses = collect_status(db, schedule)
+    try:
+        names = [p.name for p in configured(settings)]
+    except ProfileError as exc:
+        raise UsageError(str(exc)) from None
+    now, statuses = collect_status(db, schedule, names)
     if args.json:
         emit_json({"now": now, "tasks": [s.to_dict() for s in statuses]})
     else:

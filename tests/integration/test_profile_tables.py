@@ -217,3 +217,18 @@ def test_a_dry_run_changes_nothing(
     assert result.changed == 1, result.transitions
     assert _rows(db, "SELECT * FROM ai_course_jobs ORDER BY id") == before
     assert _ledger(db, "ai-course-jobs") == []
+
+
+def test_status_shows_each_profiles_runs_apart(
+    db: Database, settings: Settings, schema: str
+) -> None:
+    from reconciler.schedule import load_schedule
+    from reconciler.status import collect
+
+    bound = _table(db, "ai-course-jobs", schema)
+    run_task(db, settings, "mark-stale", profile=bound)
+    _, statuses = collect(db, load_schedule(None), ["native", "ai-course-jobs"])
+    by_name = {s.task: s for s in statuses}
+    assert by_name["mark-stale@ai-course-jobs"].last is not None
+    assert by_name["mark-stale"].last is None
+    assert by_name["requeue@ai-course-jobs"].last is None
