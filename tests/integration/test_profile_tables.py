@@ -229,6 +229,6 @@ def test_status_shows_each_profiles_runs_apart(
     run_task(db, settings, "mark-stale", profile=bound)
     _, statuses = collect(db, load_schedule(None), ["native", "ai-course-jobs"])
     by_name = {s.task: s for s in statuses}
-    assert by_name["mark-stale@ai-course-jobs"].last is not None
-    assert by_name["mark-stale"].last is None
-    assert by_name["requeue@ai-course-jobs"].last is None
+    assert by_name["mark-stale@ai-course-jobs"].last_run is not None
+    assert by_name["mark-stale"].last_run is None
+    assert by_name["requeue@ai-course-jobs"].last_run is None
