@@ -43,6 +43,7 @@ from reconciler.profiles import ProfileError, bind_profile, configured, open_pro
 from reconciler.profiles.check import describe, explain
 from reconciler.profiles.live import Bound
 from reconciler.profiles.ops import HANDLERS as FOREIGN_HANDLERS
+from reconciler.profiles.ops import PROFILE_FREE
 from reconciler.profiles.ops import unsupported as foreign_unsupported
 from reconciler.runner import run_task
 from reconciler.schedule import Schedule, ScheduleError, load_schedule, next_runs
@@ -514,7 +515,9 @@ def _main(argv: Sequence[str]) -> int:
         db.ping()
         if args.needs == "schema":  # the operator's commands (reconciler/ops/)
             _require_schema(db, target)
-            profile = _profile(settings, db, args.profile)
+            # Retry policies are the reconciler's own, for every profile (by kind, or task name).
+            shared = args.handler in PROFILE_FREE
+            profile = None if shared else _profile(settings, db, args.profile)
             if profile is None:
                 _native_ids(args)
                 return int(args.handler(args, settings, db))

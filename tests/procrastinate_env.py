@@ -127,7 +127,8 @@ def pq(pg_url: str) -> Iterator[Pq]:
         assert applied.returncode == 0, applied.stderr
         env.sql(
             "CREATE TABLE pq_log (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
-            " job_id bigint, attempt integer, event text, pid integer)"
+            " job_id bigint, attempt integer, event text, pid integer,"
+            " at timestamptz NOT NULL DEFAULT clock_timestamp())"
         )
         try:
             yield env

@@ -28,7 +28,7 @@ from sqlalchemy import text
 
 from reconciler.db import Database
 from reconciler.heartbeat import HeartbeatRule
-from reconciler.ops import check, errors, jobs, purge, stats, workers
+from reconciler.ops import check, errors, jobs, policies, purge, stats, workers
 from reconciler.ops.changes import Change, apply
 from reconciler.ops.confirm import OpsError
 from reconciler.ops.output import emit_json, emit_json_lines
@@ -40,7 +40,7 @@ from reconciler.runner import default_actor
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query
 
-__all__ = ["HANDLERS", "Handler", "unsupported"]
+__all__ = ["HANDLERS", "PROFILE_FREE", "Handler", "unsupported"]
 
 Handler = Callable[[argparse.Namespace, Settings, Database, Bound], int]
 
@@ -430,6 +430,11 @@ HANDLERS: dict[Callable[..., int], Handler] = {
     check.cmd_check: foreign_check,
     purge.cmd_purge: foreign_purge,
 }
+
+
+# Commands on the reconciler's own records, the same whatever the profile: retry
+# policies apply to every profile's jobs by kind (a Procrastinate job's task name).
+PROFILE_FREE = frozenset({policies.cmd_show, policies.cmd_set, policies.cmd_delete})
 
 
 def unsupported(command: str, bound: Bound) -> str:
