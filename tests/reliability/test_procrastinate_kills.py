@@ -75,8 +75,7 @@ def test_invariants_hold_with_killed_procrastinate_workers(
     try:
         for _ in range(KILLS):
             # Pace the kills by progress, not by the clock: kill once a new attempt began.
-            started = _starts(pq)
-            wait_until(lambda: _starts(pq) > started, "a new attempt to start", timeout=180)
+            _new_attempt(pq)
             victim = live.pop(rng.randrange(len(live)))
             os.kill(victim.pid, signal.SIGKILL)
             victim.wait(timeout=30)
@@ -133,6 +132,11 @@ def test_invariants_hold_with_killed_procrastinate_workers(
 
 def _starts(pq: Pq) -> int:
     return len(pq.sql("SELECT 1 FROM pq_log WHERE event = 'start'"))
+
+
+def _new_attempt(pq: Pq) -> None:
+    started = _starts(pq)
+    wait_until(lambda: _starts(pq) > started, "a new attempt to start", timeout=180)
 
 
 def _valid(events: list[Any]) -> bool:
