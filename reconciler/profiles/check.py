@@ -72,8 +72,9 @@ def advice(bound: Bound, task: str) -> str | None:
     table = f"{ident(p.schema)}.{ident(p.table)}".replace("\\:", ":")
     if p.kind == "procrastinate":
         # mark-stale walks Procrastinate's own partial index on todo/doing jobs by id;
-        # purge looks for finished jobs of one status, oldest id first.
-        return f"CREATE INDEX CONCURRENTLY ON {table} (status, id);" if task == "purge" else None
+        # purge walks the finishing events older than the retention, oldest first.
+        events = f"{ident(p.schema)}.{ident('procrastinate_events')}".replace("\\:", ":")
+        return f"CREATE INDEX CONCURRENTLY ON {events} (at);" if task == "purge" else None
 
     def where(*states: str) -> str:
         values = [literal(p.states[s]).replace("\\:", ":") for s in states if s in p.states]
@@ -108,6 +109,8 @@ def explain(db: Database, settings: Settings, bound: Bound) -> list[Finding]:
     findings = []
     p = bound.profile
     tables = {p.table} | ({p.worker_table.table} if p.worker_table else set())
+    if p.kind == "procrastinate":
+        tables |= {"procrastinate_workers", "procrastinate_events"}
     now = db.now()
     for task in TASKS:
         why = unsupported(bound, task)

@@ -82,16 +82,21 @@ SELECT id::text AS id, 'doing' AS from_status, to_status FROM moved WHERE done =
 -- Finished jobs of one status (:status: succeeded, failed, cancelled or aborted) whose
 -- last event is older than :horizon, in batches; their events go with them (the
 -- events' own ON DELETE CASCADE), as with Procrastinate's remove_old_jobs, which does
--- the same in one unbatched DELETE. A job with no event at all is kept: nothing says
--- when it finished.
+-- the same in one unbatched DELETE. The walk starts from the finishing events
+-- (of the same name as the status, older than the horizon, oldest first): with an index on
+-- procrastinate_events (at) a run that finds nothing costs next to nothing, however
+-- many finished jobs are still within retention. A job with any newer event is kept,
+-- and so is one with no event at all: nothing says when it finished.
 WITH candidates AS (
     SELECT j.id
-    FROM {{table}} j
-    WHERE j.status = CAST(:status AS {{status_type}})
-      AND EXISTS (SELECT 1 FROM {{events}} e WHERE e.job_id = j.id)
-      AND NOT EXISTS (SELECT 1 FROM {{events}} e
-                      WHERE e.job_id = j.id AND e.at >= CAST(:horizon AS timestamptz))
-    ORDER BY j.id
+    FROM {{events}} e
+    JOIN {{table}} j ON j.id = e.job_id
+    WHERE e.at < CAST(:horizon AS timestamptz)
+      AND e.type::text = CAST(:status AS text)
+      AND j.status = CAST(:status AS {{status_type}})
+      AND NOT EXISTS (SELECT 1 FROM {{events}} n
+                      WHERE n.job_id = j.id AND n.at >= CAST(:horizon AS timestamptz))
+    ORDER BY e.at
     LIMIT :batch_size
     FOR UPDATE OF j SKIP LOCKED
 ), deleted AS (
