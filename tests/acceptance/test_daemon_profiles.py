@@ -35,7 +35,8 @@ def test_one_daemon_heals_both_of_runbook_002s_tables(
             conn.execute(
                 text(
                     f"INSERT INTO {table} (status, retry_count, max_retries, locked_by,"
-                    " last_heartbeat) VALUES ('processing', 1, 3, 'runner-1', now() - interval '1 hour')"
+                    " last_heartbeat)"
+                    " VALUES ('processing', 1, 3, 'runner-1', now() - interval '1 hour')"
                 )
             )
             body = (PROFILES / f"{name}.toml").read_text(encoding="utf-8")
