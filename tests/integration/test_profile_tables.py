@@ -232,3 +232,100 @@ def test_status_shows_each_profiles_runs_apart(
     assert by_name["mark-stale@ai-course-jobs"].last_run is not None
     assert by_name["mark-stale"].last_run is None
     assert by_name["requeue@ai-course-jobs"].last_run is None
+
+
+SHIPPED = ("ai-course-jobs", "ai-media-jobs", "jobforge", "game-platform")
+
+
+def _insert(db: Database, bound: Bound, rows: list[dict[str, Any]]) -> list[str]:
+    """Rows given by role (status by lifecycle state), ids back in order."""
+    p = bound.profile
+    ids = []
+    with db.transaction() as conn:
+        for row in rows:
+            values = {p.status if r == "status" else p.columns[r]: v for r, v in row.items()}
+            values[p.status] = p.states[row["status"]]
+            cols = ", ".join(f'"{c}"' for c in values)
+            binds = ", ".join(f":v{i}" for i in range(len(values)))
+            ids.append(
+                conn.execute(
+                    text(f'INSERT INTO "{p.table}" ({cols}) VALUES ({binds}) RETURNING id::text'),
+                    {f"v{i}": v for i, v in enumerate(values.values())},
+                ).scalar_one()
+            )
+    return ids
+
+
+def _status(db: Database, bound: Bound, ids: list[str]) -> list[str | None]:
+    p = bound.profile
+    found = dict(_rows(db, f'SELECT id::text, "{p.status}" FROM "{p.table}"'))
+    return [bound.profile.lifecycle_of(found[i]) if i in found else None for i in ids]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_transition_of_a_shipped_profile_at_its_boundary(
+    db: Database, settings: Settings, schema: str, name: str
+) -> None:
+    bound = _table(db, name, schema)
+    p = bound.profile
+    now = db.now()
+    ms = timedelta(milliseconds=1)
+    alive = "heartbeat" if "heartbeat" in p.columns else "started_at"
+    timeout = settings.heartbeat_timeout
+    # mark-stale: silent one millisecond past the timeout moves; exactly at it stays.
+    ids = _insert(
+        db,
+        bound,
+        [
+            {"status": "running", alive: now - timeout - ms, "attempts": 0},
+            {"status": "running", alive: now - timeout, "attempts": 0},
+        ],
+    )
+    run_task(db, settings, "mark-stale", now=now, profile=bound)
+    moved = "stale" if p.has("stale") else "queued"
+    assert _status(db, bound, ids) == [moved, "running"]
+    # requeue: a failed job with attempts left, after a 10 s backoff of its kind's policy.
+    kind = _rows(db, f'SELECT "{p.columns["kind"]}" FROM "{p.table}" LIMIT 1')[0][0]
+    with db.transaction() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO retry_policies (kind, max_attempts, initial_delay, max_delay,"
+                " multiplier) VALUES (:k, 3, interval '10 s', interval '10 s', 1)"
+            ),
+            {"k": kind},
+        )
+    backoff = timedelta(seconds=10)
+    ids = _insert(
+        db,
+        bound,
+        [
+            {"status": "failed", "attempts": 1, "finished_at": now - backoff},
+            {"status": "failed", "attempts": 1, "finished_at": now - backoff + ms},
+        ],
+    )
+    run_task(db, settings, "requeue", now=now, profile=bound)
+    assert _status(db, bound, ids) == ["queued", "failed"]
+    # dead-letter: no attempts left moves; one left stays (requeue's).
+    if p.has("dead"):
+        ids = _insert(
+            db,
+            bound,
+            [
+                {"status": "failed", "attempts": 3, "max_attempts": 3, "finished_at": now},
+                {"status": "failed", "attempts": 2, "max_attempts": 3, "finished_at": now},
+            ],
+        )
+        run_task(db, settings, "dead-letter", now=now, profile=bound)
+        assert _status(db, bound, ids) == ["dead", "failed"]
+    # purge: finished one millisecond past retention goes; exactly at it stays.
+    keep = settings.retention_succeeded
+    ids = _insert(
+        db,
+        bound,
+        [
+            {"status": "succeeded", "finished_at": now - keep - ms, "attempts": 1},
+            {"status": "succeeded", "finished_at": now - keep, "attempts": 1},
+        ],
+    )
+    run_task(db, settings, "purge", now=now, profile=bound)
+    assert _status(db, bound, ids) == [None, "succeeded"]
