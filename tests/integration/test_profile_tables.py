@@ -329,3 +329,24 @@ def test_every_transition_of_a_shipped_profile_at_its_boundary(
     )
     run_task(db, settings, "purge", now=now, profile=bound)
     assert _status(db, bound, ids) == [None, "succeeded"]
+
+
+def test_a_profiles_runs_are_their_own_metric_series(
+    db: Database, settings: Settings, schema: str
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from reconciler.metrics import TaskMetrics
+
+    bound = _table(db, "jobforge", schema)
+    _insert(
+        db,
+        bound,
+        [{"status": "running", "heartbeat": db.now() - timedelta(hours=1), "attempts": 1}],
+    )
+    registry = CollectorRegistry()
+    TaskMetrics(registry).observe(run_task(db, settings, "mark-stale", profile=bound))
+    value = registry.get_sample_value
+    labels = {"task": "mark-stale@jobforge", "transition": "running->queued"}
+    assert value("reconciler_task_rows_total", labels) == 1
+    assert value("reconciler_task_runs_total", {"task": "mark-stale", "status": "ok"}) is None
