@@ -35,7 +35,9 @@ ORDER BY id
 -- name: stats
 -- Jobs per status and queue; the oldest queued job's age (by run_at, else created_at).
 SELECT j.{{status}}::text AS status, {{queue}}::text AS queue, count(*) AS jobs,
-       extract(epoch FROM CAST(:now AS timestamptz) - min({{waiting_since}})) AS oldest_s
+       -- An infinite timestamp has no age (subtracting it is an error): NULL.
+       CASE WHEN isfinite(min({{waiting_since}}))
+            THEN extract(epoch FROM CAST(:now AS timestamptz) - min({{waiting_since}})) END AS oldest_s
 FROM {{table}} j
 GROUP BY 1, 2
 ORDER BY 1, 2
@@ -109,7 +111,8 @@ LIMIT :limit
 -- name: workers
 -- Each worker holding running jobs: how many, and its last sign of life.
 SELECT {{worker}}::text AS worker, count(*) AS running, max({{last_seen}}) AS last_seen,
-       extract(epoch FROM CAST(:now AS timestamptz) - max({{last_seen}})) AS silent_s
+       CASE WHEN isfinite(max({{last_seen}}))
+            THEN extract(epoch FROM CAST(:now AS timestamptz) - max({{last_seen}})) END AS silent_s
 FROM {{table}} j
 WHERE j.{{status}} = {{running}}
 GROUP BY 1
@@ -119,7 +122,8 @@ ORDER BY 4 DESC NULLS FIRST
 -- Each worker of the heartbeat table, with the running jobs it holds.
 SELECT w.{{worker_id}}::text AS worker, count(j.{{id}}) AS running,
        w.{{worker_heartbeat}} AS last_seen,
-       extract(epoch FROM CAST(:now AS timestamptz) - w.{{worker_heartbeat}}) AS silent_s
+       CASE WHEN isfinite(w.{{worker_heartbeat}})
+            THEN extract(epoch FROM CAST(:now AS timestamptz) - w.{{worker_heartbeat}}) END AS silent_s
 FROM {{workers}} w
 LEFT JOIN {{table}} j ON j.{{worker_column}} = w.{{worker_id}} AND j.{{status}} = {{running}}
 GROUP BY w.{{worker_id}}, w.{{worker_heartbeat}}
@@ -127,12 +131,15 @@ ORDER BY 4 DESC
 
 -- name: check
 -- What `check` judges on a profile's table, in one read: running jobs silent past the
--- heartbeat timeout (by the row's heartbeat, or its worker's), queued jobs, the oldest one's wait, dead ones.
+-- heartbeat timeout (by the row's heartbeat, or its worker's), queued jobs, the oldest
+-- one's wait, dead ones.
 SELECT
     count(*) FILTER (WHERE j.{{status}} = {{running}} AND {{silent}}) AS silent,
     count(*) FILTER (WHERE j.{{status}} = {{queued}}) AS queued,
+    -- Finite times only: an app's -infinity "due at once" has no age to subtract.
     coalesce(extract(epoch FROM CAST(:now AS timestamptz)
-                     - min({{waiting_since}}) FILTER (WHERE j.{{status}} = {{queued}})), 0)
+                     - min({{waiting_since}}) FILTER (WHERE j.{{status}} = {{queued}}
+                                                     AND isfinite({{waiting_since}}))), 0)
         AS oldest_queued_s,
     count(*) FILTER (WHERE j.{{status}} = {{dead}}) AS dead
 FROM {{table}} j

@@ -68,7 +68,9 @@ WITH candidates AS (
                'worker', m.worker, 'worker_gone', m.last_seen IS NULL,
                'attempts', m.attempts_used, 'max_attempts', m.max_attempts,
                'last_heartbeat_at', m.last_seen,
-               'heartbeat_age_s', round(extract(epoch FROM CAST(:now AS timestamptz) - m.last_seen)::numeric, 3),
+               -- A hand-written -infinity heartbeat has no age (subtracting it is an error).
+               'heartbeat_age_s', CASE WHEN isfinite(m.last_seen) THEN round(extract(epoch FROM
+                   CAST(:now AS timestamptz) - m.last_seen)::numeric, 3) END,
                'timeout_s', m.timeout_s,
                'retry_in_s', CASE WHEN m.to_status = 'todo'
                                   THEN round(extract(epoch FROM m.delay)::numeric, 3) END),

@@ -231,3 +231,25 @@ def test_a_bad_profile_is_refused_before_anything_runs(
     assert code == 2, (out, err)
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert _sql(db, "SELECT status FROM ai_course_jobs") == [("processing",)]
+
+
+def test_infinite_timestamps_written_by_a_worker_break_nothing(
+    cli: CliRun, db: Database, ai: dict[str, str]
+) -> None:
+    """-infinity and infinity in the heartbeat and timestamps: every command still answers."""
+    _sql(
+        db,
+        "INSERT INTO ai_course_jobs (status, locked_by, last_heartbeat, started_at, created_at)"
+        " VALUES ('processing', 'w9', '-infinity', '-infinity', '-infinity'),"
+        "        ('processing', 'w8', 'infinity', NULL, 'infinity'),"
+        "        ('pending', NULL, NULL, NULL, '-infinity')",
+    )
+    marked = cli.json("run", "mark-stale")
+    assert marked["status"] == "ok", marked
+    assert marked["transitions"] == {"processing->stale": 2}  # -infinity, and the stuck one
+    assert cli.json("stats")["statuses"]
+    assert {r["worker"] for r in cli.json_lines("workers")} >= {"w2", "w8"}
+    code, out, err = cli("check", "--json")
+    assert code in (0, 1, 2), out + err
+    code, out, err = cli("jobs", "list")
+    assert code == 0, err
