@@ -21,7 +21,13 @@
 WITH candidates AS (
     SELECT j.id, j.worker_id AS worker, j.abort_requested, j.attempts + 1 AS attempts_used,
            {{max_attempts}} AS max_attempts, {{timeout_s}} AS timeout_s,
-           b.delay
+           b.delay, j.queueing_lock,
+           -- A todo job holding the same queueing lock: Procrastinate allows one, so this
+           -- job cannot go back to todo; the app's waiting twin will do the work.
+           (SELECT o.id FROM {{table}} o
+            WHERE j.queueing_lock IS NOT NULL AND o.queueing_lock = j.queueing_lock
+              AND o.status = 'todo'
+            LIMIT 1) AS queued_twin
     FROM {{table}} j
     CROSS JOIN LATERAL (
         SELECT coalesce(
@@ -46,9 +52,14 @@ WITH candidates AS (
     FOR SHARE OF w
 ), decided AS (
     SELECT c.*, s.last_seen,
-           -- A job whose abort was requested fails (procrastinate_retry_job does that too).
-           CASE WHEN c.attempts_used < c.max_attempts AND NOT c.abort_requested THEN 'todo'
-                ELSE 'failed' END AS to_status
+           -- A job whose abort was requested fails (procrastinate_retry_job does that too);
+           -- so does one whose queueing lock a todo job holds, or an earlier one of this
+           -- batch will hold once retried.
+           CASE WHEN c.attempts_used < c.max_attempts AND NOT c.abort_requested
+                     AND c.queued_twin IS NULL
+                     AND (c.queueing_lock IS NULL
+                          OR row_number() OVER (PARTITION BY c.queueing_lock ORDER BY c.id) = 1)
+                THEN 'todo' ELSE 'failed' END AS to_status
     FROM candidates c
     LEFT JOIN seen s ON s.worker = c.worker
     WHERE s.last_seen IS NULL
@@ -66,6 +77,7 @@ WITH candidates AS (
     SELECT :profile, :table_name, m.id::text, 'doing', m.to_status, CAST(:now AS timestamptz), :actor,
            jsonb_build_object(
                'worker', m.worker, 'worker_gone', m.last_seen IS NULL,
+               'abort_requested', m.abort_requested, 'queueing_lock_held_by', m.queued_twin,
                'attempts', m.attempts_used, 'max_attempts', m.max_attempts,
                'last_heartbeat_at', m.last_seen,
                -- A hand-written -infinity heartbeat has no age (subtracting it is an error).

@@ -181,3 +181,29 @@ def test_requeue_and_dead_letter_say_why_they_have_nothing_to_do(
 def test_a_schema_without_procrastinate_is_refused(db: Database, schema: str) -> None:
     with pytest.raises(ProfileError, match="procrastinate_jobs does not exist"):
         bind_profile(db, procrastinate_profile(schema))
+
+
+def test_an_aborted_or_queueing_locked_job_fails_instead_of_breaking_the_batch(
+    db: Database, settings: Settings, pq: Pq
+) -> None:
+    """Procrastinate allows one todo job per queueing lock: a stalled job whose lock a
+    waiting twin holds (or an earlier one of the same batch) fails, as does one whose abort
+    was requested; every other stalled job of the batch is still retried."""
+    bound = bind_profile(db, procrastinate_profile(pq.schema))
+    aborted, twin_held, first, second, plain = (_doing(pq, None) for _ in range(5))
+    pq.sql("UPDATE procrastinate_jobs SET abort_requested = true WHERE id = %s", (aborted,))
+    pq.sql("UPDATE procrastinate_jobs SET queueing_lock = 'report' WHERE id = %s", (twin_held,))
+    waiting = pq.defer()
+    pq.sql("UPDATE procrastinate_jobs SET queueing_lock = 'report' WHERE id = %s", (waiting,))
+    pq.sql(
+        "UPDATE procrastinate_jobs SET queueing_lock = 'sync' WHERE id = ANY(%s)",
+        ([first, second],),
+    )
+    result = run_task(db, settings, "mark-stale", profile=bound)
+    assert result.status == "ok", result.error
+    assert result.transitions == {"doing->todo": 2, "doing->failed": 3}
+    assert pq.status(plain)[0] == "todo" and pq.status(first)[0] == "todo"
+    assert [pq.status(j)[0] for j in (aborted, twin_held, second)] == ["failed"] * 3
+    reasons = {row.job_id: row.reason for row in _ledger(db)}
+    assert reasons[str(twin_held)]["queueing_lock_held_by"] == waiting
+    assert reasons[str(aborted)]["abort_requested"] is True
