@@ -350,3 +350,17 @@ def test_a_profiles_runs_are_their_own_metric_series(
     labels = {"task": "mark-stale@jobforge", "transition": "running->queued"}
     assert value("reconciler_task_rows_total", labels) == 1
     assert value("reconciler_task_runs_total", {"task": "mark-stale", "status": "ok"}) is None
+
+
+def test_vacuum_analyze_vacuums_the_profiles_table(
+    db: Database, settings: Settings, schema: str
+) -> None:
+    bound = _table(db, "jobforge", schema)
+    _insert(db, bound, [{"status": "succeeded", "attempts": 1} for _ in range(50)])
+    with db.transaction() as conn:
+        conn.execute(text("DELETE FROM jobforge_jobs"))
+    result = run_task(db, settings, "vacuum-analyze", profile=bound)
+    assert result.status == "ok", result.error
+    tables = result.details["tables"]
+    assert list(tables) == ["jobforge_jobs"]
+    assert tables["jobforge_jobs"]["dead_rows_after"] == 0
