@@ -18,6 +18,7 @@ from sqlalchemy import text
 from reconciler.db import Database
 from tests.acceptance.conftest import CLI
 from tests.procrastinate_env import Pq
+from tests.profile_tables import DDL, PROFILES
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 ELSEWHERE = ("daemon", "demo")  # long-running: their own acceptance tests
@@ -129,3 +130,36 @@ def test_the_procrastinate_walkthrough_finds_and_retries_a_dead_workers_job(
     assert "mark-stale for procrastinate (dry run, nothing written): would change 1" in outputs[2]
     assert "doing -> todo" in outputs[3]
     assert pq.status(job) == ("todo", 1)
+
+
+def test_the_table_profile_lines_check_preview_and_list(
+    cli: CLI, db: Database, tmp_path: Path
+) -> None:
+    """The README's lines for a table described in TOML, on runbook 002's two tables."""
+    lines = _lines(_section("### Any other table"))
+    assert [argv[:2] for argv in lines] == [
+        ["profiles", "check"],
+        ["run", "mark-stale"],
+        ["jobs", "list"],
+    ]
+    paths = []
+    with db.transaction() as conn:
+        for name in ("ai-course-jobs", "ai-media-jobs"):
+            conn.execute(text(DDL[name]))
+            body = (PROFILES / f"{name}.toml").read_text(encoding="utf-8")
+            path = tmp_path / f"{name}.toml"
+            path.write_text(body.replace('schema = "public"', f'schema = "{db.schema}"'))
+            paths.append(str(path))
+        conn.execute(
+            text(
+                "INSERT INTO ai_course_jobs (status, last_heartbeat)"
+                " VALUES ('processing', now() - interval '1 hour'), ('failed', NULL)"
+            )
+        )
+    env = {"RECONCILER_PROFILES": ",".join(paths)}
+    checked, preview, listed = (cli(*argv, env=env) for argv in lines)
+    assert checked.returncode == 1 and "NO INDEX" in checked.stdout  # indexes to add
+    assert preview.returncode == 0, preview.stderr
+    assert "would change 1 job(s)" in preview.stdout and "processing -> stale" in preview.stdout
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[1] for line in listed.stdout.splitlines()] == ["failed"]
