@@ -26,7 +26,7 @@ from __future__ import annotations
 from sqlalchemy import text
 
 from reconciler.db import Database
-from reconciler.profiles.model import Profile, ProfileError
+from reconciler.profiles.model import Profile, ProfileError, WorkerTable
 from reconciler.sqlfiles import query
 
 __all__ = ["PURGE_RETENTION", "functions", "profile"]
@@ -65,6 +65,9 @@ def profile(schema: str = "public") -> Profile:
             "run_at": "scheduled_at",
         },
         attempts_counted="failure",
+        worker_table=WorkerTable(
+            schema=schema, table="procrastinate_workers", id="id", heartbeat="last_heartbeat"
+        ),
     )
 
 

@@ -31,6 +31,13 @@ def _section(title: str) -> str:
     return body[start : end if end != -1 else None]
 
 
+def _subsection(title: str) -> str:
+    """A ### section alone, up to the next ### (or ##) heading."""
+    section = _section(title)
+    end = section.find("\n### ", len(title) + 2)
+    return section[: end if end != -1 else None]
+
+
 def _lines(section: str) -> list[list[str]]:
     blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
     found = []
@@ -104,7 +111,7 @@ def test_the_procrastinate_walkthrough_finds_and_retries_a_dead_workers_job(
     cli: CLI, pq: Pq
 ) -> None:
     """The README's Procrastinate lines, in order, on Procrastinate's real schema."""
-    lines = _lines(_section("### Procrastinate"))
+    lines = _lines(_subsection("### Procrastinate"))
     assert [argv[:2] for argv in lines] == [
         ["migrate"],
         ["profiles", "check"],
@@ -136,7 +143,7 @@ def test_the_table_profile_lines_check_preview_and_list(
     cli: CLI, db: Database, tmp_path: Path
 ) -> None:
     """The README's lines for a table described in TOML, on runbook 002's two tables."""
-    lines = _lines(_section("### Any other table"))
+    lines = _lines(_subsection("### Any other table"))
     assert [argv[:2] for argv in lines] == [
         ["profiles", "check"],
         ["run", "mark-stale"],

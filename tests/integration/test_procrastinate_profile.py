@@ -23,6 +23,7 @@ from reconciler.runner import run_task
 from reconciler.settings import Settings
 from reconciler.tasks import TaskResult
 from tests.helpers import wait_until
+from tests.ops_data import CliRun
 from tests.procrastinate_env import Pq
 
 
@@ -207,3 +208,19 @@ def test_an_aborted_or_queueing_locked_job_fails_instead_of_breaking_the_batch(
     reasons = {row.job_id: row.reason for row in _ledger(db)}
     assert reasons[str(twin_held)]["queueing_lock_held_by"] == waiting
     assert reasons[str(aborted)]["abort_requested"] is True
+
+
+def test_workers_and_check_read_procrastinates_workers_table(
+    cli: CliRun, db: Database, settings: Settings, pq: Pq
+) -> None:
+    silent = _worker(pq, settings.heartbeat_timeout + timedelta(minutes=5))
+    alive = _worker(pq, timedelta(0))
+    _doing(pq, silent)
+    _doing(pq, alive)
+    cli.setenv("RECONCILER_PROFILES", f"procrastinate:{pq.schema}")
+    workers = {int(r["worker"]): r for r in cli.json_lines("workers")}
+    assert workers[silent]["running"] == 1 and workers[silent]["silent_s"] > 300
+    assert workers[alive]["silent_s"] < 60
+    code, out, err = cli("check", "--json")
+    assert code == 1, out + err
+    assert "1 running job(s) silent past the heartbeat timeout" in out
