@@ -105,10 +105,12 @@ def _values(bound: Bound, states: Sequence[str]) -> list[str]:
     return [bound.profile.states[s] for s in states if s in bound.profile.states]
 
 
-def _filter(args: argparse.Namespace, bound: Bound) -> dict[str, Any]:
-    """The command's filters as the statements' binds; refuse one the table cannot take."""
+def _filter(args: argparse.Namespace, bound: Bound, *, statuses: bool = True) -> dict[str, Any]:
+    """The command's filters as the statements' binds; refuse one the table cannot take.
+
+    ``statuses=False``: a change's --status chooses what it moves (:func:`_statuses`)."""
     p = bound.profile
-    flat = [s for group in getattr(args, "status", None) or [] for s in group]
+    flat = [s for group in getattr(args, "status", None) or [] for s in group] if statuses else []
     for state in flat:
         if state not in p.states:
             raise OpsError(f"--status {state}: {p.qualified} has no {state} state ({p.name})")
@@ -125,6 +127,53 @@ def _filter(args: argparse.Namespace, bound: Bound) -> dict[str, Any]:
     ids = [str(i) for i in getattr(args, "ids", None) or []]
     binds["f_ids"] = ids or None
     return binds
+
+
+def _statuses(
+    args: argparse.Namespace,
+    bound: Bound,
+    allowed: Sequence[str],
+    default: Sequence[str],
+    command: str,
+) -> tuple[list[str], bool]:
+    """The table's values of the states a change moves: --status (each one the command
+    takes and the table has), else the command's default; and whether --status was given."""
+    p = bound.profile
+    given = [s for group in getattr(args, "status", None) or [] for s in group]
+    for state in given:
+        if state not in allowed:
+            raise OpsError(f"{command} takes {', '.join(allowed)} jobs, not {state}")
+        if state not in p.states:
+            raise OpsError(f"--status {state}: {p.qualified} has no {state} state ({p.name})")
+    wanted = _values(bound, given or default)
+    if not wanted:
+        raise OpsError(f"{command}: {p.qualified} has none of the states {', '.join(allowed)}")
+    return wanted, bool(given)
+
+
+def _require_scope(binds: dict[str, Any], given: bool, command: str) -> None:
+    """A change needs job ids or a filter: never every job of a state by accident."""
+    if not given and not any(v for k, v in binds.items() if k != "f_statuses"):
+        raise OpsError(f"{command} needs job ids or a filter (--status, --kind, ...)")
+
+
+def _check_ids(
+    db: Database, bound: Bound, ids: list[str] | None, wanted: list[str], command: str
+) -> None:
+    """Refuse a named job that does not exist, or whose status the command does not take."""
+    if not ids:
+        return
+    found = {
+        row["id"]: row["status"]
+        for row in _rows(db, bound, _sql(bound, "statuses_of"), {"ids": ids})
+    }
+    for job in ids:
+        if job not in found:
+            raise OpsError(f"no job with id {job} in {bound.profile.qualified}")
+        if found[job] not in wanted:
+            raise OpsError(
+                f"{command}: job {job} is {found[job]}; it takes {', '.join(wanted)} jobs"
+            )
 
 
 def _rows(db: Database, bound: Bound, sql: str, binds: dict[str, Any]) -> list[dict[str, Any]]:
@@ -317,11 +366,13 @@ def foreign_requeue(args: argparse.Namespace, settings: Settings, db: Database, 
             f"{command} --profile {p.name}: Procrastinate retries its jobs itself; a failed"
             " job is retried with Procrastinate's own `procrastinate_retry_job`, not here"
         )
-    binds = _filter(args, b)
+    allowed = ("failed", "stale", "dead", "cancelled")
     default = ("failed",) if args.ops_action == "retry-failed" else ("failed", "stale", "dead")
-    wanted = binds.pop("f_statuses") or _values(b, default)
-    if not binds["f_ids"] and not any(binds.values()) and args.ops_action == "requeue":
-        raise OpsError(f"{command}: name job ids or a filter (--status, --queue, ...)")
+    wanted, given = _statuses(args, b, allowed, default, command)
+    binds = _filter(args, b, statuses=False)
+    if args.ops_action == "requeue":  # retry-failed takes every failed job by design
+        _require_scope(binds, given, command)
+    _check_ids(db, b, binds["f_ids"], wanted, command)
     now = db.now()
     due = args.at or (now + args.in_ if args.in_ else now)
     return _change(
@@ -334,7 +385,6 @@ def foreign_requeue(args: argparse.Namespace, settings: Settings, db: Database, 
         verb="requeue",
         params={
             **binds,
-            "f_statuses": None,
             "from_statuses": wanted,
             "due": due,
             "keep_attempts": bool(args.keep_attempts),
@@ -353,10 +403,11 @@ def foreign_cancel(args: argparse.Namespace, settings: Settings, db: Database, b
                 else f"{p.qualified} has no cancelled state"
             )
         )
-    binds = _filter(args, b)
-    wanted = binds.pop("f_statuses") or _values(b, ("queued", "running", "failed", "stale"))
-    if not binds["f_ids"] and not any(binds.values()):
-        raise OpsError("jobs cancel: name job ids or a filter (--status, --queue, ...)")
+    allowed = ("queued", "running", "failed", "stale")
+    wanted, given = _statuses(args, b, allowed, allowed, "jobs cancel")
+    binds = _filter(args, b, statuses=False)
+    _require_scope(binds, given, "jobs cancel")
+    _check_ids(db, b, binds["f_ids"], wanted, "jobs cancel")
     return _change(
         args,
         settings,
@@ -365,7 +416,7 @@ def foreign_cancel(args: argparse.Namespace, settings: Settings, db: Database, b
         name="jobs cancel",
         sql=_sql(b, "cancel"),
         verb="cancel",
-        params={**binds, "f_statuses": None, "from_statuses": wanted},
+        params={**binds, "from_statuses": wanted},
     )
 
 
@@ -409,11 +460,18 @@ def foreign_reset_stuck(
 
 
 def foreign_purge(args: argparse.Namespace, settings: Settings, db: Database, b: Bound) -> int:
-    flat = [s for group in args.status or [["succeeded", "cancelled"]] for s in group]
-    missing = [s for s in flat if s not in b.profile.states]
-    if missing:
-        raise OpsError(f"purge --status {missing[0]}: {b.profile.qualified} has no such state")
-    params = {"statuses": _values(b, flat), "older_than": args.older_than}
+    p = b.profile
+    if p.kind == "table" and "finished_at" not in p.columns:
+        raise OpsError(f"purge: {p.qualified} has no finished_at column to measure age by")
+    finished = ("succeeded", "cancelled", "dead")
+    default = [s for s in ("succeeded", "cancelled") if p.has(s)]
+    wanted, _given = _statuses(args, b, finished, default, "purge")
+    if "dead" in (s for group in args.status or [] for s in group) and not args.no_backup:
+        raise OpsError(
+            f"purge --status dead --profile {p.name}: a profile's table has no dead-letter"
+            " export to back its jobs up first; add --no-backup to delete them anyway"
+        )
+    params = {"statuses": wanted, "older_than": args.older_than}
     return _run_task_change(args, settings, db, b, "purge", params, "delete")
 
 

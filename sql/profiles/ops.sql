@@ -143,3 +143,10 @@ SELECT
         AS oldest_queued_s,
     count(*) FILTER (WHERE j.{{status}} = {{dead}}) AS dead
 FROM {{table}} j
+
+-- name: statuses_of
+-- The named jobs' statuses: a change refuses an id that is not there, or not in a state
+-- it takes, before it starts.
+SELECT j.{{id}}::text AS id, j.{{status}}::text AS status
+FROM {{table}} j
+WHERE j.{{id}}::text = ANY (CAST(:ids AS text[]))

@@ -253,3 +253,40 @@ def test_infinite_timestamps_written_by_a_worker_break_nothing(
     assert code in (0, 1, 2), out + err
     code, out, err = cli("jobs", "list")
     assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("jobs", "requeue", "--status", "running"), "takes failed, stale, dead, cancelled jobs"),
+        (("jobs", "requeue"), "needs job ids or a filter"),
+        (("jobs", "reset-stuck"), "name job ids, or --older-than"),
+        (("purge", "--older-than", "1d", "--status", "queued"), "purge takes succeeded"),
+        (("purge", "--older-than", "1d", "--status", "dead"), "add --no-backup"),
+    ],
+)
+def test_a_change_refuses_what_it_does_not_take(
+    cli: CliRun, db: Database, ai: dict[str, str], argv: tuple[str, ...], message: str
+) -> None:
+    before = _sql(db, "SELECT id, status FROM ai_course_jobs ORDER BY id")
+    code, out, err = cli(*argv, "-y")
+    assert code == 2, (out, err)
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert _sql(db, "SELECT id, status FROM ai_course_jobs ORDER BY id") == before
+
+
+def test_named_jobs_must_exist_and_be_in_a_state_the_change_takes(
+    cli: CliRun, ai: dict[str, str]
+) -> None:
+    code, _out, err = cli("jobs", "requeue", ai["processing"], "-y")
+    assert code == 2 and f"job {ai['processing']} is processing" in err, err
+    code, _out, err = cli("jobs", "requeue", "00000000-0000-0000-0000-000000000000", "-y")
+    assert code == 2 and "no job with id 00000000-0000-0000-0000-000000000000" in err, err
+
+
+def test_purge_without_status_takes_the_finished_states_the_table_has(
+    cli: CliRun, ai: dict[str, str]
+) -> None:
+    """ai_course_jobs has no cancelled state: the default is its succeeded (done) alone."""
+    done = cli.json("purge", "--older-than", "30d", "-y")
+    assert done["transitions"] == {"done->purged": 1}
