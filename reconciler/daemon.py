@@ -202,7 +202,7 @@ class Daemon:
             except Exception as exc:  # a bug, not the database: report it and keep going
                 log.exception("task.crashed", task=entry.key, error=_error_text(exc))
                 if self.sentry_enabled:
-                    sentry.report_exception(entry.task, exc)
+                    sentry.report_exception(entry.key, exc)
                 self._retry_later(entry)
                 return None
 
@@ -230,6 +230,7 @@ class Daemon:
             log.debug(
                 "task.skipped",
                 task=entry.task,
+                profile=entry.profile,
                 reason="running elsewhere",
                 holder=busy.holder,
                 lease_expires_at=busy.expires_at.isoformat(),
@@ -242,19 +243,20 @@ class Daemon:
             log.warning(
                 "task.error",
                 task=entry.task,
+                profile=entry.profile,
                 error=error,
                 failures=self._failures[entry.key],
                 retry_in_s=retry_in,
             )
             if monitor is not None:
                 monitor.finished(False, timedelta(seconds=time.monotonic() - started))
-                sentry.report_failure(entry.task, f"could not start: {error}")
+                sentry.report_failure(entry.key, f"could not start: {error}")
             return None
         self._log_result(entry, result)
         if monitor is not None:
             monitor.finished(result.status == "ok", timedelta(milliseconds=result.duration_ms))
             if result.status != "ok":
-                sentry.report_failure(entry.task, result.error or "failed", run_id=result.run_id)
+                sentry.report_failure(entry.key, result.error or "failed", run_id=result.run_id)
         return result
 
     def _log_result(self, entry: Entry, result: TaskResult) -> None:
@@ -262,6 +264,7 @@ class Daemon:
             self.task_metrics.observe(result)
         fields: dict[str, Any] = {
             "task": result.task,
+            "profile": result.profile,
             "run_id": result.run_id,
             "status": result.status,
             "transitions": dict(result.transitions),
@@ -282,7 +285,9 @@ class Daemon:
             return
         failures = self._failures.pop(entry.key, 0)
         if failures:
-            log.info("task.recovered", task=entry.task, after_failures=failures)
+            log.info(
+                "task.recovered", task=entry.task, profile=entry.profile, after_failures=failures
+            )
         level = logging.INFO if result.did_work or result.stopped != "done" else logging.DEBUG
         log.log(level, "task.finished", **fields)
 
