@@ -289,7 +289,7 @@ CREATE FUNCTION backoff(
     p_multiplier double precision, p_jitter double precision, p_job_id bigint
 ) RETURNS interval
 LANGUAGE sql IMMUTABLE SET search_path FROM CURRENT AS $$
-    SELECT make_interval(secs => b.base_s * (1 + p_jitter * (
+    SELECT make_interval(secs => b.base_s * (1 + j.jitter * (
         2 * ((abs(hashtext(p_job_id::text || ':' || p_attempt::text)::bigint) % 10000) / 10000.0) - 1
     )))
     FROM (
@@ -305,6 +305,9 @@ LANGUAGE sql IMMUTABLE SET search_path FROM CURRENT AS $$
                    greatest(p_attempt, 1) - 1 AS steps
         ) s
     ) b
+    -- A jitter under 1e-12 cannot move a backoff (at most 1000 days) by a microsecond,
+    -- and one as small as 5e-324 would underflow the product (an error in PostgreSQL).
+    CROSS JOIN (SELECT CASE WHEN p_jitter < 1e-12 THEN 0 ELSE p_jitter END AS jitter) j
 $$;
 
 -- enqueue(): add a job and return its id. A repeated idempotency key (for the
