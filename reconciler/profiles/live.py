@@ -66,6 +66,15 @@ def bind(db: Database, profile: Profile) -> Bound:
                     f"profile {profile.name}: column {column!r} (columns.{role}) is"
                     f" {columns[column][0]}, it must be {' or '.join(allowed)}"
                 )
+        unique = conn.execute(
+            text(query("profiles/catalog", "unique_column")),
+            {"schema": profile.schema, "table": profile.table, "column": profile.id},
+        ).scalar_one()
+        if not unique:
+            raise ProfileError(
+                f"profile {profile.name}: {profile.qualified}.{profile.id} (columns.id) has no"
+                " primary key or unique index of its own; name a column that identifies one row"
+            )
         status_type, labels = columns[profile.status][1], None
         if columns[profile.status][0] == "USER-DEFINED":
             labels = tuple(

@@ -42,3 +42,16 @@ JOIN pg_class i ON i.oid = x.indexrelid
 JOIN pg_class t ON t.oid = x.indrelid
 JOIN pg_namespace n ON n.oid = t.relnamespace
 WHERE n.nspname = :schema AND t.relname = ANY (CAST(:tables AS text[])) AND x.indpred IS NOT NULL
+
+-- name: unique_column
+-- Whether a unique index (or primary key) without a predicate covers :column alone:
+-- each statement changes the rows whose id it chose, so an id must name one row.
+SELECT EXISTS (
+    SELECT 1
+    FROM pg_index x
+    JOIN pg_class t ON t.oid = x.indrelid
+    JOIN pg_namespace n ON n.oid = t.relnamespace
+    JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = x.indkey[0]
+    WHERE n.nspname = :schema AND t.relname = :table AND a.attname = :column
+      AND x.indisunique AND x.indnkeyatts = 1 AND x.indpred IS NULL
+)

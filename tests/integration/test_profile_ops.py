@@ -290,3 +290,25 @@ def test_purge_without_status_takes_the_finished_states_the_table_has(
     """ai_course_jobs has no cancelled state: the default is its succeeded (done) alone."""
     done = cli.json("purge", "--older-than", "30d", "-y")
     assert done["transitions"] == {"done->purged": 1}
+
+
+def test_an_id_column_that_is_not_unique_is_refused(
+    cli: CliRun, db: Database, schema: str, tmp_path: Path
+) -> None:
+    """Two rows with one id would both move for one decision: refused before anything runs."""
+    _sql(db, "CREATE TABLE loose (job text, state text, beat timestamptz, tries int)")
+    _sql(
+        db,
+        "INSERT INTO loose VALUES ('a', 'run', now() - interval '1 day', 0),"
+        " ('a', 'run', now(), 0)",
+    )
+    path = tmp_path / "loose.toml"
+    path.write_text(
+        f'table = "loose"\nschema = "{schema}"\n[columns]\nid = "job"\nstatus = "state"\n'
+        'heartbeat = "beat"\nattempts = "tries"\n[states]\nqueued = "q"\nrunning = "run"\n',
+        encoding="utf-8",
+    )
+    cli.setenv("RECONCILER_PROFILES", str(path))
+    code, _out, err = cli("run", "mark-stale")
+    assert code == 2 and "has no primary key or unique index of its own" in err, err
+    assert _sql(db, "SELECT count(*) FROM loose WHERE state = 'run'") == [(2,)]
