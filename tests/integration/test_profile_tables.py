@@ -364,3 +364,50 @@ def test_vacuum_analyze_vacuums_the_profiles_table(
     tables = result.details["tables"]
     assert list(tables) == ["jobforge_jobs"]
     assert tables["jobforge_jobs"]["dead_rows_after"] == 0
+
+
+def test_a_table_with_heartbeats_on_a_workers_table(
+    db: Database, settings: Settings, schema: str
+) -> None:
+    """[heartbeat_table]: a job moves when its worker's row is silent or gone, not when the
+    worker heartbeats; the worker rows are locked FOR SHARE by the deciding statement."""
+    from reconciler.profiles.model import Profile, WorkerTable
+
+    with db.transaction() as conn:
+        conn.execute(text("CREATE TABLE fleet (name text PRIMARY KEY, seen timestamptz)"))
+        conn.execute(
+            text(
+                "CREATE TABLE tasks (id bigint PRIMARY KEY, state text, runner text,"
+                " tries int NOT NULL DEFAULT 0)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO fleet VALUES ('dead', now() - interval '1 hour'), ('alive', now());"
+                " INSERT INTO tasks VALUES (1, 'busy', 'dead', 0), (2, 'busy', 'alive', 0),"
+                " (3, 'busy', 'vanished', 0), (4, 'busy', 'dead', 5)"
+            )
+        )
+    profile = Profile(
+        name="fleet-tasks",
+        kind="table",
+        schema=schema,
+        table="tasks",
+        id="id",
+        status="state",
+        states={"queued": "todo", "running": "busy", "failed": "broken"},
+        columns={"attempts": "tries", "worker": "runner"},
+        max_attempts=3,
+        worker_table=WorkerTable(schema=schema, table="fleet", id="name", heartbeat="seen"),
+    )
+    bound = bind(db, profile)
+    result = run_task(db, settings, "mark-stale", profile=bound)
+    assert result.transitions == {"busy->todo": 2, "busy->broken": 1}, result.error
+    assert dict(_rows(db, "SELECT id, state FROM tasks")) == {
+        1: "todo",
+        2: "busy",
+        3: "todo",
+        4: "broken",
+    }
+    reasons = {r.job_id: r.reason for r in _ledger(db, "fleet-tasks")}
+    assert reasons["3"]["worker_gone"] is True and reasons["1"]["worker_gone"] is False
