@@ -153,6 +153,10 @@ def run_task(
         lease=lease,
         should_stop=should_stop,
         profile=profile,
+        adaptive=batch_size is None,
+        batch_target=settings.batch_target,
+        batch_max=settings.batch_max,
+        batch_pause=settings.batch_pause,
     )
     status: RunStatus = "ok"
     error: str | None = None

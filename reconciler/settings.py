@@ -124,8 +124,30 @@ class Settings(BaseSettings):
     )
     batch_size: Annotated[int, AfterValidator(check_batch_size)] = Field(
         default=1000,
-        description="Rows per batch; each batch is its own transaction. 1000 keeps a batch in "
-        "the tens of milliseconds (see the benchmark) while a large backlog still drains fast.",
+        description="Rows in a task's first batch; each batch is its own transaction. Later "
+        "batches grow or shrink toward RECONCILER_BATCH_TARGET. 1000 keeps a batch in the tens "
+        "of milliseconds (see the benchmark) while a large backlog still drains fast.",
+    )
+    batch_target: Duration = Field(
+        default=timedelta(milliseconds=100),
+        description="How long a task's batch transaction should take. Between batches the "
+        "size grows or shrinks toward it (at most doubling or halving, within "
+        "RECONCILER_BATCH_MAX), so a batch costs about this whatever the backlog; a batch that "
+        "hits the lock or statement timeout is retried at once at a quarter of its size. A "
+        "size given by --batch-size or the schedule stays fixed.",
+    )
+    batch_max: Annotated[int, AfterValidator(check_batch_size)] = Field(
+        default=10_000,
+        description="The largest batch the sizing toward RECONCILER_BATCH_TARGET may reach.",
+    )
+    batch_pause: float = Field(
+        default=0.5,
+        ge=0,
+        le=10,
+        description="After each batch a task pauses this many times the batch's own duration "
+        "(0.5: a batch of 100 ms, then 50 ms of rest), so maintenance on a huge backlog takes a "
+        "bounded share of the database and workers keep their throughput; 0 never pauses. See "
+        "the benchmark's interference figures.",
     )
     run_time_budget: Duration = Field(
         default=timedelta(seconds=20),
@@ -382,6 +404,15 @@ class Settings(BaseSettings):
                 f"case, so psql users would reach another schema. Use {value.lower()!r}"
             )
         return value
+
+    @model_validator(mode="after")
+    def _batch_bounds(self) -> Settings:
+        if self.batch_max < self.batch_size:
+            raise ValueError(
+                f"RECONCILER_BATCH_MAX ({self.batch_max}) must be at least RECONCILER_BATCH_SIZE"
+                f" ({self.batch_size}), the first batch's size"
+            )
+        return self
 
     @model_validator(mode="after")
     def _lease_outlasts_a_batch(self) -> Settings:

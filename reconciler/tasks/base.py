@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
+import psycopg
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
 
 from reconciler.db import Database
 from reconciler.leases import Lease
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DRY_RUN_LIMIT",
+    "MIN_BATCH",
     "SAMPLE_SIZE",
     "Progress",
     "RunStatus",
@@ -44,11 +47,14 @@ __all__ = [
     "TaskContext",
     "TaskFailed",
     "TaskResult",
+    "next_batch_size",
 ]
 
 # A dry run previews at most this many rows per statement: enough to answer
 # "how bad is it", small enough that the rolled-back statement stays short.
 DRY_RUN_LIMIT = 10_000
+# The smallest batch the sizing goes down to: below it a round trip costs more than rows.
+MIN_BATCH = 10
 # Job ids shown as examples in a dry run and in a run's record.
 SAMPLE_SIZE = 10
 
@@ -103,6 +109,12 @@ class TaskContext:
     # The queue table the run works on: None for the reconciler's own (native) schema,
     # else a profile checked against the live database (reconciler/profiles/).
     profile: Bound | None = None
+    # Batch sizing and pacing (RECONCILER_BATCH_TARGET, _MAX, _PAUSE). ``adaptive``: the size
+    # follows the target; False when the caller fixed it (--batch-size, schedule params).
+    adaptive: bool = False
+    batch_target: timedelta = timedelta(milliseconds=100)
+    batch_max: int = 10_000
+    batch_pause: float = 0.0
     should_stop: Callable[[], bool] | None = None
     # Looked up at call time, like out_of_time() does, so a test clock
     # (freezegun) replaces both ends of the measurement or neither.
@@ -116,6 +128,14 @@ class TaskContext:
         if self.should_stop is not None and self.should_stop():
             return "shutdown"
         return "time_budget" if self.out_of_time() else None
+
+    def _pause(self, seconds: float) -> None:
+        """Rest between batches (RECONCILER_BATCH_PAUSE), cut short by a shutdown."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self.should_stop is not None and self.should_stop():
+                return
+            time.sleep(min(left, 0.05))
 
     def renew_lease(self, conn: Connection) -> None:
         """Renew the task's lease in ``conn``'s transaction; LeaseLost rolls it back."""
@@ -147,21 +167,52 @@ class TaskContext:
             if len(rows) >= DRY_RUN_LIMIT:
                 self.progress.stopped = "dry_run_limit"
             return
+        # Named ids are waited for (no SKIP LOCKED): a smaller batch would wait just the same.
+        may_shrink = self.adaptive and "SKIP LOCKED" in sql
+        shrunk = 0
         while True:
-            with self.db.transaction() as conn:
-                _set_path(conn, search_path)
-                rows = conn.execute(text(sql), {**base, "batch_size": self.batch_size}).all()
-                self.renew_lease(conn)
+            size = self.batch_size
+            begun = time.monotonic()
+            try:
+                with self.db.transaction() as conn:
+                    _set_path(conn, search_path)
+                    rows = conn.execute(text(sql), {**base, "batch_size": size}).all()
+                    self.renew_lease(conn)
+            except DBAPIError as exc:
+                # A batch that ran into the lock or statement timeout rolled back whole:
+                # at once again, a quarter as big (a few times, then the run fails).
+                if not (may_shrink and _timed_out(exc) and size > MIN_BATCH and shrunk < 6):
+                    raise
+                self.batch_size, shrunk = max(MIN_BATCH, size // 4), shrunk + 1
+                continue
+            elapsed = time.monotonic() - begun
             self.progress.add(rows)
             if committed is not None:
                 committed(rows)
             self.progress.batches += 1
-            if len(rows) < self.batch_size:
+            if len(rows) < size:
                 return
             reason = self.stop_reason()
             if reason is not None:
                 self.progress.stopped = reason
                 return
+            if self.adaptive:
+                self.batch_size = next_batch_size(
+                    size, elapsed, self.batch_target.total_seconds(), high=self.batch_max
+                )
+            self._pause(elapsed * self.batch_pause)
+
+
+def next_batch_size(size: int, elapsed_s: float, target_s: float, *, high: int) -> int:
+    """The next batch's size: toward ``target_s`` a batch, at most doubling or halving per
+    step (one slow or fast batch is noise), within MIN_BATCH and ``high``."""
+    ratio = 2.0 if elapsed_s <= 0 else min(2.0, max(0.5, target_s / elapsed_s))
+    return max(MIN_BATCH, min(high, int(size * ratio)))
+
+
+def _timed_out(exc: DBAPIError) -> bool:
+    """The lock timeout or the statement timeout (QueryCanceled), not any other error."""
+    return isinstance(exc.orig, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled)
 
 
 def _set_path(conn: Connection, search_path: str | None) -> None:

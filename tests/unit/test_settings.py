@@ -45,6 +45,9 @@ def test_every_default_is_pinned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         "heartbeat_timeout": timedelta(minutes=5),
         "heartbeat_timeout_overrides": {},
         "batch_size": 1000,
+        "batch_target": timedelta(milliseconds=100),
+        "batch_max": 10_000,
+        "batch_pause": 0.5,
         "run_time_budget": timedelta(seconds=20),
         "lock_timeout": timedelta(seconds=1),
         "migrate_lock_timeout": timedelta(seconds=1),
@@ -139,6 +142,11 @@ def test_keyword_values_win_over_the_environment(monkeypatch: pytest.MonkeyPatch
     ("name", "value", "says"),
     [
         ("RECONCILER_HEARTBEAT_TIMEOUT", "0s", "must be longer than zero"),
+        ("RECONCILER_BATCH_TARGET", "0ms", "must be longer than zero"),
+        ("RECONCILER_BATCH_PAUSE", "-1", "greater than or equal to 0"),
+        ("RECONCILER_BATCH_PAUSE", "nan", "finite number"),
+        ("RECONCILER_BATCH_MAX", "0", "whole number from 1"),
+        ("RECONCILER_PROFILES", "native,,x.toml", "separated by commas"),
         ("RECONCILER_HEARTBEAT_TIMEOUT", "-5m", "cannot read duration '-5m'"),
         ("RECONCILER_HEARTBEAT_TIMEOUT", "five minutes", "cannot read duration"),
         ("RECONCILER_HEARTBEAT_TIMEOUT", "300", "bare number"),
@@ -213,3 +221,11 @@ def test_bad_url_never_shows_the_password(monkeypatch: pytest.MonkeyPatch) -> No
     line = _error_line(monkeypatch, {"RECONCILER_BATCH_SIZE": "0"})
 
     assert "s3cret" not in line
+
+
+def test_the_first_batch_may_not_exceed_the_largest() -> None:
+    with pytest.raises(ValidationError) as raised:
+        _settings(batch_size=5000, batch_max=1000)
+    assert "RECONCILER_BATCH_MAX (1000) must be at least RECONCILER_BATCH_SIZE (5000)" in str(
+        raised.value
+    )
