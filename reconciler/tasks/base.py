@@ -149,13 +149,15 @@ class TaskContext:
         *,
         committed: Callable[[Sequence[Any]], None] | None = None,
         search_path: str | None = None,
+        advance: Callable[[Sequence[Any]], Mapping[str, Any]] | None = None,
     ) -> None:
         """Run ``sql`` batch by batch until a short batch or the time budget.
 
         ``committed(rows)`` is called with each batch's rows once it has committed (never
         for a dry run): what a task says about the jobs it changed. ``search_path``
         replaces the transaction's (a profile whose own SQL functions find their tables
-        by it: Procrastinate's).
+        by it: Procrastinate's). ``advance(rows)`` gives the binds of the next batch from
+        this one's rows: a keyset, so a batch starts where the last one ended.
         """
         base = {"now": self.now, "actor": self.actor, "run_id": self.run_id, **params}
         if self.dry_run:
@@ -186,6 +188,8 @@ class TaskContext:
                 self.batch_size, shrunk = max(MIN_BATCH, size // 4), shrunk + 1
                 continue
             elapsed = time.monotonic() - begun
+            if advance is not None and rows:
+                base = {**base, **advance(rows)}
             self.progress.add(rows)
             if committed is not None:
                 committed(rows)

@@ -18,6 +18,9 @@ retention is touched.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from sqlalchemy import text
 
 from reconciler.backups import spliced
@@ -43,7 +46,10 @@ def execute(ctx: TaskContext) -> None:
                 "horizon": horizon,
                 # Ad hoc `purge --status dead`: only what a durable export holds as it is now.
                 "require_backup": status == "dead" and bool(ctx.params.get("require_backup")),
+                "after_finished": None,
+                "after_id": None,
             },
+            advance=_after_last,
         )
     if ctx.params.get("statuses"):
         return  # an ad hoc purge of chosen statuses leaves the run records alone
@@ -66,6 +72,12 @@ def execute(ctx: TaskContext) -> None:
     if removed:
         verb = "would delete" if ctx.dry_run else "deleted"
         ctx.progress.notes.append(f"old run records {verb}: {removed}")
+
+
+def _after_last(rows: Sequence[Any]) -> dict[str, Any]:
+    """The keyset of the next batch: after the last (finished_at, id) this one deleted."""
+    last = max(rows, key=lambda row: (row.finished_at, row.id))
+    return {"after_finished": last.finished_at, "after_id": last.id}
 
 
 TASK = Task(

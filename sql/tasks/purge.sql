@@ -2,7 +2,8 @@
 -- with their events, and the reconciler's own old run records.
 --
 -- Binds: :status (one terminal status per pass), :horizon (the run's now minus
--- that status's retention), :batch_size, :require_backup (an operator's
+-- that status's retention), :batch_size, :after_finished/:after_id (the keyset,
+-- below), :require_backup (an operator's
 -- `purge --status dead` without --no-backup: only dead jobs backed up by the
 -- rule of sql/backup.sql, checked here under the row lock; the scheduled
 -- retention purge is the operator's standing policy and does not ask); for
@@ -10,6 +11,12 @@
 --
 -- The job rows and their job_events rows go in one statement, so no event is
 -- ever left pointing at a deleted job, nor a job without its history.
+--
+-- Keyset: each batch starts after the last (finished_at, id) the run's previous
+-- batch deleted (:after_finished, :after_id; NULL for the first). Without it every
+-- batch would walk the index over the dead entries of the rows the run already
+-- deleted (no vacuum has run since), and a big backlog would get slower with
+-- every batch. A row skipped because it was locked is left to the next run.
 --
 -- Both deletes find their rows by id through an array, so they are index
 -- lookups whatever the planner guesses: a prepared statement's generic plan
@@ -23,18 +30,22 @@ WITH doomed AS (
     WHERE j.status = CAST(:status AS text)
       AND j.finished_at < CAST(:horizon AS timestamptz)
       AND (NOT CAST(:require_backup AS boolean) OR /*backed_up*/)
+      AND (CAST(:after_finished AS timestamptz) IS NULL
+           OR (j.finished_at >= CAST(:after_finished AS timestamptz)
+               AND (j.finished_at, j.id)
+                   > (CAST(:after_finished AS timestamptz), CAST(:after_id AS bigint))))
     ORDER BY j.finished_at, j.id
     LIMIT :batch_size
     FOR UPDATE OF j SKIP LOCKED
 ), gone AS (
     DELETE FROM jobs j
     WHERE j.id = ANY (ARRAY(SELECT d.id FROM doomed d))
-    RETURNING j.id, j.status
+    RETURNING j.id, j.status, j.finished_at
 ), events AS (
     DELETE FROM job_events e
     WHERE e.job_id = ANY (ARRAY(SELECT g.id FROM gone g))
 )
-SELECT id, status AS from_status, 'purged' AS to_status FROM gone
+SELECT id, status AS from_status, 'purged' AS to_status, finished_at FROM gone
 
 -- name: runs
 WITH doomed AS (

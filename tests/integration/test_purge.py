@@ -172,3 +172,24 @@ def test_dry_run_counts_and_deletes_nothing(
     assert all(len(events_of(db, job_id)) == 1 for job_id in ids)
     assert _runs(db) == runs_before
     assert run_task(db, settings, "purge", now=db_now).transitions == preview.transitions
+
+
+def test_batches_walk_on_from_where_the_last_one_ended(
+    db: Database, settings: Settings, db_now: datetime
+) -> None:
+    """The keyset: ties on finished_at are split by id, a row that finished after the last
+    batch's rows is still found, and every expired job goes exactly once."""
+    old = db_now - settings.retention_succeeded - timedelta(days=1)
+    tied = [insert_job(db, status="succeeded", finished_at=old) for _ in range(25)]
+    later = [
+        insert_job(db, status="succeeded", finished_at=old + timedelta(seconds=i))
+        for i in range(1, 8)
+    ]
+    young = insert_job(db, status="succeeded", finished_at=db_now)
+    result = run_task(db, settings, "purge", now=db_now, batch_size=10)
+    assert result.transitions == {"succeeded->purged": 32}
+    assert result.batches >= 4  # 10, 10, 10, 2 for succeeded, then the other statuses
+    with db.transaction() as conn:
+        left = conn.execute(text("SELECT id FROM jobs")).scalars().all()
+    assert left == [young]
+    assert not set(left) & set(tied + later)
