@@ -105,8 +105,9 @@ CREATE INDEX jobs_claim_idx ON jobs (priority, run_at, id) WHERE status = 'queue
 -- mark-stale: running jobs by their last sign of life.
 CREATE INDEX jobs_running_idx ON jobs ((coalesce(heartbeat_at, locked_at, updated_at)))
     WHERE status = 'running';
--- purge: terminal jobs by finish time.
-CREATE INDEX jobs_status_finished_idx ON jobs (status, finished_at);
+-- purge: terminal jobs by finish time, then id: its ORDER BY and keyset, so a batch
+-- never sorts the jobs that share one finished_at (a bulk cancel stamps one clock).
+CREATE INDEX jobs_purge_idx ON jobs (status, finished_at, id);
 -- requeue and dead-letter: failed/stale jobs in finish order, one index per
 -- side of "attempts used < max_attempts". A batch reads its rows in order and
 -- stops at its LIMIT; without them every batch reads the whole failed/stale

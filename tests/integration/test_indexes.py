@@ -38,7 +38,7 @@ EXPECTED_INDEX = {
     "mark-stale": "jobs_running_idx",
     "requeue": "jobs_requeue_idx",
     "dead-letter": "jobs_dead_letter_idx",
-    "purge": "jobs_status_finished_idx",
+    "purge": "jobs_purge_idx",
     "claim": "jobs_claim_idx",
 }
 # Compiles text() with $1, $2... in place of :name, for PREPARE.
