@@ -251,3 +251,33 @@ def test_claim_reads_in_index_order_with_a_large_backlog(
         if n["Node Type"] == "Index Scan" and n["Index Name"] == EXPECTED_INDEX["claim"]
     ]
     assert ordered, f"claim reads {[n['Node Type'] for n in _nodes(plan)]}"
+
+
+def test_requeue_reads_only_the_due_rows_behind_a_large_backlog_in_backoff(
+    planned: tuple[Database, datetime],
+) -> None:
+    """50,000 jobs that failed at one instant (ties) and wait in backoff: requeue's batch
+    reads the 6 due rows from jobs_retry_due_idx and none of the waiting ones, no sort."""
+    db, now = planned
+    settings = make_settings("postgresql://unused", db.schema)
+    (statement,) = task_statements(db, settings, "requeue", now=now, batch_size=1000)
+    with db.transaction(rollback=True, statement_timeout=timedelta(minutes=2)) as conn:
+        conn.execute(
+            text(
+                "INSERT INTO jobs (kind, status, attempt, max_attempts, finished_at)"
+                " SELECT 'test', 'failed', 1, 3, CAST(:now AS timestamptz)"
+                " FROM generate_series(1, 50000)"
+            ),
+            {"now": now},
+        )
+        conn.execute(text("ANALYZE jobs"))  # rolled back with the rows
+        plan = conn.execute(
+            text(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement.sql}"), dict(statement.params)
+        ).scalar_one()[0]["Plan"]
+    nodes = list(_nodes(plan))
+    scans = [n for n in nodes if n.get("Index Name") == EXPECTED_INDEX["requeue"]]
+    assert scans, [n["Node Type"] for n in nodes]
+    assert [n["Node Type"] for n in scans] == ["Index Scan"]
+    assert scans[0]["Actual Rows"] == 6  # 3 failed + 3 stale due (the fixture)
+    assert scans[0].get("Rows Removed by Filter", 0) == 0
+    assert not [n for n in nodes if n["Node Type"] == "Sort"]
