@@ -143,7 +143,8 @@ def test_policy_change_recomputes_the_jobs_already_waiting(
     assert shown["retry_times_changed"] == mail
     wrong = _one(
         db,
-        "SELECT count(*) FILTER (WHERE kind = 'mail' AND retry_at <> finished_at + interval '60 s'),"
+        "SELECT count(*) FILTER (WHERE kind = 'mail'"
+        "                        AND retry_at <> finished_at + interval '60 s'),"
         "       count(*) FILTER (WHERE kind = 'other' AND retry_at <> finished_at + interval '1 s')"
         " FROM jobs WHERE id <> :spent",
         spent=spent,
