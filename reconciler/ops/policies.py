@@ -45,14 +45,14 @@ def recompute_retry_times(db: Database, batch_size: int) -> int:
     backlog of any size never holds a long transaction or locks it all at once.
     """
     after: tuple[object, int] = ("-infinity", 0)
-    changed = 0
+    changed: int = 0
     while True:
         with db.transaction() as conn:
             batch = conn.execute(
                 text(query("ops/policies", "recompute_retry_times")),
                 {"after_at": after[0], "after_id": after[1], "batch_size": batch_size},
             ).one()
-        changed += batch.changed
+        changed += int(batch.changed)
         if batch.seen < batch_size:
             break
         after = (batch.last_at, batch.last_id)
