@@ -34,7 +34,7 @@ def test_default_schedule_pins_every_task() -> None:
     assert [e.task for e in schedule.entries] == list(TASKS)
     assert {e.task: e.describe() for e in schedule.entries} == {
         "mark-stale": "every 30s",
-        "requeue": "every 15s",
+        "requeue": "every 1s",
         "dead-letter": "every 1m",
         "purge": "cron 17 3 * * * (UTC)",
         "vacuum-analyze": "cron 43 3 * * * (UTC)",
