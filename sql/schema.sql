@@ -104,8 +104,11 @@ CREATE TABLE jobs (
            AND isfinite(started_at) AND isfinite(finished_at))
 );
 
--- claim(): the next job by priority, then run_at, among queued ones.
+-- The next queued job by priority, then run_at (jobs_queue_claim_idx serves claim()).
 CREATE INDEX jobs_claim_idx ON jobs (priority, run_at, id) WHERE status = 'queued';
+-- claim(): one lane per queue and priority, due jobs in run_at order; and the
+-- list of queues with queued jobs, by a skip scan (see claim()).
+CREATE INDEX jobs_queue_claim_idx ON jobs (queue, priority, run_at, id) WHERE status = 'queued';
 -- mark-stale: running jobs by their last sign of life.
 CREATE INDEX jobs_running_idx ON jobs ((coalesce(heartbeat_at, locked_at, updated_at)))
     WHERE status = 'running';
@@ -432,13 +435,22 @@ $$;
 -- with a fresh random claim_token: the worker passes it to heartbeat, complete
 -- and fail; only its hash is stored.
 --
+-- Its cost depends on n and on the number of queues, never on the jobs of
+-- other queues, of paused queues, or scheduled in the future: it walks
+-- jobs_queue_claim_idx (queue, priority, run_at, id) in one lane per (queue,
+-- priority) it may serve, each lane up to n due rows in run_at order, and
+-- merges the lanes by priority, run_at, id. The queues are the caller's, or
+-- (queues NULL) every queue that has queued jobs, found by a skip scan of the
+-- same index (one probe per queue); paused queues get no lane. A lane locks
+-- its rows FOR UPDATE SKIP LOCKED before the merge, so a claim may hold up to
+-- n rows of each other lane until it commits (other workers skip them and take
+-- the next); with one queue and one priority in use, that is none.
+--
 -- plpgsql with plan_cache_mode = force_custom_plan, and the paused queues read
 -- first into a constant: the query is planned with the caller's n and queues
--- and the actual list of paused queues. Planned without them (a SQL
--- function's body, a generic plan, or a NOT EXISTS against a small table the
--- planner has no statistics for), PostgreSQL reads and sorts every due job to
--- hand out one; with them, it walks jobs_claim_idx in order and stops after n
--- rows, whatever the backlog (tests/integration/test_indexes.py).
+-- and the actual list of paused queues (the branch for queues NULL is not even
+-- run when queues are given). Planned without them, PostgreSQL may read and
+-- sort every due job to hand out one (tests/integration/test_indexes.py).
 --
 -- Reading paused_queues takes its ACCESS SHARE lock until the claim commits;
 -- `reconciler pause` takes ACCESS EXCLUSIVE before it adds its row, so a pause
@@ -471,15 +483,32 @@ BEGIN
         RETURN;  -- every queue is paused (reconciler pause --all)
     END IF;
     RETURN QUERY
-    WITH picked AS (
-        SELECT j.id, gen_random_uuid() AS token FROM jobs j
-        WHERE j.status = 'queued'
-          AND j.run_at <= now()
-          AND (claim.queues IS NULL OR j.queue = ANY (claim.queues))
-          AND j.queue <> ALL (paused)
-        ORDER BY j.priority, j.run_at, j.id
+    WITH RECURSIVE every_queue AS (
+        (SELECT j.queue FROM jobs j WHERE j.status = 'queued' ORDER BY j.queue LIMIT 1)
+        UNION ALL
+        SELECT (SELECT j.queue FROM jobs j WHERE j.status = 'queued' AND j.queue > e.queue
+                ORDER BY j.queue LIMIT 1)
+        FROM every_queue e WHERE e.queue IS NOT NULL
+    ), lanes AS (
+        SELECT DISTINCT q.queue FROM unnest(claim.queues) q (queue)
+        WHERE claim.queues IS NOT NULL
+        UNION
+        SELECT e.queue FROM every_queue e WHERE claim.queues IS NULL AND e.queue IS NOT NULL
+    ), picked AS (
+        SELECT c.id, gen_random_uuid() AS token
+        FROM lanes l
+        CROSS JOIN generate_series(0, 4) p (priority)
+        CROSS JOIN LATERAL (
+            SELECT j.id, j.priority, j.run_at FROM jobs j
+            WHERE j.status = 'queued' AND j.queue = l.queue AND j.priority = p.priority
+              AND j.run_at <= now()
+            ORDER BY j.run_at, j.id
+            LIMIT coalesce(claim.n, 1)
+            FOR UPDATE SKIP LOCKED
+        ) c
+        WHERE l.queue <> ALL (paused)
+        ORDER BY c.priority, c.run_at, c.id
         LIMIT coalesce(claim.n, 1)
-        FOR UPDATE SKIP LOCKED
     ), claimed AS (
         UPDATE jobs j
         SET status = 'running', attempt = j.attempt + 1, locked_by = claim.worker,

@@ -39,7 +39,7 @@ EXPECTED_INDEX = {
     "requeue": "jobs_retry_due_idx",
     "dead-letter": "jobs_dead_letter_idx",
     "purge": "jobs_status_finished_idx",
-    "claim": "jobs_claim_idx",
+    "claim": "jobs_queue_claim_idx",
 }
 # Compiles text() with $1, $2... in place of :name, for PREPARE.
 _DOLLAR = PGDialect_psycopg(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
@@ -167,8 +167,9 @@ def _generic_plan(
     return dict(row[0][0]["Plan"])
 
 
-def _claim_body(conn: Connection) -> str:
-    """The installed claim()'s query, its arguments turned into $1 (worker), $2 (queues), $3 (n).
+def _claim_body(conn: Connection, paused: str = "'{}'::text[]") -> str:
+    """The installed claim()'s query, its arguments turned into $1 (worker), $2 (queues), $3 (n),
+    the paused queues (read into a variable before the query) into ``paused``.
 
     Also checks that claim() plans it as a custom plan (with the caller's values),
     which is what the plans below are made as.
@@ -182,8 +183,7 @@ def _claim_body(conn: Connection) -> str:
     assert found, source
     arguments = {"worker": "$1::text", "queues": "$2::text[]", "n": "$3::integer"}
     body = re.sub(r"\bclaim\.(worker|queues|n)\b", lambda m: arguments[m[1]], found[1])
-    # the paused queues, read into a variable before the query: none here
-    return re.sub(r"\(paused\)", "('{}'::text[])", body)
+    return re.sub(r"\(paused\)", f"({paused})", body)
 
 
 def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -281,3 +281,63 @@ def test_requeue_reads_only_the_due_rows_behind_a_large_backlog_in_backoff(
     assert scans[0]["Actual Rows"] == 6  # 3 failed + 3 stale due (the fixture)
     assert scans[0].get("Rows Removed by Filter", 0) == 0
     assert not [n for n in nodes if n["Node Type"] == "Sort"]
+
+
+def test_claim_reads_neither_other_queues_nor_paused_queues_nor_future_jobs(
+    planned: tuple[Database, datetime],
+) -> None:
+    """Behind 30,000 older due jobs of another queue, 20,000 of a paused queue, 20,000 critical
+    jobs due in an hour (ties), claim() reads only the rows it hands out: no filtered rows,
+    at most n per lane, for one queue and for every queue."""
+    db, now = planned
+    with db.transaction(rollback=True, statement_timeout=timedelta(minutes=2)) as conn:
+        conn.execute(
+            text(
+                "INSERT INTO jobs (kind, queue, priority, run_at, max_attempts)"
+                " SELECT 'test', q.queue, q.priority, CAST(:now AS timestamptz) + q.later, 3"
+                " FROM (VALUES ('other', 0, interval '-30 days', 30000),"
+                "              ('stopped', 0, interval '-30 days', 20000),"
+                "              ('default', 0, interval '1 hour', 20000))"
+                " q (queue, priority, later, n)"
+                " CROSS JOIN LATERAL generate_series(1, q.n)"
+            ),
+            {"now": now},
+        )
+        conn.execute(text("ANALYZE jobs"))  # rolled back with the rows
+        body = _claim_body(conn, paused="'{stopped}'::text[]")
+        for queues, n in ((["default"], 1), (["default"], 10), (None, 1)):
+            name = f"probe_{uuid.uuid4().hex[:8]}"
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            raw.execute(sql.SQL("PREPARE {} AS {}").format(sql.Identifier(name), sql.SQL(body)))
+            raw.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            row = raw.execute(
+                sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {} ({})").format(
+                    sql.Identifier(name),
+                    sql.SQL(", ").join(map(sql.Literal, ["w1", queues, n])),
+                )
+            ).fetchone()
+            raw.execute(sql.SQL("DEALLOCATE {}").format(sql.Identifier(name)))
+            assert row is not None
+            nodes = list(_nodes(row[0][0]["Plan"]))
+            label = f"claim(queues={queues}, n={n})"
+            assert not [x for x in nodes if x["Node Type"] in ("Seq Scan", "Bitmap Heap Scan")]
+            lanes = [
+                x
+                for x in nodes
+                if x["Node Type"] == "Index Scan"
+                and x["Index Name"] == EXPECTED_INDEX["claim"]
+                and "run_at" in x.get("Index Cond", "")
+            ]
+            assert lanes, label
+            # 5 priorities x the queues served (default, and other when queues is NULL)
+            served = 1 if queues else 2
+            assert sum(x["Actual Loops"] for x in lanes) <= 5 * served, label
+            read = sum(x["Actual Rows"] * x["Actual Loops"] for x in lanes)
+            assert read <= n * 5 * served, (label, read)
+            removed = [
+                x
+                for x in nodes
+                if x.get("Relation Name") == "jobs" and x.get("Rows Removed by Filter", 0) > 0
+            ]
+            assert not removed, (label, removed)
