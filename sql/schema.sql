@@ -102,15 +102,24 @@ CREATE TABLE jobs (
     CHECK (isfinite(run_at) AND isfinite(created_at) AND isfinite(updated_at)
            AND isfinite(locked_at) AND isfinite(heartbeat_at)
            AND isfinite(started_at) AND isfinite(finished_at))
-);
+)
+-- Room on each page for the new version of a row a heartbeat writes, so that
+-- heartbeats are HOT updates (no index touched) rather than a new tuple on
+-- another page and a new entry in every index.
+WITH (fillfactor = 90);
 
 -- The next queued job by priority, then run_at (jobs_queue_claim_idx serves claim()).
 CREATE INDEX jobs_claim_idx ON jobs (priority, run_at, id) WHERE status = 'queued';
 -- claim(): one lane per queue and priority, due jobs in run_at order; and the
 -- list of queues with queued jobs, by a skip scan (see claim()).
 CREATE INDEX jobs_queue_claim_idx ON jobs (queue, priority, run_at, id) WHERE status = 'queued';
--- mark-stale: running jobs by their last sign of life.
-CREATE INDEX jobs_running_idx ON jobs ((coalesce(heartbeat_at, locked_at, updated_at)))
+-- mark-stale: running jobs by claim time. Not by the last sign of life: an
+-- index on heartbeat_at would change on every heartbeat and make each one
+-- write to it (no HOT update). A job's claim is never after its last sign of
+-- life, so "claimed before the horizon" narrows the scan to the running jobs
+-- older than the shortest timeout; a row written by hand without locked_at is
+-- always looked at (-infinity).
+CREATE INDEX jobs_running_since_idx ON jobs ((coalesce(locked_at, '-infinity'::timestamptz)), id)
     WHERE status = 'running';
 -- purge: terminal jobs by finish time.
 CREATE INDEX jobs_status_finished_idx ON jobs (status, finished_at);

@@ -35,7 +35,7 @@ FINISHED_JOBS = 100_000
 INDEX_SCANS = {"Index Scan", "Index Only Scan", "Bitmap Index Scan"}
 # The index meant to serve each selection (sql/schema.sql).
 EXPECTED_INDEX = {
-    "mark-stale": "jobs_running_idx",
+    "mark-stale": "jobs_running_since_idx",
     "requeue": "jobs_retry_due_idx",
     "dead-letter": "jobs_dead_letter_idx",
     "purge": "jobs_status_finished_idx",
