@@ -138,6 +138,11 @@ CREATE INDEX jobs_dead_letter_idx ON jobs (finished_at, id)
 -- waiting jobs in finish order to recompute their retry time.)
 CREATE INDEX jobs_retry_due_idx ON jobs (retry_at, id)
     WHERE status IN ('failed', 'stale') AND attempt - attempt_base < max_attempts;
+-- Operators' changes by queue (`jobs cancel --queue`, ...): the live jobs of a
+-- queue in id order, the order their batches take, so a batch reads its rows
+-- and stops instead of reading the whole table for one queue's jobs.
+CREATE INDEX jobs_live_queue_idx ON jobs (queue, id)
+    WHERE status IN ('queued', 'running', 'failed', 'stale');
 -- An idempotency key is unique per kind and tenant (NULL tenant: one scope of
 -- its own): the same key sent by another tenant, or for another kind of job,
 -- is another job.
@@ -450,7 +455,9 @@ $$;
 -- priority) it may serve, each lane up to n due rows in run_at order, and
 -- merges the lanes by priority, run_at, id. The queues are the caller's, or
 -- (queues NULL) every queue that has queued jobs, found by a skip scan of the
--- same index (one probe per queue); paused queues get no lane. A lane locks
+-- same index (one probe per queue; ordered by its whole key so that no other
+-- index of jobs, holding running or failed jobs too, serves it); paused queues
+-- get no lane. A lane locks
 -- its rows FOR UPDATE SKIP LOCKED before the merge, so a claim may hold up to
 -- n rows of each other lane until it commits (other workers skip them and take
 -- the next); with one queue and one priority in use, that is none.
@@ -493,10 +500,11 @@ BEGIN
     END IF;
     RETURN QUERY
     WITH RECURSIVE every_queue AS (
-        (SELECT j.queue FROM jobs j WHERE j.status = 'queued' ORDER BY j.queue LIMIT 1)
+        (SELECT j.queue FROM jobs j WHERE j.status = 'queued'
+         ORDER BY j.queue, j.priority, j.run_at, j.id LIMIT 1)
         UNION ALL
         SELECT (SELECT j.queue FROM jobs j WHERE j.status = 'queued' AND j.queue > e.queue
-                ORDER BY j.queue LIMIT 1)
+                ORDER BY j.queue, j.priority, j.run_at, j.id LIMIT 1)
         FROM every_queue e WHERE e.queue IS NOT NULL
     ), lanes AS (
         SELECT DISTINCT q.queue FROM unnest(claim.queues) q (queue)

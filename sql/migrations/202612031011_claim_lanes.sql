@@ -14,7 +14,9 @@
 -- priority) it may serve, each lane up to n due rows in run_at order, and
 -- merges the lanes by priority, run_at, id. The queues are the caller's, or
 -- (queues NULL) every queue that has queued jobs, found by a skip scan of the
--- same index (one probe per queue); paused queues get no lane. A lane locks
+-- same index (one probe per queue; ordered by its whole key so that no other
+-- index of jobs, holding running or failed jobs too, serves it); paused queues
+-- get no lane. A lane locks
 -- its rows FOR UPDATE SKIP LOCKED before the merge, so a claim may hold up to
 -- n rows of each other lane until it commits (other workers skip them and take
 -- the next); with one queue and one priority in use, that is none.
@@ -57,10 +59,11 @@ BEGIN
     END IF;
     RETURN QUERY
     WITH RECURSIVE every_queue AS (
-        (SELECT j.queue FROM jobs j WHERE j.status = 'queued' ORDER BY j.queue LIMIT 1)
+        (SELECT j.queue FROM jobs j WHERE j.status = 'queued'
+         ORDER BY j.queue, j.priority, j.run_at, j.id LIMIT 1)
         UNION ALL
         SELECT (SELECT j.queue FROM jobs j WHERE j.status = 'queued' AND j.queue > e.queue
-                ORDER BY j.queue LIMIT 1)
+                ORDER BY j.queue, j.priority, j.run_at, j.id LIMIT 1)
         FROM every_queue e WHERE e.queue IS NOT NULL
     ), lanes AS (
         SELECT DISTINCT q.queue FROM unnest(claim.queues) q (queue)
