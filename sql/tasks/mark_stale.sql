@@ -34,6 +34,8 @@ WITH candidates AS (
       AND (CAST(:only_ids AS bigint[]) IS NULL OR j.id = ANY (CAST(:only_ids AS bigint[])))
       -- Claimed before the shortest timeout's horizon (a claim is never after the
       -- last sign of life): walks jobs_running_since_idx, which heartbeats never touch.
+      -- (A row written by hand with heartbeat_at before locked_at is judged once
+      -- locked_at is that old too.)
       AND coalesce(j.locked_at, '-infinity'::timestamptz)
           < CAST(:now AS timestamptz) - make_interval(secs => CAST(:min_timeout_s AS double precision))
       AND /*last_seen*/ < CAST(:now AS timestamptz) - make_interval(secs => t.timeout_s)
