@@ -290,16 +290,18 @@ $$;
 -- the requeue task agrees on when a job becomes due. Everything is absolute
 -- seconds: the exponent is compared in logarithms before anything is raised
 -- (2^99 s does not fit in an interval, 2^1999 not even in a double, and an
--- error would fail every batch of the requeue task), and the result has no
+-- error would fail every batch of the requeue task, and now every fail()),
+-- a jitter under 1e-6 counts as none (5e-324 times a factor underflows, an
+-- error in PostgreSQL), and the result has no
 -- day field (timestamptz + '1 day' is 23 or 25 hours across a DST change).
 CREATE FUNCTION backoff(
     p_attempt integer, p_initial interval, p_max interval,
     p_multiplier double precision, p_jitter double precision, p_job_id bigint
 ) RETURNS interval
 LANGUAGE sql IMMUTABLE SET search_path FROM CURRENT AS $$
-    SELECT make_interval(secs => b.base_s * (1 + p_jitter * (
+    SELECT make_interval(secs => b.base_s * (1 + CASE WHEN p_jitter < 1e-6 THEN 0 ELSE p_jitter * (
         2 * ((abs(hashtext(p_job_id::text || ':' || p_attempt::text)::bigint) % 10000) / 10000.0) - 1
-    )))
+    ) END))
     FROM (
         SELECT CASE
             WHEN s.initial_s <= 0 THEN 0
