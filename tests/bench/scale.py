@@ -11,7 +11,9 @@ Prints, on one server and in one run (no timed assertion anywhere):
   of the small queue due in an hour: the claim() of this build, and the claim()
   of the first migration (created beside it as ``claim_v0``);
 - the share of heartbeats that are HOT updates;
-- claim + complete through the SQL API, two client threads, transactions/s.
+- claim + complete through the SQL API, two client threads, pairs/s, against
+  Procrastinate's ``procrastinate_fetch_job_v2`` + ``procrastinate_finish_job_v1``
+  (its schema applied by its own ``SchemaManager``) in the same loop.
 
 The schema ``reconciler_bench_scale`` is built from the real migrations and
 dropped at the end.
@@ -142,6 +144,69 @@ def _tps(url: str, seconds: float, clients: int) -> float:
     return sum(done) / (time.perf_counter() - started)
 
 
+PEER_SCHEMA = "reconciler_bench_procrastinate"
+
+
+def _procrastinate_tps(url: str, seconds: float, clients: int, jobs: int) -> float:
+    """Procrastinate's own fetch + finish functions, on the same server and loop shape:
+    its schema applied by its own SchemaManager in a schema of its own, ``jobs`` jobs."""
+    import procrastinate
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {0} CASCADE; CREATE SCHEMA {0}").format(
+                sql.Identifier(PEER_SCHEMA)
+            )
+        )
+    options = {"options": f"-c search_path={PEER_SCHEMA}"}
+    app = procrastinate.App(
+        connector=procrastinate.SyncPsycopgConnector(conninfo=url, kwargs=options)
+    )
+    with app.open():
+        app.schema_manager.apply_schema()
+    done = [0] * clients
+    stop = threading.Event()
+    try:
+        with psycopg.connect(url, autocommit=True, options=options["options"]) as conn:
+            conn.execute(
+                "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status)"
+                " SELECT 'tps', 'bench', '{}', 'todo' FROM generate_series(1, %s)",
+                [jobs],
+            )
+            conn.execute("VACUUM ANALYZE procrastinate_jobs")
+
+        def work(i: int) -> None:
+            with psycopg.connect(url, autocommit=True, options=options["options"]) as conn:
+                row = conn.execute("SELECT procrastinate_register_worker_v1()").fetchone()
+                assert row is not None
+                worker = row[0]
+                while not stop.is_set():
+                    job = conn.execute(
+                        "SELECT id FROM procrastinate_fetch_job_v2(ARRAY['tps'], %s)", [worker]
+                    ).fetchone()
+                    if job is None or job[0] is None:
+                        break
+                    conn.execute(
+                        "SELECT procrastinate_finish_job_v1(%s, 'succeeded', false)", [job[0]]
+                    )
+                    done[i] += 1
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
+        started = time.perf_counter()
+        for t in threads:
+            t.start()
+        time.sleep(seconds)
+        stop.set()
+        for t in threads:
+            t.join()
+        return sum(done) / (time.perf_counter() - started)
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(PEER_SCHEMA))
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.scale", description=__doc__)
     parser.add_argument("--url", default=os.environ.get(TEST_URL_ENV) or LOCAL_URL)
@@ -264,10 +329,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             conn.execute("VACUUM ANALYZE jobs")
         tps = _tps(raw_url, args.seconds, 2)
-        out.append(
-            f"claim + complete through the SQL API, 2 client threads, 400k due jobs: "
-            f"{tps:,.0f} pairs/s"
-        )
+        _say("Procrastinate's fetch + finish, same loop")
+        peer = _procrastinate_tps(raw_url, args.seconds, 2, 400_000)
+        out += [
+            "Take + finish one job per pair of autocommit statements, 2 client threads, "
+            "400k due jobs, pairs/s:",
+            f"  reconciler claim() + complete()                          {tps:>7,.0f}",
+            f"  procrastinate_fetch_job_v2 + procrastinate_finish_job_v1 {peer:>7,.0f}"
+            f"  (reconciler {tps / peer:.2f}x)",
+        ]
     finally:
         _drop(db)
         db.dispose()
