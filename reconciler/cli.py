@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import OperationalError
 
@@ -35,9 +36,15 @@ from reconciler.leases import TaskBusy
 from reconciler.logs import configure_logging, get_logger
 from reconciler.metrics import QueueCollector, exposition
 from reconciler.migrate import MigrationBlocked, MigrationError, migrate, pending
-from reconciler.ops.args import batch_size_arg
+from reconciler.ops.args import batch_size_arg, job_id_arg
 from reconciler.ops.cli import OpsError, add_ops_commands
 from reconciler.ops.output import emit_json
+from reconciler.profiles import ProfileError, bind_profile, configured, open_profile, select
+from reconciler.profiles.check import describe, explain
+from reconciler.profiles.live import Bound
+from reconciler.profiles.ops import HANDLERS as FOREIGN_HANDLERS
+from reconciler.profiles.ops import PROFILE_FREE
+from reconciler.profiles.ops import unsupported as foreign_unsupported
 from reconciler.runner import run_task
 from reconciler.schedule import Schedule, ScheduleError, load_schedule, next_runs
 from reconciler.schedule import render as render_schedule
@@ -91,7 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop starting batches after this long, e.g. 20s",
     )
     run.add_argument("--actor", help="who to record in job_events (default: reconciler:TASK)")
+    run.add_argument(
+        "--profile",
+        metavar="NAME",
+        help="the queue table to work on (RECONCILER_PROFILES; needed when it lists several)",
+    )
     run.set_defaults(handler=cmd_run, needs="database")
+
+    prof = sub.add_parser(
+        "profiles", help="list the configured queue tables; 'profiles check' validates them"
+    )
+    prof.add_argument("action", nargs="?", choices=["check"], help="check against the database")
+    prof.add_argument("name", nargs="?", metavar="NAME", help="only this profile")
+    prof.add_argument("--json", action="store_true", help="print one JSON object")
+    prof.set_defaults(handler=cmd_profiles, needs="database")
 
     mig = sub.add_parser("migrate", help="create or upgrade the schema (idempotent)")
     mig.add_argument("--json", action="store_true", help="print one JSON object")
@@ -150,10 +170,11 @@ def _out() -> Console:
 def _print_result(result: TaskResult, target: Target) -> None:
     out = _out()
     batches = f"{result.batches} batch{'es' if result.batches != 1 else ''}"
+    task = result.task if result.profile == "native" else f"{result.task} for {result.profile}"
     if result.dry_run:
-        head = f"{result.task} (dry run, nothing written): would change {result.changed} job(s)"
+        head = f"{task} (dry run, nothing written): would change {result.changed} job(s)"
     else:
-        head = f"{result.task}: changed {result.changed} job(s) in {batches}"
+        head = f"{task}: changed {result.changed} job(s) in {batches}"
     out.print(f"{head} ({result.duration_ms} ms) on {target.describe()}")
     for transition, count in sorted(result.transitions.items()):
         out.print(f"  {transition.replace('->', ' -> '):<24} {count}")
@@ -190,6 +211,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings, db: Database, target: 
         raise UsageError(f"unknown task {args.task!r}; known tasks: {', '.join(TASKS)}")
     _require_schema(db, target)
     actor = args.actor or None
+    profile = _profile(settings, db, args.profile)
     try:
         result = run_task(
             db,
@@ -199,6 +221,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings, db: Database, target: 
             batch_size=args.batch_size,
             time_budget=args.time_budget,
             actor=actor,
+            profile=profile,
         )
     except TaskBusy as busy:
         # Not waiting is deliberate: the other run does the same work, and a
@@ -220,6 +243,73 @@ def cmd_run(args: argparse.Namespace, settings: Settings, db: Database, target: 
     else:
         _print_result(result, target)
     return EXIT_OK if result.status == "ok" else EXIT_FAILED
+
+
+def _native_ids(args: argparse.Namespace) -> None:
+    """The reconciler's own job ids are whole numbers: checked once the profile is known."""
+    try:
+        if getattr(args, "ids", None):
+            args.ids = [job_id_arg(v) for v in args.ids]
+        if isinstance(getattr(args, "id", None), str):
+            args.id = job_id_arg(args.id)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _profile(settings: Settings, db: Database, name: str | None) -> Bound | None:
+    try:
+        return open_profile(settings, db, name)
+    except ProfileError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_profiles(args: argparse.Namespace, settings: Settings, db: Database, target: Target) -> int:
+    try:
+        profiles = [select(settings, args.name)] if args.name else configured(settings)
+    except ProfileError as exc:
+        raise UsageError(str(exc)) from None
+    if args.action != "check":
+        if args.json:
+            emit_json({"profiles": [describe(p) for p in profiles]})
+            return EXIT_OK
+        for p in profiles:
+            states = ", ".join(f"{k}={v}" for k, v in p.states.items())
+            _out().print(escape(f"{p.name:<16} {p.kind:<14} {p.qualified}  ({p.source})  {states}"))
+        return EXIT_OK
+    _require_schema(db, target)
+    report, missing = [], 0
+    for p in profiles:
+        try:
+            bound = bind_profile(db, p)
+        except ProfileError as exc:
+            raise UsageError(str(exc)) from None
+        findings = [] if bound is None else explain(db, settings, bound)
+        missing += sum(not f.served for f in findings)
+        report.append((p, findings))
+    if args.json:
+        emit_json(
+            {
+                "profiles": [
+                    {**describe(p), "statements": [f.to_dict() for f in fs]} for p, fs in report
+                ],
+                "missing_indexes": missing,
+            }
+        )
+        return EXIT_FAILED if missing else EXIT_OK
+    out = _out()
+    for p, findings in report:
+        out.print(escape(f"{p.name}: {p.qualified} matches the profile"))
+        if p.kind == "native":
+            out.print("  the reconciler's own schema: its migrations create every index it needs")
+        for f in findings:
+            if f.note:
+                out.print(f"  {f.task:<12} nothing to run: {f.note}")
+            elif f.served:
+                out.print(f"  {f.task:<12} index-served")
+            else:
+                out.print(f"  {f.task:<12} NO INDEX: reads all of {', '.join(f.scans)}; add:")
+                out.print(escape(f"      {f.index}"))
+    return EXIT_FAILED if missing else EXIT_OK
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings, db: Database, target: Target) -> int:
@@ -308,7 +398,11 @@ def cmd_schedule(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_status(args: argparse.Namespace, settings: Settings, db: Database, target: Target) -> int:
     schedule = _load_schedule(settings)
     _require_schema(db, target)
-    now, statuses = collect_status(db, schedule)
+    try:
+        names = [p.name for p in configured(settings)]
+    except ProfileError as exc:
+        raise UsageError(str(exc)) from None
+    now, statuses = collect_status(db, schedule, names)
     if args.json:
         emit_json({"now": now, "tasks": [s.to_dict() for s in statuses]})
     else:
@@ -421,7 +515,17 @@ def _main(argv: Sequence[str]) -> int:
         db.ping()
         if args.needs == "schema":  # the operator's commands (reconciler/ops/)
             _require_schema(db, target)
-            return int(args.handler(args, settings, db))
+            # Retry policies are the reconciler's own, for every profile (by kind, or task name).
+            shared = args.handler in PROFILE_FREE
+            profile = None if shared else _profile(settings, db, args.profile)
+            if profile is None:
+                _native_ids(args)
+                return int(args.handler(args, settings, db))
+            foreign = FOREIGN_HANDLERS.get(args.handler)
+            if foreign is None:
+                command = " ".join(filter(None, (args.command, getattr(args, "ops_action", None))))
+                raise UsageError(foreign_unsupported(command, profile))
+            return int(foreign(args, settings, db, profile))
         return int(args.handler(args, settings, db, target))
     except DatabaseUnavailable as exc:
         raise UsageError(str(exc)) from None

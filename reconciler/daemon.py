@@ -29,8 +29,9 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
@@ -49,6 +50,8 @@ from reconciler.ledger_metrics import LedgerCounters
 from reconciler.logs import get_logger
 from reconciler.metrics import TaskMetrics, exposition, queue_registry
 from reconciler.probes import Probe, bind_http, start_serving
+from reconciler.profiles import ProfileError, bind_profile, configured
+from reconciler.profiles.live import Bound
 from reconciler.runner import run_task
 from reconciler.schedule import Entry, Schedule
 from reconciler.sdnotify import notify, watchdog_interval
@@ -107,8 +110,12 @@ class Daemon:
         db: Database,
         *,
         sentry_enabled: bool = False,
+        profiles: Mapping[str, Bound | None] | None = None,
     ) -> None:
         self.settings = settings
+        # The queue tables to run every entry for, by profile name (None: native); each
+        # was checked against the live database before the daemon started.
+        self.profiles: Mapping[str, Bound | None] = profiles or {"native": None}
         self.schedule = schedule
         self.db = db
         self.sentry_enabled = sentry_enabled
@@ -122,9 +129,10 @@ class Daemon:
         self._active = 0
         self._idle = threading.Condition()
         entries = schedule.enabled()
+        jobs = len(entries) * len(self.profiles)
         self.scheduler = BackgroundScheduler(
             timezone=UTC,
-            executors={"default": ThreadPoolExecutor(max_workers=max(len(entries), 1))},
+            executors={"default": ThreadPoolExecutor(max_workers=max(jobs, 1))},
             job_defaults={"coalesce": True, "max_instances": 1},
         )
 
@@ -136,15 +144,19 @@ class Daemon:
         now = datetime.now(UTC)
         for entry in entries:
             first = now + offsets[entry.task] if entry.every is not None else None
-            self.scheduler.add_job(
-                self.tick,
-                entry.trigger(first_run=first),
-                args=[entry],
-                id=entry.task,
-                name=entry.task,
-                misfire_grace_time=max(1, round(entry.misfire_grace.total_seconds())),
-            )
+            for profile in self.profiles:
+                self._add(replace(entry, profile=profile), first)
         self.scheduler.start()
+
+    def _add(self, entry: Entry, first: datetime | None) -> None:
+        self.scheduler.add_job(
+            self.tick,
+            entry.trigger(first_run=first),
+            args=[entry],
+            id=entry.key,
+            name=entry.key,
+            misfire_grace_time=max(1, round(entry.misfire_grace.total_seconds())),
+        )
 
     def stop(self, grace: timedelta) -> bool:
         """Stop scheduling, let running tasks end their batch; True when all ended in time."""
@@ -188,9 +200,9 @@ class Daemon:
             try:
                 return self._tick(entry)
             except Exception as exc:  # a bug, not the database: report it and keep going
-                log.exception("task.crashed", task=entry.task, error=_error_text(exc))
+                log.exception("task.crashed", task=entry.key, error=_error_text(exc))
                 if self.sentry_enabled:
-                    sentry.report_exception(entry.task, exc)
+                    sentry.report_exception(entry.key, exc)
                 self._retry_later(entry)
                 return None
 
@@ -212,11 +224,13 @@ class Daemon:
                 should_stop=self.stopping.is_set,
                 on_start=monitor.started if monitor else None,
                 holder=self.holder,
+                profile=self.profiles[entry.profile],
             )
         except TaskBusy as busy:
             log.debug(
                 "task.skipped",
                 task=entry.task,
+                profile=entry.profile,
                 reason="running elsewhere",
                 holder=busy.holder,
                 lease_expires_at=busy.expires_at.isoformat(),
@@ -229,19 +243,20 @@ class Daemon:
             log.warning(
                 "task.error",
                 task=entry.task,
+                profile=entry.profile,
                 error=error,
-                failures=self._failures[entry.task],
+                failures=self._failures[entry.key],
                 retry_in_s=retry_in,
             )
             if monitor is not None:
                 monitor.finished(False, timedelta(seconds=time.monotonic() - started))
-                sentry.report_failure(entry.task, f"could not start: {error}")
+                sentry.report_failure(entry.key, f"could not start: {error}")
             return None
         self._log_result(entry, result)
         if monitor is not None:
             monitor.finished(result.status == "ok", timedelta(milliseconds=result.duration_ms))
             if result.status != "ok":
-                sentry.report_failure(entry.task, result.error or "failed", run_id=result.run_id)
+                sentry.report_failure(entry.key, result.error or "failed", run_id=result.run_id)
         return result
 
     def _log_result(self, entry: Entry, result: TaskResult) -> None:
@@ -249,6 +264,7 @@ class Daemon:
             self.task_metrics.observe(result)
         fields: dict[str, Any] = {
             "task": result.task,
+            "profile": result.profile,
             "run_id": result.run_id,
             "status": result.status,
             "transitions": dict(result.transitions),
@@ -263,28 +279,30 @@ class Daemon:
                 "task.finished",
                 **fields,
                 error=result.error,
-                failures=self._failures[entry.task],
+                failures=self._failures[entry.key],
                 retry_in_s=retry_in,
             )
             return
-        failures = self._failures.pop(entry.task, 0)
+        failures = self._failures.pop(entry.key, 0)
         if failures:
-            log.info("task.recovered", task=entry.task, after_failures=failures)
+            log.info(
+                "task.recovered", task=entry.task, profile=entry.profile, after_failures=failures
+            )
         level = logging.INFO if result.did_work or result.stopped != "done" else logging.DEBUG
         log.log(level, "task.finished", **fields)
 
     def _retry_later(self, entry: Entry) -> float | None:
         """Count a failure and move the task's next run to now + backoff; the delay in
         seconds, or None when a cron task has used its retries and waits for its schedule."""
-        failures = self._failures.get(entry.task, 0) + 1
-        self._failures[entry.task] = failures
+        failures = self._failures.get(entry.key, 0) + 1
+        self._failures[entry.key] = failures
         if entry.cron is not None and failures > CRON_RETRIES:
             return None
         delay = retry_delay(failures, self.settings.retry_max_delay)
         if not self.stopping.is_set():
             # JobLookupError: the scheduler is shutting down, or runs without this job.
             with suppress(JobLookupError):
-                self.scheduler.modify_job(entry.task, next_run_time=datetime.now(UTC) + delay)
+                self.scheduler.modify_job(entry.key, next_run_time=datetime.now(UTC) + delay)
         return delay.total_seconds()
 
 
@@ -352,7 +370,11 @@ def _serve(
     signals: list[str],
     sentry_enabled: bool,
 ) -> int:
-    daemon = Daemon(settings, schedule, db, sentry_enabled=sentry_enabled)
+    try:
+        profiles = {p.name: bind_profile(db, p) for p in configured(settings)}
+    except ProfileError as exc:
+        raise DaemonConfigError(str(exc)) from None
+    daemon = Daemon(settings, schedule, db, sentry_enabled=sentry_enabled, profiles=profiles)
     registry = queue_registry(db, holder=daemon.holder)
     daemon.task_metrics = TaskMetrics(registry)
     ledger = LedgerCounters(db, registry)
@@ -389,6 +411,7 @@ def _serve(
         schema=db.schema,
         schedule_file=str(schedule.path),
         tasks={e.task: e.describe() for e in schedule.enabled()},
+        profiles=list(profiles),
         sentry=sentry_enabled,
         lease_holder=daemon.holder,
         systemd_watchdog_s=watchdog.total_seconds() if watchdog else None,

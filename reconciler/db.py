@@ -18,11 +18,12 @@ import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.datetime import TimestampLoader, TimestamptzLoader
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
@@ -63,6 +64,40 @@ def redact(url: URL) -> str:
 def quote_ident(name: str) -> str:
     """Quote an identifier the way the driver does (for search_path values)."""
     return sql.Identifier(name).as_string(None)
+
+
+class _InfiniteTimestamptzLoader(TimestamptzLoader):
+    """timestamptz, with PostgreSQL's ``infinity`` and ``-infinity`` read as the largest and
+    smallest datetimes instead of an error: a queue table the reconciler does not own (a
+    profile's) may hold them, and one such row must not make a command fail.
+    psycopg's documented way (Adapting basic Python types: dates and times)."""
+
+    def load(self, data: Any) -> datetime:
+        infinite = _INFINITE.get(bytes(data))
+        if infinite is not None:
+            return infinite.replace(tzinfo=UTC)
+        value: datetime = super().load(data)
+        return value
+
+
+class _InfiniteTimestampLoader(TimestampLoader):
+    """timestamp (without time zone), the same way."""
+
+    def load(self, data: Any) -> datetime:
+        infinite = _INFINITE.get(bytes(data))
+        if infinite is not None:
+            return infinite
+        value: datetime = super().load(data)
+        return value
+
+
+_INFINITE = {b"infinity": datetime.max, b"-infinity": datetime.min}
+
+
+def _load_infinite_timestamps(dbapi_connection: Any, record: Any) -> None:
+    if isinstance(dbapi_connection, psycopg.Connection):
+        dbapi_connection.adapters.register_loader("timestamptz", _InfiniteTimestamptzLoader)
+        dbapi_connection.adapters.register_loader("timestamp", _InfiniteTimestampLoader)
 
 
 # How long past its statement_timeout a transaction may go before the client
@@ -138,6 +173,7 @@ class Database:
             hide_parameters=True,
             connect_args=connect_args,
         )
+        event.listen(engine, "connect", _load_infinite_timestamps)
         return cls(engine, schema, lock_timeout, statement_timeout)
 
     @property

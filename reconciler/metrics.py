@@ -176,10 +176,12 @@ class TaskMetrics:
     def observe(self, result: TaskResult) -> None:
         if result.dry_run:
             return
-        self.runs.labels(result.task, result.status).inc()
-        self.duration.labels(result.task).observe(result.duration_ms / 1000)
+        # A profile's run is its own series, named as its lease: mark-stale@procrastinate.
+        task = result.task if result.profile == "native" else f"{result.task}@{result.profile}"
+        self.runs.labels(task, result.status).inc()
+        self.duration.labels(task).observe(result.duration_ms / 1000)
         for transition, n in result.transitions.items():
-            self.rows.labels(result.task, transition).inc(n)
+            self.rows.labels(task, transition).inc(n)
 
 
 def exposition(registry: CollectorRegistry) -> bytes:

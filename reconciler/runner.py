@@ -24,6 +24,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from reconciler.db import Database, first_line
 from reconciler.leases import Lease, LeaseLost, acquire, new_holder
+from reconciler.profiles import tasks as profile_tasks
+from reconciler.profiles.live import Bound
 from reconciler.settings import Settings, check_batch_size
 from reconciler.sqlfiles import query
 from reconciler.tasks import TASKS, TaskContext, TaskFailed, TaskResult, get_task
@@ -35,7 +37,17 @@ INTERRUPTED = "interrupted by the operator (SIGINT)"
 if TYPE_CHECKING:
     from reconciler.tasks import Task
 
-__all__ = ["default_actor", "run_task"]
+__all__ = ["default_actor", "lease_name", "profile_name", "run_task"]
+
+
+def profile_name(profile: Bound | None) -> str:
+    return "native" if profile is None else profile.profile.name
+
+
+def lease_name(task: str, profile: Bound | None) -> str:
+    """A task's lease for a profile: ``mark-stale``, or ``mark-stale@procrastinate``."""
+    name = profile_name(profile)
+    return task if name == "native" else f"{task}@{name}"
 
 
 def default_actor() -> str:
@@ -67,6 +79,7 @@ def run_task(
     should_stop: Callable[[], bool] | None = None,
     on_start: Callable[[int], None] | None = None,
     holder: str | None = None,
+    profile: Bound | None = None,
 ) -> TaskResult:
     """Run task ``name`` once and return what it did.
 
@@ -85,6 +98,9 @@ def run_task(
     ``holder`` names the lease's holder, by default unique to this run; the
     daemon, which never runs a task twice at once by itself, passes one name
     for its whole life, so it can take back a lease it could not release.
+    ``profile`` is the queue table to work on when it is not the reconciler's own
+    (reconciler/profiles/): the run is recorded with the profile's name, takes the lease
+    ``TASK@PROFILE``, and runs the profile's statements.
     """
     # ``name`` may also be a Task built on the spot: an operator's change (reconciler.ops).
     task = get_task(name) if isinstance(name, str) else name
@@ -107,7 +123,9 @@ def run_task(
     if not dry_run:
         with db.transaction() as conn:
             if TASKS.get(task.name) is task:
-                lease = acquire(conn, task.name, holder or new_holder(), settings.lease_ttl)
+                lease = acquire(
+                    conn, lease_name(task.name, profile), holder or new_holder(), settings.lease_ttl
+                )
             run_id = conn.execute(
                 text(query("runs", "start")),
                 {
@@ -115,6 +133,7 @@ def run_task(
                     "host": socket.gethostname(),
                     "pid": os.getpid(),
                     "actor": actor,
+                    "profile": profile_name(profile),
                 },
             ).scalar_one()
             if lease is not None:
@@ -133,11 +152,19 @@ def run_task(
         params=dict(params or {}),
         lease=lease,
         should_stop=should_stop,
+        profile=profile,
     )
     status: RunStatus = "ok"
     error: str | None = None
     try:
-        task.execute(ctx)
+        if (
+            profile is not None
+            and profile.profile.kind != "native"
+            and TASKS.get(task.name) is task
+        ):
+            profile_tasks.execute(task.name, ctx, profile)  # a task, on a profile's table
+        else:
+            task.execute(ctx)  # a native task, or an operator's change (its own statement)
     except (TaskFailed, LeaseLost, SQLAlchemyError, psycopg.Error) as exc:
         # psycopg.Error: vacuum-analyze works on the raw driver connection, so a
         # killed connection there arrives unwrapped; it is a failed run all the same.
@@ -181,6 +208,7 @@ def run_task(
         error=error,
         other_work=progress.other_work,
         notes=tuple(progress.notes),
+        profile=profile_name(profile),
     )
 
 

@@ -75,6 +75,14 @@ class Entry:
     jitter: timedelta | None = None
     batch_size: int | None = None
     time_budget: timedelta | None = None
+    # The profile the daemon runs this entry for (RECONCILER_PROFILES): one entry per
+    # task and profile, each its own scheduler job.
+    profile: str = "native"
+
+    @property
+    def key(self) -> str:
+        """The scheduler job's id: the task, or TASK@PROFILE for a profile other than native."""
+        return self.task if self.profile == "native" else f"{self.task}@{self.profile}"
 
     @property
     def effective_jitter(self) -> timedelta:

@@ -20,6 +20,7 @@ password and the DSN are masked there too.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -71,8 +72,10 @@ def init_sentry(settings: Settings, *, transport: Any = None) -> bool:
 
 
 def monitor_slug(task: str) -> str:
-    """Sentry's monitor for a task; Sentry's environment separates deployments."""
-    return f"reconciler-{task}"
+    """Sentry's monitor for a task (``mark-stale``, or ``mark-stale@procrastinate`` for a
+    profile's); Sentry's environment separates deployments. A slug holds lower-case
+    letters, digits, '-' and '_' only: anything else becomes '-'."""
+    return "reconciler-" + re.sub(r"[^a-z0-9_-]", "-", task.lower())
 
 
 def report_failure(task: str, message: str, *, run_id: int | None = None) -> None:
@@ -95,7 +98,7 @@ class CronMonitor:
     """Check-ins of one run of a scheduled task."""
 
     def __init__(self, entry: Entry, max_runtime: timedelta) -> None:
-        self.slug = monitor_slug(entry.task)
+        self.slug = monitor_slug(entry.key)
         self.config = cast("MonitorConfig", entry.monitor_config(max_runtime))
         self.check_in_id: str | None = None
 

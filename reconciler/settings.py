@@ -178,6 +178,14 @@ class Settings(BaseSettings):
         "twice RECONCILER_STATEMENT_TIMEOUT: a batch may take the whole statement timeout, and "
         "its renewal must still land before the lease runs out.",
     )
+    profiles: str = Field(
+        default="native",
+        description="The queue tables to reconcile, comma-separated: native (the reconciler's "
+        "own jobs table), procrastinate (Procrastinate 3.x's schema; procrastinate:SCHEMA when "
+        "not in public), or paths to TOML files "
+        "describing any other table (deploy/profiles/). The daemon runs every scheduled task "
+        "for each; commands take --profile when there is more than one.",
+    )
     schedule_file: Path | None = Field(
         default=None,
         description="TOML schedule of the daemon. Unset: schedules/default.toml shipped with "
@@ -342,6 +350,20 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"key {key!r} is not a priority with a target; use {', '.join(allowed)}"
                 )
+        return value
+
+    def profile_entries(self) -> list[str]:
+        """RECONCILER_PROFILES as a list of names and paths."""
+        return [entry.strip() for entry in self.profiles.split(",")]
+
+    @field_validator("profiles")
+    @classmethod
+    def _profiles(cls, value: str) -> str:
+        entries = [entry.strip() for entry in value.split(",")]
+        if not all(entries):
+            raise ValueError(
+                "list profiles separated by commas, e.g. native,procrastinate,/etc/q.toml"
+            )
         return value
 
     def latency_target(self, priority: int) -> timedelta | None:

@@ -13,6 +13,7 @@ A task that never ran has no next run to miss: it is reported as never run.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -111,12 +112,15 @@ def task_status(
     return TaskStatus(task, describe, True, last, running, next_run, overdue)
 
 
-def collect(db: Database, schedule: Schedule) -> tuple[datetime, list[TaskStatus]]:
-    """The database's now and every task's status, in the registry's order."""
+def collect(
+    db: Database, schedule: Schedule, profiles: Sequence[str] = ("native",)
+) -> tuple[datetime, list[TaskStatus]]:
+    """The database's now and every task's status, in the registry's order, for each
+    profile (a task of a profile other than native is named TASK@PROFILE, as its lease)."""
     with db.transaction() as conn:
         now = conn.execute(text("SELECT statement_timestamp()")).scalar_one()
         runs = {
-            row.task: LastRun(
+            _key(row.task, row.profile): LastRun(
                 id=row.id,
                 started_at=row.started_at,
                 finished_at=row.finished_at,
@@ -133,9 +137,20 @@ def collect(db: Database, schedule: Schedule) -> tuple[datetime, list[TaskStatus
             for row in conn.execute(text(query("status", "held_leases")))
         }
     return now, [
-        task_status(name, schedule.get(name), runs.get(name), leases.get(name), now)
+        task_status(
+            _key(name, profile),
+            schedule.get(name),
+            runs.get(_key(name, profile)),
+            leases.get(_key(name, profile)),
+            now,
+        )
+        for profile in profiles
         for name in TASKS
     ]
+
+
+def _key(task: str, profile: str) -> str:
+    return task if profile == "native" else f"{task}@{profile}"
 
 
 def _ago(moment: datetime, now: datetime) -> str:

@@ -119,6 +119,9 @@ GRANT USAGE ON SCHEMA {schema} TO {daemon}, {worker}, {readonly};
 GRANT SELECT, UPDATE, DELETE ON {schema}.jobs TO {daemon};
 GRANT SELECT, INSERT, DELETE ON {schema}.job_events TO {daemon};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.runs TO {daemon};
+-- Profiles: every change to a table the reconciler does not own goes to the ledger.
+-- (Grants on that table itself are its owner's to give: README, Queues you already run.)
+GRANT SELECT, INSERT, DELETE ON {schema}.ledger TO {daemon};
 GRANT SELECT ON {schema}.transitions, {schema}.retry_policies, {schema}.paused_queues,
     {schema}.schema_migrations TO {daemon};
 -- The daemon's task leases: replicas take, renew and release a task's lease there.

@@ -2,8 +2,8 @@
 -- opened when the run starts and closed with its outcome.
 
 -- name: start
-INSERT INTO runs (task, started_at, host, pid, actor)
-VALUES (:task, statement_timestamp(), :host, :pid, :actor)
+INSERT INTO runs (task, started_at, host, pid, actor, profile)
+VALUES (:task, statement_timestamp(), :host, :pid, :actor, :profile)
 RETURNING id
 
 -- name: finish

@@ -177,9 +177,28 @@ CREATE TABLE runs (
     error       text,
     host        text        NOT NULL,
     pid         integer     NOT NULL,
-    actor       text        NOT NULL
+    actor       text        NOT NULL,
+    profile     text        NOT NULL DEFAULT 'native'   -- the profile the run was for
 );
 CREATE INDEX runs_task_started_idx ON runs (task, started_at DESC);
+
+-- Every change the reconciler makes to a queue table it does not own (a
+-- profile's table, reconciler/profiles/), written in the statement that makes
+-- it: what job_events is for the reconciler's own jobs.
+CREATE TABLE ledger (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    profile     text        NOT NULL,   -- the profile's name (procrastinate, ai-course-jobs, ...)
+    table_name  text        NOT NULL,   -- schema.table, as the profile names it
+    job_id      text        NOT NULL,   -- the job's id as text (bigint, uuid, ...)
+    from_status text        NOT NULL,
+    to_status   text        NOT NULL,   -- a status, or 'purged' for a deleted job
+    at          timestamptz NOT NULL,
+    actor       text        NOT NULL,   -- reconciler:mark-stale, cli:alice, ...
+    reason      jsonb       NOT NULL DEFAULT '{}',
+    run_id      bigint                  -- the reconciler run that made it
+);
+CREATE INDEX ledger_job_idx ON ledger (profile, job_id, id);
+CREATE INDEX ledger_at_idx ON ledger (at);
 
 -- Queues an operator paused: claim() hands out none of their jobs.
 CREATE TABLE paused_queues (
@@ -290,18 +309,16 @@ $$;
 -- the requeue task agrees on when a job becomes due. Everything is absolute
 -- seconds: the exponent is compared in logarithms before anything is raised
 -- (2^99 s does not fit in an interval, 2^1999 not even in a double, and an
--- error would fail every batch of the requeue task, and now every fail()),
--- a jitter under 1e-6 counts as none (5e-324 times a factor underflows, an
--- error in PostgreSQL), and the result has no
+-- error would fail every batch of the requeue task), and the result has no
 -- day field (timestamptz + '1 day' is 23 or 25 hours across a DST change).
 CREATE FUNCTION backoff(
     p_attempt integer, p_initial interval, p_max interval,
     p_multiplier double precision, p_jitter double precision, p_job_id bigint
 ) RETURNS interval
 LANGUAGE sql IMMUTABLE SET search_path FROM CURRENT AS $$
-    SELECT make_interval(secs => b.base_s * (1 + CASE WHEN p_jitter < 1e-6 THEN 0 ELSE p_jitter * (
+    SELECT make_interval(secs => b.base_s * (1 + j.jitter * (
         2 * ((abs(hashtext(p_job_id::text || ':' || p_attempt::text)::bigint) % 10000) / 10000.0) - 1
-    ) END))
+    )))
     FROM (
         SELECT CASE
             WHEN s.initial_s <= 0 THEN 0
@@ -315,6 +332,9 @@ LANGUAGE sql IMMUTABLE SET search_path FROM CURRENT AS $$
                    greatest(p_attempt, 1) - 1 AS steps
         ) s
     ) b
+    -- A jitter under 1e-12 cannot move a backoff (at most 1000 days) by a microsecond,
+    -- and one as small as 5e-324 would underflow the product (an error in PostgreSQL).
+    CROSS JOIN (SELECT CASE WHEN p_jitter < 1e-12 THEN 0 ELSE p_jitter END AS jitter) j
 $$;
 
 -- When a failed or stale job may be retried: the end of its attempt (finished_at,

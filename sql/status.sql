@@ -1,10 +1,11 @@
 -- reconciler status: each task's latest run and current lease.
 
 -- name: last_runs
-SELECT DISTINCT ON (task)
-       id, task, started_at, finished_at, status, transitions, batches, error, host, pid
+-- Per task and profile (runs of a profile's table are that profile's).
+SELECT DISTINCT ON (task, profile)
+       id, task, profile, started_at, finished_at, status, transitions, batches, error, host, pid
 FROM runs
-ORDER BY task, started_at DESC, id DESC
+ORDER BY task, profile, started_at DESC, id DESC
 
 -- name: held_leases
 SELECT task, holder, run_id, acquired_at, expires_at

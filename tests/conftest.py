@@ -23,6 +23,7 @@ from sqlalchemy import text
 from reconciler.db import Database, normalise_url, quote_ident
 from reconciler.migrate import migrate
 from reconciler.settings import Settings
+from tests.procrastinate_env import pq  # noqa: F401  (a fixture for every test)
 
 TEST_URL_ENV = "RECONCILER_TEST_DATABASE_URL"
 # The test run's own settings, which the clean environment keeps.

@@ -13,6 +13,7 @@ __all__ = [
     "batch_size_arg",
     "finite_float_arg",
     "job_id_arg",
+    "job_key_arg",
     "limit_arg",
     "names_arg",
     "positive_int_arg",
@@ -32,6 +33,14 @@ def statuses_arg(value: str) -> list[str]:
 
 def names_arg(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def job_key_arg(value: str) -> str:
+    """A job id as given: the reconciler's own ids are whole numbers (checked by
+    :func:`job_id_arg` once the profile is known), a profile's table may use uuids or text."""
+    if not value or "\x00" in value:
+        raise argparse.ArgumentTypeError(f"job id {value!r} is empty or holds a NUL byte")
+    return value
 
 
 def job_id_arg(value: str) -> int:

@@ -25,6 +25,7 @@ from reconciler.logs import get_logger
 from reconciler.ops.confirm import confirm
 from reconciler.ops.filter import JobFilter
 from reconciler.ops.report import report_change, report_unchanged
+from reconciler.profiles.live import Bound
 from reconciler.runner import default_actor, run_task
 from reconciler.settings import Settings
 from reconciler.sqlfiles import locking
@@ -98,13 +99,17 @@ def apply(
     details: Mapping[str, Any] | None = None,
     batch_size: int | None = None,
     stdin: TextIO | None = None,
+    profile: Bound | None = None,
 ) -> TaskResult:
     """Preview ``task`` (rolled back); unless a dry run, confirm and apply it in batches.
 
     ``task`` is a change's one-off task, or a registered task's name run with ``params``.
     A TaskBusy (the task's lease is held elsewhere) reaches the CLI: one line, exit 1.
+    ``profile``: the queue table, when not the reconciler's own (reconciler/profiles/).
     """
-    preview = run_task(db, settings, task, dry_run=True, now=now, actor=actor, params=params)
+    preview = run_task(
+        db, settings, task, dry_run=True, now=now, actor=actor, params=params, profile=profile
+    )
     if dry_run or preview.status != "ok" or preview.changed == 0:
         return replace(preview, dry_run=dry_run)
     confirm(verb, preview.changed, threshold=settings.ops_confirm_threshold, yes=yes, stdin=stdin)
@@ -117,6 +122,7 @@ def apply(
         params=params,
         batch_size=batch_size,
         time_budget=_NO_BUDGET,
+        profile=profile,
     )
     return _logged(result, actor, details or {})
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from reconciler.durations import duration_arg
 from reconciler.ops import dead_letter, enqueue, export, jobs
-from reconciler.ops.args import names_arg, positive_int_arg
+from reconciler.ops.args import job_key_arg, names_arg, positive_int_arg
 from reconciler.ops.cli_parts import (
     add_change_options,
     add_due_options,
@@ -27,7 +27,7 @@ def add_job_commands(sub: Any) -> None:
     add_filter_arguments(p, limit_default=50)
     add_json(p, lines=True)
     p = leaf(g, "show", jobs.cmd_show, "one job with its whole history (job_events)")
-    p.add_argument("id", type=positive_int_arg, metavar="ID")
+    p.add_argument("id", type=job_key_arg, metavar="ID")
     add_json(p)
     p = leaf(
         g,
@@ -50,7 +50,7 @@ def add_job_commands(sub: Any) -> None:
         "Mark jobs succeeded by hand (the work was done another way). Needs job ids and "
         "--reason. A running job's worker is fenced out.",
     )
-    p.add_argument("ids", nargs="+", type=positive_int_arg, metavar="ID", help="job ids")
+    p.add_argument("ids", nargs="+", type=job_key_arg, metavar="ID", help="job ids")
     add_change_options(p)
     p = leaf(
         g,
@@ -81,7 +81,7 @@ def add_job_commands(sub: Any) -> None:
         "jobs whose last heartbeat is older): they become stale, their workers are fenced "
         "out, and the requeue task (or dead-letter) takes them from there.",
     )
-    p.add_argument("ids", nargs="*", type=positive_int_arg, metavar="ID", help="job ids")
+    p.add_argument("ids", nargs="*", type=job_key_arg, metavar="ID", help="job ids")
     p.add_argument(
         "--older-than",
         type=duration_arg,

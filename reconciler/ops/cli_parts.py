@@ -68,6 +68,11 @@ def leaf(
         name, help=help_text, description=description or help_text
     )
     parser.set_defaults(handler=handler, needs="schema")
+    parser.add_argument(
+        "--profile",
+        metavar="NAME",
+        help="the queue table (RECONCILER_PROFILES; needed when it lists several)",
+    )
     return parser
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import text
 
 from reconciler.db import Database
 from reconciler.durations import duration_arg, format_duration
-from reconciler.ops.args import job_id_arg, limit_arg, names_arg, statuses_arg
+from reconciler.ops.args import job_key_arg, limit_arg, names_arg, statuses_arg
 from reconciler.ops.confirm import OpsError
 from reconciler.ops.vocabulary import DEAD, STATUSES
 from reconciler.sqlfiles import query
@@ -59,7 +59,7 @@ class JobFilter:
             return tuple(dict.fromkeys(item for group in groups for item in group))
 
         return cls(
-            ids=tuple(dict.fromkeys(getattr(args, "ids", None) or ())),
+            ids=tuple(dict.fromkeys(int(i) for i in getattr(args, "ids", None) or ())),
             statuses=flat("status"),
             queues=flat("queue"),
             kinds=flat("kind"),
@@ -132,7 +132,7 @@ def add_filter_arguments(
 ) -> None:
     """The list filters, the same on every command that takes them."""
     if ids:
-        parser.add_argument("ids", nargs="*", type=job_id_arg, metavar="ID", help="job ids")
+        parser.add_argument("ids", nargs="*", type=job_key_arg, metavar="ID", help="job ids")
     group = parser.add_argument_group("filters (repeat an option or separate values by commas)")
     if status:
         group.add_argument(

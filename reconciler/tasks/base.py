@@ -23,13 +23,16 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import Connection, text
 
 from reconciler.db import Database
 from reconciler.leases import Lease
 from reconciler.settings import Settings
+
+if TYPE_CHECKING:
+    from reconciler.profiles.live import Bound
 
 __all__ = [
     "DRY_RUN_LIMIT",
@@ -65,7 +68,8 @@ class Progress:
 
     transitions: Counter[str] = field(default_factory=Counter)
     batches: int = 0
-    sample_ids: list[int] = field(default_factory=list)
+    # Job ids: bigint for the reconciler's own jobs; a profile's table may use text or uuid.
+    sample_ids: list[int | str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     stopped: Stopped = "done"
     # Work that is not a job transition (tables vacuumed, run records deleted):
@@ -78,7 +82,7 @@ class Progress:
         for row in rows:
             self.transitions[f"{row.from_status}->{row.to_status}"] += 1
             if len(self.sample_ids) < SAMPLE_SIZE:
-                self.sample_ids.append(int(row.id))
+                self.sample_ids.append(row.id if isinstance(row.id, int) else str(row.id))
 
 
 @dataclass
@@ -96,6 +100,9 @@ class TaskContext:
     params: Mapping[str, Any] = field(default_factory=dict)
     progress: Progress = field(default_factory=Progress)
     lease: Lease | None = None  # None for dry runs, which write nothing
+    # The queue table the run works on: None for the reconciler's own (native) schema,
+    # else a profile checked against the live database (reconciler/profiles/).
+    profile: Bound | None = None
     should_stop: Callable[[], bool] | None = None
     # Looked up at call time, like out_of_time() does, so a test clock
     # (freezegun) replaces both ends of the measurement or neither.
@@ -121,15 +128,19 @@ class TaskContext:
         params: Mapping[str, Any],
         *,
         committed: Callable[[Sequence[Any]], None] | None = None,
+        search_path: str | None = None,
     ) -> None:
         """Run ``sql`` batch by batch until a short batch or the time budget.
 
         ``committed(rows)`` is called with each batch's rows once it has committed (never
-        for a dry run): what a task says about the jobs it changed.
+        for a dry run): what a task says about the jobs it changed. ``search_path``
+        replaces the transaction's (a profile whose own SQL functions find their tables
+        by it: Procrastinate's).
         """
         base = {"now": self.now, "actor": self.actor, "run_id": self.run_id, **params}
         if self.dry_run:
             with self.db.transaction(rollback=True) as conn:
+                _set_path(conn, search_path)
                 rows = conn.execute(text(sql), {**base, "batch_size": DRY_RUN_LIMIT}).all()
             self.progress.add(rows)
             self.progress.batches += 1
@@ -138,6 +149,7 @@ class TaskContext:
             return
         while True:
             with self.db.transaction() as conn:
+                _set_path(conn, search_path)
                 rows = conn.execute(text(sql), {**base, "batch_size": self.batch_size}).all()
                 self.renew_lease(conn)
             self.progress.add(rows)
@@ -150,6 +162,11 @@ class TaskContext:
             if reason is not None:
                 self.progress.stopped = reason
                 return
+
+
+def _set_path(conn: Connection, search_path: str | None) -> None:
+    if search_path is not None:
+        conn.execute(text("SELECT set_config('search_path', :sp, true)"), {"sp": search_path})
 
 
 @dataclass(frozen=True)
@@ -173,12 +190,13 @@ class TaskResult:
     batches: int
     duration_ms: int
     stopped: Stopped
-    sample_ids: tuple[int, ...]
+    sample_ids: tuple[int | str, ...]
     details: Mapping[str, Any]
     run_id: int | None
     error: str | None = None
     other_work: int = 0
     notes: tuple[str, ...] = ()
+    profile: str = "native"
 
     @property
     def changed(self) -> int:
@@ -192,6 +210,7 @@ class TaskResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "task": self.task,
+            "profile": self.profile,
             "status": self.status,
             "dry_run": self.dry_run,
             "now": self.now.isoformat(),

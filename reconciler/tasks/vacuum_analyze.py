@@ -42,12 +42,14 @@ TABLES = ("jobs", "job_events", "runs")
 _NOT_REMOVABLE = re.compile(r"(\d+) are dead but not yet removable")
 
 
-def _stats(conn: psycopg.Connection[Any], schema: str) -> dict[str, dict[str, Any]]:
+def _stats(
+    conn: psycopg.Connection[Any], schema: str, tables: tuple[str, ...]
+) -> dict[str, dict[str, Any]]:
     conn.execute("SELECT pg_stat_clear_snapshot()")
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             query("tasks/vacuum_analyze", "table_stats"),
-            {"schema": schema, "tables": list(TABLES)},
+            {"schema": schema, "tables": list(tables)},
         )
         return {row.pop("table_name"): row for row in cur.fetchall()}
 
@@ -76,11 +78,12 @@ def _vacuum(conn: psycopg.Connection[Any], schema: str, name: str) -> list[tuple
 
 
 def execute(ctx: TaskContext) -> None:
-    schema = ctx.db.schema
-    tables = ctx.params.get("tables") or TABLES
+    # A profile's run (reconciler/profiles/tasks.py) names its own schema and tables.
+    schema = ctx.params.get("schema") or ctx.db.schema
+    tables = tuple(ctx.params.get("tables") or TABLES)
     details: dict[str, Any] = {}
     with ctx.db.autocommit() as conn:
-        before = _stats(conn, schema)
+        before = _stats(conn, schema, tables)
         if ctx.dry_run:
             ctx.progress.details["tables"] = {
                 name: {"dead_rows_before": before.get(name, {}).get("dead_rows", 0)}
@@ -107,7 +110,7 @@ def execute(ctx: TaskContext) -> None:
             )
             details[name] = {"not_removable": not_removable}
             ctx.progress.batches += 1
-        after = _stats(conn, schema)
+        after = _stats(conn, schema, tables)
         blocked = any(d["not_removable"] for d in details.values())
         holders: list[dict[str, Any]] = []
         if blocked:

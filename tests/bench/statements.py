@@ -44,6 +44,7 @@ class _Recorder(TaskContext):
         params: Mapping[str, Any],
         *,
         committed: Callable[[Sequence[Any]], None] | None = None,
+        search_path: str | None = None,
     ) -> None:
         # The same binds as TaskContext.run_batches gives every batch.
         bound = {"now": self.now, "actor": self.actor, "run_id": self.run_id, **params}

@@ -137,6 +137,21 @@ def test_kind_policy_wins_over_priority_policy(
     assert _statuses(db, [due, early, other_kind]) == ["queued", "failed", "queued"]
 
 
+def test_a_vanishing_jitter_does_not_underflow(
+    db: Database, settings: Settings, db_now: datetime
+) -> None:
+    """A policy's jitter of 5e-324 (allowed: >= 0) once made every requeue batch fail with
+    "value out of range: underflow"; it now counts as none (found by hypothesis)."""
+    _kind_policy(db, "tiny", max_attempts=5, initial_s=10, max_s=10, multiplier=1, jitter=5e-324)
+    due = [_failed(db, db_now, timedelta(seconds=10), kind="tiny", attempt=1) for _ in range(20)]
+    early = _failed(db, db_now, timedelta(seconds=10) - MS, kind="tiny", attempt=1)
+
+    result = run_task(db, settings, "requeue", now=db_now)
+
+    assert result.status == "ok", result.error
+    assert _statuses(db, [*due, early]) == ["queued"] * 20 + ["failed"]
+
+
 def test_jitter_is_fixed_per_job_and_attempt_and_within_bounds(
     db: Database, settings: Settings, db_now: datetime
 ) -> None:

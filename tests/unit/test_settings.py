@@ -56,6 +56,7 @@ def test_every_default_is_pinned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         "retention_runs": timedelta(days=30),
         "lease_ttl": timedelta(seconds=60),
         "schedule_file": None,
+        "profiles": "native",
         "shutdown_grace": timedelta(seconds=30),
         "retry_max_delay": timedelta(seconds=60),
         "sentry_dsn": None,

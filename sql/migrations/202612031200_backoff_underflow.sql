@@ -1,17 +1,16 @@
--- backoff(): a jitter under 1e-6 counts as none. 5e-324 (a policy's jitter
--- can be any double in [0, 1)) times the per-job factor underflows, which
--- PostgreSQL reports as an error; since retry_at (202612031000) backoff() runs
--- in the trigger on every fail() and mark-stale, so such a policy would make
--- them fail. Same signature: CREATE OR REPLACE keeps its grants.
+-- backoff(): a retry policy's jitter so small (5e-324, say) that its product with the
+-- spread underflows made every requeue batch fail with "value out of range:
+-- underflow". A jitter under 1e-12 now counts as none: it could not move a backoff
+-- by a microsecond anyway. Same signature, so every caller keeps working.
 
 CREATE OR REPLACE FUNCTION backoff(
     p_attempt integer, p_initial interval, p_max interval,
     p_multiplier double precision, p_jitter double precision, p_job_id bigint
 ) RETURNS interval
 LANGUAGE sql IMMUTABLE SET search_path FROM CURRENT AS $$
-    SELECT make_interval(secs => b.base_s * (1 + CASE WHEN p_jitter < 1e-6 THEN 0 ELSE p_jitter * (
+    SELECT make_interval(secs => b.base_s * (1 + j.jitter * (
         2 * ((abs(hashtext(p_job_id::text || ':' || p_attempt::text)::bigint) % 10000) / 10000.0) - 1
-    ) END))
+    )))
     FROM (
         SELECT CASE
             WHEN s.initial_s <= 0 THEN 0
@@ -25,4 +24,7 @@ LANGUAGE sql IMMUTABLE SET search_path FROM CURRENT AS $$
                    greatest(p_attempt, 1) - 1 AS steps
         ) s
     ) b
+    -- A jitter under 1e-12 cannot move a backoff (at most 1000 days) by a microsecond,
+    -- and one as small as 5e-324 would underflow the product (an error in PostgreSQL).
+    CROSS JOIN (SELECT CASE WHEN p_jitter < 1e-12 THEN 0 ELSE p_jitter END AS jitter) j
 $$;
