@@ -35,6 +35,7 @@ from typing import Any
 import psycopg
 from psycopg import errors, sql
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
 
 from reconciler.db import Database, quote_ident
 from reconciler.durations import format_duration
@@ -105,19 +106,24 @@ def migrate(
     applied: list[str] = []
     retries = 0
     started = time.monotonic()
+    name = "the next migration"
     while True:
-        state = _next(db, chosen)
-        if state.next is None:
-            return MigrationResult(db.schema, tuple(applied), state.current, retries)
-        path = state.next[2]
         try:
+            state = _next(db, chosen)
+            if state.next is None:
+                return MigrationResult(db.schema, tuple(applied), state.current, retries)
+            path = state.next[2]
+            name = path.name
             done_here = _apply(db, state.next, lock_timeout)
-        except errors.LockNotAvailable:
+        # A deadlock is a lock wait too: CREATE INDEX CONCURRENTLY waits for every
+        # snapshot older than its own, including that of a second migrator waiting on
+        # the migration lock this one holds. One of the two is cancelled; it tries again.
+        except (errors.LockNotAvailable, errors.DeadlockDetected):
             waited = time.monotonic() - started
             holders = _lock_holders(db)
             if waited >= deadline.total_seconds():
                 raise MigrationBlocked(
-                    f"migration {path.name} could not take its locks within "
+                    f"migration {name} could not take its locks within "
                     f"{format_duration(deadline)} (RECONCILER_MIGRATE_DEADLINE): "
                     f"{holders or 'another session holds them'}; workers were never blocked "
                     "for longer than RECONCILER_MIGRATE_LOCK_TIMEOUT. End that transaction, "
@@ -128,7 +134,7 @@ def migrate(
             pause *= random.uniform(0.5, 1.0)
             log.warning(
                 "migrate.lock_timeout",
-                migration=path.name,
+                migration=name,
                 attempt=retries,
                 holders=holders,
                 retry_in_s=round(pause, 2),
@@ -179,9 +185,15 @@ def _next(db: Database, files: Sequence[MigrationFile]) -> _State:
 def _lock(conn: Connection, schema: str, *, session: bool = False) -> None:
     """The advisory lock that serialises migrators of one schema (blocks no worker)."""
     fn = "pg_advisory_lock" if session else "pg_advisory_xact_lock"
-    conn.execute(
-        text(f"SELECT {fn}(hashtextextended(:key, 0))"), {"key": f"reconciler.migrate:{schema}"}
-    )
+    try:
+        conn.execute(
+            text(f"SELECT {fn}(hashtextextended(:key, 0))"),
+            {"key": f"reconciler.migrate:{schema}"},
+        )
+    except DBAPIError as exc:
+        if isinstance(exc.orig, errors.DeadlockDetected):
+            raise exc.orig from None  # retried by migrate(), like a lock timeout
+        raise
 
 
 def _pin(conn: Connection, schema: str, *, local: bool = True) -> None:

@@ -7,7 +7,9 @@
 
 -- name: last_seen
 -- The last heartbeat; before the first one, the claim; updated_at only for a
--- row written by hand without either. jobs_running_idx is on this expression.
+-- row written by hand without either. Deliberately not indexed (heartbeats
+-- would then never be HOT updates): mark-stale narrows by claim time instead
+-- (jobs_running_since_idx).
 coalesce(j.heartbeat_at, j.locked_at, j.updated_at)
 
 -- name: timeout_s

@@ -91,6 +91,10 @@ CREATE TABLE jobs (
     -- attempt; heartbeat/complete/fail must present the token. Only the hash is
     -- kept, so a role that can read this table cannot act as the worker.
     claim_token_hash bytea,
+    -- When a failed or stale job may be retried (its policy's backoff after the
+    -- attempt ended), decided as it enters that state (trigger jobs_retry_at);
+    -- NULL in every other status. The requeue task compares it with its now.
+    retry_at        timestamptz,
     -- A job that is running has an owner; one that is not has none.
     CHECK ((status = 'running') = (locked_by IS NOT NULL)),
     -- Infinity is a valid timestamptz but no moment: it would never come due, or
@@ -98,12 +102,24 @@ CREATE TABLE jobs (
     CHECK (isfinite(run_at) AND isfinite(created_at) AND isfinite(updated_at)
            AND isfinite(locked_at) AND isfinite(heartbeat_at)
            AND isfinite(started_at) AND isfinite(finished_at))
-);
+)
+-- Room on each page for the new version of a row a heartbeat writes, so that
+-- heartbeats are HOT updates (no index touched) rather than a new tuple on
+-- another page and a new entry in every index.
+WITH (fillfactor = 90);
 
--- claim(): the next job by priority, then run_at, among queued ones.
+-- The next queued job by priority, then run_at (jobs_queue_claim_idx serves claim()).
 CREATE INDEX jobs_claim_idx ON jobs (priority, run_at, id) WHERE status = 'queued';
--- mark-stale: running jobs by their last sign of life.
-CREATE INDEX jobs_running_idx ON jobs ((coalesce(heartbeat_at, locked_at, updated_at)))
+-- claim(): one lane per queue and priority, due jobs in run_at order; and the
+-- list of queues with queued jobs, by a skip scan (see claim()).
+CREATE INDEX jobs_queue_claim_idx ON jobs (queue, priority, run_at, id) WHERE status = 'queued';
+-- mark-stale: running jobs by claim time. Not by the last sign of life: an
+-- index on heartbeat_at would change on every heartbeat and make each one
+-- write to it (no HOT update). A job's claim is never after its last sign of
+-- life, so "claimed before the horizon" narrows the scan to the running jobs
+-- older than the shortest timeout; a row written by hand without locked_at is
+-- always looked at (-infinity).
+CREATE INDEX jobs_running_since_idx ON jobs ((coalesce(locked_at, '-infinity'::timestamptz)), id)
     WHERE status = 'running';
 -- purge: terminal jobs by finish time, then id: its ORDER BY and keyset, so a batch
 -- never sorts the jobs that share one finished_at (a bulk cancel stamps one clock).
@@ -117,6 +133,17 @@ CREATE INDEX jobs_requeue_idx ON jobs (finished_at, id)
     WHERE status IN ('failed', 'stale') AND attempt - attempt_base < max_attempts;
 CREATE INDEX jobs_dead_letter_idx ON jobs (finished_at, id)
     WHERE status IN ('failed', 'stale') AND attempt - attempt_base >= max_attempts;
+-- requeue: failed/stale jobs with attempts left by retry time, so a batch reads
+-- the due rows and stops: its cost is the jobs due, not the backlog in backoff.
+-- (jobs_requeue_idx stays for `reconciler policies set`, which walks the
+-- waiting jobs in finish order to recompute their retry time.)
+CREATE INDEX jobs_retry_due_idx ON jobs (retry_at, id)
+    WHERE status IN ('failed', 'stale') AND attempt - attempt_base < max_attempts;
+-- Operators' changes by queue (`jobs cancel --queue`, ...): the live jobs of a
+-- queue in id order, the order their batches take, so a batch reads its rows
+-- and stops instead of reading the whole table for one queue's jobs.
+CREATE INDEX jobs_live_queue_idx ON jobs (queue, id)
+    WHERE status IN ('queued', 'running', 'failed', 'stale');
 -- An idempotency key is unique per kind and tenant (NULL tenant: one scope of
 -- its own): the same key sent by another tenant, or for another kind of job,
 -- is another job.
@@ -311,6 +338,59 @@ LANGUAGE sql IMMUTABLE SET search_path FROM CURRENT AS $$
     CROSS JOIN (SELECT CASE WHEN p_jitter < 1e-12 THEN 0 ELSE p_jitter END AS jitter) j
 $$;
 
+-- When a failed or stale job may be retried: the end of its attempt (finished_at,
+-- else the moment of the change) plus the backoff of its retry policy for the
+-- attempts used of its current budget (backoff() above). A job with no policy
+-- at all may be retried at once rather than left behind.
+CREATE FUNCTION retry_time(
+    p_kind text, p_priority smallint, p_used integer, p_job_id bigint, p_from timestamptz
+) RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
+    SELECT p_from + coalesce(
+        (SELECT backoff(p_used, p.initial_delay, p.max_delay, p.multiplier, p.jitter, p_job_id)
+         FROM policy_for(p_kind, p_priority) p),
+        interval '0')
+$$;
+
+-- retry_at is decided when a job enters failed or stale, whoever puts it
+-- there (fail(), mark-stale, an operator, SQL typed into psql), and again when
+-- what it depends on changes (the attempt's end, the attempts used, the kind or
+-- priority that picks the policy), or when it is set to NULL; it is NULL in
+-- every other status. A value set explicitly with nothing else changed is kept
+-- (`reconciler policies set` recomputes waiting jobs that way). The requeue
+-- task only compares it with its now, through jobs_retry_due_idx.
+CREATE FUNCTION jobs_retry_at() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    IF NEW.status NOT IN ('failed', 'stale') THEN
+        NEW.retry_at := NULL;
+    ELSIF TG_OP = 'INSERT' OR NEW.retry_at IS NULL
+          OR NEW.status IS DISTINCT FROM OLD.status
+          OR NEW.finished_at IS DISTINCT FROM OLD.finished_at
+          OR NEW.attempt IS DISTINCT FROM OLD.attempt
+          OR NEW.attempt_base IS DISTINCT FROM OLD.attempt_base
+          OR NEW.kind IS DISTINCT FROM OLD.kind
+          OR NEW.priority IS DISTINCT FROM OLD.priority THEN
+        IF TG_OP = 'INSERT' AND NEW.retry_at IS NOT NULL THEN
+            RETURN NEW;  -- a row written whole (a restore) keeps its retry time
+        END IF;
+        NEW.retry_at := retry_time(NEW.kind, NEW.priority, NEW.attempt - NEW.attempt_base,
+                                   NEW.id, coalesce(NEW.finished_at, NEW.updated_at, now()));
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+-- Only rows that are, or were, waiting for a retry call the function: a
+-- claim, a heartbeat or a completion never does.
+CREATE TRIGGER jobs_retry_at_insert BEFORE INSERT ON jobs
+    FOR EACH ROW WHEN (NEW.status IN ('failed', 'stale'))
+    EXECUTE FUNCTION jobs_retry_at();
+CREATE TRIGGER jobs_retry_at_update
+    BEFORE UPDATE OF status, finished_at, attempt, attempt_base, kind, priority, retry_at ON jobs
+    FOR EACH ROW WHEN (NEW.status IN ('failed', 'stale') OR OLD.retry_at IS NOT NULL)
+    EXECUTE FUNCTION jobs_retry_at();
+
 -- enqueue(): add a job and return its id. A repeated idempotency key (for the
 -- same kind and tenant) returns the existing job's id and adds nothing.
 -- The event's actor is the session's user (sql:NAME), or what the caller's
@@ -392,13 +472,24 @@ $$;
 -- with a fresh random claim_token: the worker passes it to heartbeat, complete
 -- and fail; only its hash is stored.
 --
+-- Its cost depends on n and on the number of queues, never on the jobs of
+-- other queues, of paused queues, or scheduled in the future: it walks
+-- jobs_queue_claim_idx (queue, priority, run_at, id) in one lane per (queue,
+-- priority) it may serve, each lane up to n due rows in run_at order, and
+-- merges the lanes by priority, run_at, id. The queues are the caller's, or
+-- (queues NULL) every queue that has queued jobs, found by a skip scan of the
+-- same index (one probe per queue; ordered by its whole key so that no other
+-- index of jobs, holding running or failed jobs too, serves it); paused queues
+-- get no lane. A lane locks
+-- its rows FOR UPDATE SKIP LOCKED before the merge, so a claim may hold up to
+-- n rows of each other lane until it commits (other workers skip them and take
+-- the next); with one queue and one priority in use, that is none.
+--
 -- plpgsql with plan_cache_mode = force_custom_plan, and the paused queues read
 -- first into a constant: the query is planned with the caller's n and queues
--- and the actual list of paused queues. Planned without them (a SQL
--- function's body, a generic plan, or a NOT EXISTS against a small table the
--- planner has no statistics for), PostgreSQL reads and sorts every due job to
--- hand out one; with them, it walks jobs_claim_idx in order and stops after n
--- rows, whatever the backlog (tests/integration/test_indexes.py).
+-- and the actual list of paused queues (the branch for queues NULL is not even
+-- run when queues are given). Planned without them, PostgreSQL may read and
+-- sort every due job to hand out one (tests/integration/test_indexes.py).
 --
 -- Reading paused_queues takes its ACCESS SHARE lock until the claim commits;
 -- `reconciler pause` takes ACCESS EXCLUSIVE before it adds its row, so a pause
@@ -431,15 +522,33 @@ BEGIN
         RETURN;  -- every queue is paused (reconciler pause --all)
     END IF;
     RETURN QUERY
-    WITH picked AS (
-        SELECT j.id, gen_random_uuid() AS token FROM jobs j
-        WHERE j.status = 'queued'
-          AND j.run_at <= now()
-          AND (claim.queues IS NULL OR j.queue = ANY (claim.queues))
-          AND j.queue <> ALL (paused)
-        ORDER BY j.priority, j.run_at, j.id
+    WITH RECURSIVE every_queue AS (
+        (SELECT j.queue FROM jobs j WHERE j.status = 'queued'
+         ORDER BY j.queue, j.priority, j.run_at, j.id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT j.queue FROM jobs j WHERE j.status = 'queued' AND j.queue > e.queue
+                ORDER BY j.queue, j.priority, j.run_at, j.id LIMIT 1)
+        FROM every_queue e WHERE e.queue IS NOT NULL
+    ), lanes AS (
+        SELECT DISTINCT q.queue FROM unnest(claim.queues) q (queue)
+        WHERE claim.queues IS NOT NULL
+        UNION
+        SELECT e.queue FROM every_queue e WHERE claim.queues IS NULL AND e.queue IS NOT NULL
+    ), picked AS (
+        SELECT c.id, gen_random_uuid() AS token
+        FROM lanes l
+        CROSS JOIN generate_series(0, 4) p (priority)
+        CROSS JOIN LATERAL (
+            SELECT j.id, j.priority, j.run_at FROM jobs j
+            WHERE j.status = 'queued' AND j.queue = l.queue AND j.priority = p.priority
+              AND j.run_at <= now()
+            ORDER BY j.run_at, j.id
+            LIMIT coalesce(claim.n, 1)
+            FOR UPDATE SKIP LOCKED
+        ) c
+        WHERE l.queue <> ALL (paused)
+        ORDER BY c.priority, c.run_at, c.id
         LIMIT coalesce(claim.n, 1)
-        FOR UPDATE SKIP LOCKED
     ), claimed AS (
         UPDATE jobs j
         SET status = 'running', attempt = j.attempt + 1, locked_by = claim.worker,

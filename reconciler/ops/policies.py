@@ -1,9 +1,12 @@
 """``reconciler policies``: show the retry policies, change a priority's, add or drop a kind's.
 
 The policies (table ``retry_policies``) are what enqueue() takes max_attempts from and
-what the requeue task computes backoff with; the SQL is ``sql/ops/policies.sql``. A
-change applies to jobs enqueued afterwards and to every later backoff decision. A value
-the table's CHECKs refuse is one line naming the rules, exit 2.
+what every failed or stale job's retry time (``jobs.retry_at``) is computed from; the SQL
+is ``sql/ops/policies.sql``. A change applies to jobs enqueued afterwards (max_attempts)
+and to every backoff: the command recomputes the retry time of the jobs already waiting,
+in batches of RECONCILER_BATCH_SIZE, once the new policy is committed (jobs failing
+meanwhile take the new policy from the trigger). A value the table's CHECKs refuse is one
+line naming the rules, exit 2.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from reconciler.ops.vocabulary import PRIORITIES
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query
 
-__all__ = ["cmd_delete", "cmd_set", "cmd_show", "rows"]
+__all__ = ["cmd_delete", "cmd_set", "cmd_show", "recompute_retry_times", "rows"]
 
 _RULES = (
     "rejected: max-attempts 1 to 1000, initial-delay >= 0, max-delay >= initial-delay, "
@@ -33,6 +36,31 @@ _RULES = (
 
 def rows(db: Database) -> list[dict[str, Any]]:
     return db.rows(query("ops/policies", "list"))
+
+
+def recompute_retry_times(db: Database, batch_size: int) -> int:
+    """Every waiting job's retry time from the policies as they are now; how many changed.
+
+    One short transaction per batch, walking the waiting jobs in finish order, so a
+    backlog of any size never holds a long transaction or locks it all at once.
+    """
+    after: tuple[object, int] = ("-infinity", 0)
+    changed: int = 0
+    while True:
+        with db.transaction() as conn:
+            batch = conn.execute(
+                text(query("ops/policies", "recompute_retry_times")),
+                {"after_at": after[0], "after_id": after[1], "batch_size": batch_size},
+            ).one()
+        changed += int(batch.changed)
+        if batch.seen < batch_size:
+            break
+        after = (batch.last_at, batch.last_id)
+    with db.transaction() as conn:
+        changed += len(
+            conn.execute(text(query("ops/policies", "recompute_retry_times_unfinished"))).all()
+        )
+    return changed
 
 
 def cmd_set(args: argparse.Namespace, settings: Settings, db: Database) -> int:
@@ -56,7 +84,8 @@ def cmd_set(args: argparse.Namespace, settings: Settings, db: Database) -> int:
         if getattr(exc.orig, "sqlstate", None) == "23514":  # check_violation
             raise OpsError(_RULES) from None
         raise
-    return cmd_show(args, settings, db)
+    changed = recompute_retry_times(db, settings.batch_size)
+    return cmd_show(args, settings, db, retry_times_changed=changed)
 
 
 def cmd_delete(args: argparse.Namespace, settings: Settings, db: Database) -> int:
@@ -64,14 +93,27 @@ def cmd_delete(args: argparse.Namespace, settings: Settings, db: Database) -> in
         gone = conn.execute(text(query("ops/policies", "delete_kind")), {"kind": args.kind}).all()
     if not gone:
         raise OpsError(f"no policy for kind {args.kind!r}; see: reconciler policies")
-    return cmd_show(args, settings, db)
+    changed = recompute_retry_times(db, settings.batch_size)
+    return cmd_show(args, settings, db, retry_times_changed=changed)
 
 
-def cmd_show(args: argparse.Namespace, settings: Settings, db: Database) -> int:
+def cmd_show(
+    args: argparse.Namespace,
+    settings: Settings,
+    db: Database,
+    *,
+    retry_times_changed: int | None = None,
+) -> int:
+    """The policies; after a change, also how many waiting jobs' retry times moved."""
     found = rows(db)
     if args.json:
-        emit_json({"policies": found})
+        shown: dict[str, Any] = {"policies": found}
+        if retry_times_changed is not None:
+            shown["retry_times_changed"] = retry_times_changed
+        emit_json(shown)
         return 0
+    if retry_times_changed is not None:
+        console().print(f"retry times recomputed: {retry_times_changed} waiting job(s) changed")
     lines = [
         (
             f"kind {row['kind']}"

@@ -10,6 +10,11 @@
 (CAST(:f_ids AS bigint[]) IS NULL OR j.id = ANY (CAST(:f_ids AS bigint[])))
 AND (CAST(:f_statuses AS text[]) IS NULL OR j.status = ANY (CAST(:f_statuses AS text[])))
 AND (CAST(:f_queues AS text[]) IS NULL OR j.queue = ANY (CAST(:f_queues AS text[])))
+-- The same for one queue, said as an equality: PostgreSQL walks an index on
+-- (queue, id) in id order for queue = 'x', not for queue = ANY ('{x}'), so a
+-- batch of `jobs cancel --queue x` reads its rows and stops (jobs_live_queue_idx).
+AND (cardinality(CAST(:f_queues AS text[])) IS DISTINCT FROM 1
+     OR j.queue = (CAST(:f_queues AS text[]))[1])
 AND (CAST(:f_kinds AS text[]) IS NULL OR j.kind = ANY (CAST(:f_kinds AS text[])))
 AND (CAST(:f_tenants AS text[]) IS NULL OR j.tenant_id = ANY (CAST(:f_tenants AS text[])))
 AND (CAST(:f_created_since AS timestamptz) IS NULL

@@ -8,7 +8,8 @@
 --
 -- Binds: :now (the run's database clock), :batch_size, :actor, :run_id, the
 -- rule's binds (:min_timeout_s, the smallest timeout of any queue or kind, lets
--- the index on the last sign of life narrow the scan), and
+-- the index on claim time narrow the scan to jobs claimed before it: a batch
+-- reads at most the running jobs that old, never the finished backlog), and
 -- :only_queues/:only_kinds/:only_tenants/:only_ids (NULL, or an operator's narrowing of
 -- an ad hoc run).
 --
@@ -31,10 +32,14 @@ WITH candidates AS (
       AND (CAST(:only_tenants AS text[]) IS NULL
            OR j.tenant_id = ANY (CAST(:only_tenants AS text[])))
       AND (CAST(:only_ids AS bigint[]) IS NULL OR j.id = ANY (CAST(:only_ids AS bigint[])))
-      AND /*last_seen*/
+      -- Claimed before the shortest timeout's horizon (a claim is never after the
+      -- last sign of life): walks jobs_running_since_idx, which heartbeats never touch.
+      -- (A row written by hand with heartbeat_at before locked_at is judged once
+      -- locked_at is that old too.)
+      AND coalesce(j.locked_at, '-infinity'::timestamptz)
           < CAST(:now AS timestamptz) - make_interval(secs => CAST(:min_timeout_s AS double precision))
       AND /*last_seen*/ < CAST(:now AS timestamptz) - make_interval(secs => t.timeout_s)
-    ORDER BY /*last_seen*/, j.id
+    ORDER BY coalesce(j.locked_at, '-infinity'::timestamptz), j.id
     LIMIT :batch_size
     FOR UPDATE OF j /*skip_locked*/
 ), moved AS (

@@ -4,27 +4,25 @@
 -- Binds: :now, :batch_size, :actor, :run_id.
 --
 -- Backoff comes from the job's retry policy (its kind's row in retry_policies,
--- else its priority's; see backoff() in sql/schema.sql), by the attempts used
--- of the job's current budget (attempt - attempt_base), counted from when the
--- attempt ended (finished_at). A job with no policy at all is requeued at once
--- rather than left behind. attempts used < max_attempts is what separates this
--- task from dead-letter: no job can be eligible for both.
+-- else its priority's; see backoff() and retry_time() in sql/schema.sql), by
+-- the attempts used of the job's current budget (attempt - attempt_base),
+-- counted from when the attempt ended (finished_at). It is decided when the
+-- job enters failed or stale and kept in retry_at (trigger jobs_retry_at), so
+-- this selection walks jobs_retry_due_idx up to :now and stops at its LIMIT:
+-- a batch reads the jobs due, never the backlog still in backoff. Due jobs
+-- leave earliest first. A job with no policy at all is requeued at once rather
+-- than left behind. attempts used < max_attempts is what separates this task
+-- from dead-letter: no job can be eligible for both.
 
 -- name: apply
 WITH candidates AS (
-    SELECT j.id, j.status AS from_status, j.attempt, b.delay
+    SELECT j.id, j.status AS from_status, j.attempt,
+           j.retry_at - coalesce(j.finished_at, j.updated_at) AS delay
     FROM jobs j
-    CROSS JOIN LATERAL (
-        SELECT coalesce(
-            (SELECT backoff(j.attempt - j.attempt_base, p.initial_delay, p.max_delay,
-                            p.multiplier, p.jitter, j.id)
-             FROM policy_for(j.kind, j.priority) p),
-            interval '0') AS delay
-    ) b
     WHERE j.status IN ('failed', 'stale')
       AND j.attempt - j.attempt_base < j.max_attempts
-      AND coalesce(j.finished_at, j.updated_at) + b.delay <= CAST(:now AS timestamptz)
-    ORDER BY j.finished_at, j.id
+      AND j.retry_at <= CAST(:now AS timestamptz)
+    ORDER BY j.retry_at, j.id
     LIMIT :batch_size
     FOR UPDATE OF j SKIP LOCKED
 ), moved AS (

@@ -91,11 +91,11 @@ def test_dry_run_writes_nothing(cli: CLI, db: Database) -> None:
         assert conn.execute(text("SELECT count(*) FROM job_events")).scalar_one() == 0
 
 
-def test_tasks_lists_all_five(cli: CLI) -> None:
-    """tasks --json lists the five tasks in registry order."""
+def test_tasks_lists_all_six(cli: CLI) -> None:
+    """tasks --json lists the six tasks in registry order."""
     result = cli("tasks", "--json")
     names = [t["name"] for t in json.loads(result.stdout)["tasks"]]
-    assert names == ["mark-stale", "requeue", "dead-letter", "purge", "vacuum-analyze"]
+    assert names == ["mark-stale", "requeue", "dead-letter", "purge", "vacuum-analyze", "reindex"]
 
 
 @pytest.mark.parametrize(

@@ -253,3 +253,33 @@ def test_sigint_stops_the_daemon_like_sigterm(
     assert stopped["clean"] is True
     assert daemon.events("daemon.forced_exit") == []
     assert _open_runs(db) == 0
+
+
+def test_default_schedule_retries_a_critical_job_within_2s_of_its_backoff(
+    pg_url: str, db: Database, start: Start
+) -> None:
+    """With the shipped schedule (requeue every 1 s), a failed critical job (500 ms backoff)
+    is back in the queue within 2 s of its retry time, by the recorded times."""
+    daemon = start({"RECONCILER_DATABASE_URL": pg_url, "RECONCILER_SCHEMA": db.schema})
+    eventually(
+        lambda: scalar(db, "SELECT count(*) FROM runs WHERE task = 'requeue' AND status = 'ok'"),
+        what="a first requeue run",
+    )
+    job_id = scalar(db, "SELECT enqueue('charge', priority => 0)")
+    token = scalar(db, "SELECT claim_token FROM claim('w1')")
+    assert scalar(db, "SELECT fail(:id, :t)", id=job_id, t=token) is True
+    failed_at = job(db, job_id)["finished_at"]
+
+    eventually(lambda: job(db, job_id)["status"] == "queued", what="failed -> queued")
+
+    event = scalar(
+        db,
+        "SELECT jsonb_build_object('at', at, 'actor', actor, 'backoff_s', reason->'backoff_s')"
+        " FROM job_events WHERE job_id = :id AND to_status = 'queued' AND from_status = 'failed'",
+        id=job_id,
+    )
+    assert event["actor"] == "reconciler:requeue" and event["backoff_s"] == 0.5
+    requeued_at = datetime.fromisoformat(event["at"])
+    due = failed_at + timedelta(milliseconds=500)
+    assert due <= requeued_at <= due + timedelta(seconds=2), (failed_at, requeued_at)
+    assert daemon.stop() == 0

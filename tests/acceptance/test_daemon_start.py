@@ -48,7 +48,7 @@ def test_schedule_command_prints_every_task_and_its_next_run(tmp_path: Path) -> 
     assert payload["schedule_file"].endswith("default.toml")
     by_task = {t["task"]: t for t in payload["tasks"]}
     assert by_task["purge"]["cron"] == "17 3 * * *"
-    assert by_task["requeue"]["every"] == "15s" and by_task["requeue"]["next_run"]
+    assert by_task["requeue"]["every"] == "1s" and by_task["requeue"]["next_run"]
 
 
 def test_schema_not_migrated_exits_2(pg_url: str, schema: str, tmp_path: Path) -> None:

@@ -35,11 +35,11 @@ FINISHED_JOBS = 100_000
 INDEX_SCANS = {"Index Scan", "Index Only Scan", "Bitmap Index Scan"}
 # The index meant to serve each selection (sql/schema.sql).
 EXPECTED_INDEX = {
-    "mark-stale": "jobs_running_idx",
-    "requeue": "jobs_requeue_idx",
+    "mark-stale": "jobs_running_since_idx",
+    "requeue": "jobs_retry_due_idx",
     "dead-letter": "jobs_dead_letter_idx",
     "purge": "jobs_purge_idx",
-    "claim": "jobs_claim_idx",
+    "claim": "jobs_queue_claim_idx",
 }
 # Compiles text() with $1, $2... in place of :name, for PREPARE.
 _DOLLAR = PGDialect_psycopg(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
@@ -167,8 +167,9 @@ def _generic_plan(
     return dict(row[0][0]["Plan"])
 
 
-def _claim_body(conn: Connection) -> str:
-    """The installed claim()'s query, its arguments turned into $1 (worker), $2 (queues), $3 (n).
+def _claim_body(conn: Connection, paused: str = "'{}'::text[]") -> str:
+    """The installed claim()'s query, its arguments turned into $1 (worker), $2 (queues), $3 (n),
+    the paused queues (read into a variable before the query) into ``paused``.
 
     Also checks that claim() plans it as a custom plan (with the caller's values),
     which is what the plans below are made as.
@@ -182,8 +183,7 @@ def _claim_body(conn: Connection) -> str:
     assert found, source
     arguments = {"worker": "$1::text", "queues": "$2::text[]", "n": "$3::integer"}
     body = re.sub(r"\bclaim\.(worker|queues|n)\b", lambda m: arguments[m[1]], found[1])
-    # the paused queues, read into a variable before the query: none here
-    return re.sub(r"\(paused\)", "('{}'::text[])", body)
+    return re.sub(r"\(paused\)", f"({paused})", body)
 
 
 def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -251,3 +251,151 @@ def test_claim_reads_in_index_order_with_a_large_backlog(
         if n["Node Type"] == "Index Scan" and n["Index Name"] == EXPECTED_INDEX["claim"]
     ]
     assert ordered, f"claim reads {[n['Node Type'] for n in _nodes(plan)]}"
+
+
+def test_requeue_reads_only_the_due_rows_behind_a_large_backlog_in_backoff(
+    planned: tuple[Database, datetime],
+) -> None:
+    """50,000 jobs that failed at one instant (ties) and wait in backoff: requeue's batch
+    reads the 6 due rows from jobs_retry_due_idx and none of the waiting ones, no sort."""
+    db, now = planned
+    settings = make_settings("postgresql://unused", db.schema)
+    (statement,) = task_statements(db, settings, "requeue", now=now, batch_size=1000)
+    with db.transaction(rollback=True, statement_timeout=timedelta(minutes=2)) as conn:
+        conn.execute(
+            text(
+                "INSERT INTO jobs (kind, status, attempt, max_attempts, finished_at)"
+                " SELECT 'test', 'failed', 1, 3, CAST(:now AS timestamptz)"
+                " FROM generate_series(1, 50000)"
+            ),
+            {"now": now},
+        )
+        conn.execute(text("ANALYZE jobs"))  # rolled back with the rows
+        plan = conn.execute(
+            text(f"EXPLAIN (ANALYZE, FORMAT JSON) {statement.sql}"), dict(statement.params)
+        ).scalar_one()[0]["Plan"]
+    nodes = list(_nodes(plan))
+    scans = [n for n in nodes if n.get("Index Name") == EXPECTED_INDEX["requeue"]]
+    assert scans, [n["Node Type"] for n in nodes]
+    assert [n["Node Type"] for n in scans] == ["Index Scan"]
+    assert scans[0]["Actual Rows"] == 6  # 3 failed + 3 stale due (the fixture)
+    assert scans[0].get("Rows Removed by Filter", 0) == 0
+    assert not [n for n in nodes if n["Node Type"] == "Sort"]
+
+
+def test_claim_reads_neither_other_queues_nor_paused_queues_nor_future_jobs(
+    planned: tuple[Database, datetime],
+) -> None:
+    """Behind 30,000 older due jobs of another queue, 20,000 of a paused queue, 20,000 critical
+    jobs due in an hour (ties), claim() reads only the rows it hands out: no filtered rows,
+    at most n per lane, for one queue and for every queue."""
+    db, now = planned
+    with db.transaction(rollback=True, statement_timeout=timedelta(minutes=2)) as conn:
+        conn.execute(
+            text(
+                "INSERT INTO jobs (kind, queue, priority, run_at, max_attempts)"
+                " SELECT 'test', q.queue, q.priority, CAST(:now AS timestamptz) + q.later, 3"
+                " FROM (VALUES ('other', 0, interval '-30 days', 30000),"
+                "              ('stopped', 0, interval '-30 days', 20000),"
+                "              ('default', 0, interval '1 hour', 20000))"
+                " q (queue, priority, later, n)"
+                " CROSS JOIN LATERAL generate_series(1, q.n)"
+            ),
+            {"now": now},
+        )
+        conn.execute(text("ANALYZE jobs"))  # rolled back with the rows
+        body = _claim_body(conn, paused="'{stopped}'::text[]")
+        for queues, n in ((["default"], 1), (["default"], 10), (None, 1)):
+            name = f"probe_{uuid.uuid4().hex[:8]}"
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            raw.execute(sql.SQL("PREPARE {} AS {}").format(sql.Identifier(name), sql.SQL(body)))
+            raw.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            row = raw.execute(
+                sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {} ({})").format(
+                    sql.Identifier(name),
+                    sql.SQL(", ").join(map(sql.Literal, ["w1", queues, n])),
+                )
+            ).fetchone()
+            raw.execute(sql.SQL("DEALLOCATE {}").format(sql.Identifier(name)))
+            assert row is not None
+            nodes = list(_nodes(row[0][0]["Plan"]))
+            label = f"claim(queues={queues}, n={n})"
+            assert not [x for x in nodes if x["Node Type"] in ("Seq Scan", "Bitmap Heap Scan")]
+            lanes = [
+                x
+                for x in nodes
+                if x["Node Type"] == "Index Scan"
+                and x["Index Name"] == EXPECTED_INDEX["claim"]
+                and "run_at" in x.get("Index Cond", "")
+            ]
+            assert lanes, label
+            # 5 priorities x the queues served (default, and other when queues is NULL)
+            served = 1 if queues else 2
+            assert sum(x["Actual Loops"] for x in lanes) <= 5 * served, label
+            read = sum(x["Actual Rows"] * x["Actual Loops"] for x in lanes)
+            assert read <= n * 5 * served, (label, read)
+            removed = [
+                x
+                for x in nodes
+                if x.get("Relation Name") == "jobs" and x.get("Rows Removed by Filter", 0) > 0
+            ]
+            assert not removed, (label, removed)
+
+
+def _analyze_plan(db: Database, body: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every node of the plan of ``body`` with ``params`` bound (custom plan), rolled back."""
+    with db.transaction(rollback=True) as conn:
+        plan = conn.execute(text(f"EXPLAIN (FORMAT JSON) {body}"), params).scalar_one()
+    return list(_nodes(plan[0]["Plan"]))
+
+
+def test_check_reads_jobs_through_indexes(planned: tuple[Database, datetime]) -> None:
+    """Every query of `reconciler check` that reads jobs uses an index, never a Seq Scan,
+    so monitoring's minute-by-minute check does not grow with the finished backlog."""
+    from reconciler.sqlfiles import query
+
+    db, now = planned
+    params = {
+        "now": now,
+        "since": now - timedelta(minutes=15),
+        "backlog_horizon": now - timedelta(minutes=1),
+        "slow_horizon": now - timedelta(minutes=30),
+    }
+    for name in ("attempts", "backlog", "dead_recent", "slow", "oldest_due_by_priority"):
+        nodes = _analyze_plan(db, query("ops/check", name), params)
+        seq = [n for n in nodes if n["Node Type"] == "Seq Scan" and n["Relation Name"] == "jobs"]
+        assert not seq, (name, [n["Node Type"] for n in nodes])
+
+
+def test_jobs_cancel_by_queue_walks_its_index(planned: tuple[Database, datetime]) -> None:
+    """`jobs cancel --queue Q` selects the queue's live jobs from
+    jobs_live_queue_idx in id order: no Seq Scan, no Sort over the queue."""
+    from reconciler.ops.filter import JobFilter, filtered_query
+
+    db, now = planned
+    body = filtered_query("ops/jobs", "cancel").replace("/*skip_locked*/", "SKIP LOCKED")
+    # (With --status queued on this small table the planner prefers a bitmap scan of the
+    # 2,200 queued rows and a sort; not pinned here.)
+    for statuses in ((),):
+        job_filter = JobFilter(queues=("default",), statuses=statuses)
+        params = {
+            **job_filter.binds(now),
+            "eligible": list(statuses or ("queued", "running", "failed", "stale")),
+            "note": None,
+            "now": now,
+            "batch_size": 1000,
+            "actor": "cli:test",
+            "run_id": None,
+            "command": "jobs cancel",
+        }
+        # The selection (CTE picked); the UPDATE's join back by id is planned by the
+        # table's size (a hash join over this 100k-row table, by primary key at scale).
+        (picked,) = [
+            n for n in _analyze_plan(db, body, params) if n.get("Subplan Name") == "CTE picked"
+        ]
+        nodes = list(_nodes(picked))
+        kinds = [(n["Node Type"], n.get("Index Name") or n.get("Relation Name")) for n in nodes]
+        assert ("Seq Scan", "jobs") not in kinds, kinds
+        assert not [n for n in nodes if n["Node Type"] == "Sort"], kinds
+        assert ("Index Scan", "jobs_live_queue_idx") in kinds, kinds

@@ -149,8 +149,11 @@ def test_two_processes_migrating_one_fresh_schema_at_once(
                     proc.communicate()
 
     assert [proc.returncode for proc in procs] == [0, 0], outputs
-    reports = sorted((json.loads(out) for out, _ in outputs), key=lambda r: len(r["applied"]))
-    assert [r["applied"] for r in reports] == [[], _migrations()]
+    reports = [json.loads(out) for out, _ in outputs]
+    # Usually one applies everything; a migrator cancelled by a deadlock (behind a
+    # CREATE INDEX CONCURRENTLY, see migrate()) retries, so they may share the files.
+    applied = [name for r in reports for name in r["applied"]]
+    assert sorted(applied) == _migrations()
     assert {r["version"] for r in reports} == {_latest()}
     with fresh.engine.connect() as conn:
         rows = conn.execute(

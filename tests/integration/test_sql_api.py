@@ -806,7 +806,8 @@ def test_the_fence_never_repeats_after_an_operator_sends_the_job_back(
         with db.transaction() as conn:
             conn.execute(
                 text(
-                    "UPDATE jobs SET heartbeat_at = heartbeat_at - interval '1 hour' WHERE id = :id"
+                    "UPDATE jobs SET heartbeat_at = heartbeat_at - interval '1 hour',"
+                    " locked_at = locked_at - interval '1 hour' WHERE id = :id"
                 ),
                 {"id": held["id"]},
             )

@@ -36,10 +36,17 @@ def test_collect_reports_last_run_lease_and_overdue(db: Database, settings: Sett
     now, statuses = collect(db, schedule)
 
     by_task = {s.task: s for s in statuses}
-    assert list(by_task) == ["mark-stale", "requeue", "dead-letter", "purge", "vacuum-analyze"]
+    assert list(by_task) == [
+        "mark-stale",
+        "requeue",
+        "dead-letter",
+        "purge",
+        "vacuum-analyze",
+        "reindex",
+    ]
     requeue = by_task["requeue"]
     assert requeue.last_run is not None and requeue.last_run.id == done.run_id
-    assert requeue.next_run == requeue.last_run.started_at + timedelta(seconds=15)
+    assert requeue.next_run == requeue.last_run.started_at + timedelta(seconds=1)
     assert requeue.overdue is False
     assert by_task["dead-letter"].overdue is True
     assert by_task["purge"].running is not None

@@ -5,7 +5,7 @@
 - :class:`WorkerPool`: N worker processes (``worker.py``), each with its own
   connection, kept at N (a crashed worker is replaced by a new one with a new
   name); it can SIGKILL, SIGSTOP and SIGCONT them.
-- :class:`MaintenanceLoop`: runs the five tasks through ``run_task`` on
+- :class:`MaintenanceLoop`: runs the scheduled tasks through ``run_task`` on
   aggressive intervals. It satisfies the :class:`Maintenance` protocol, so the
   daemon subprocess can take its place: pass another factory to
   :class:`Workload`.
@@ -189,6 +189,7 @@ class MaintenanceLoop:
         self._threads = [
             threading.Thread(target=self._loop, args=(name,), name=f"task-{name}", daemon=True)
             for name in TASKS
+            if name in intervals  # the tasks the workload schedules (reindex is off by default)
         ]
 
     def start(self) -> None:

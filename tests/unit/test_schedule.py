@@ -29,19 +29,20 @@ def _error(source: str) -> str:
 
 
 def test_default_schedule_pins_every_task() -> None:
-    """The shipped file schedules all five tasks, as the README says."""
+    """The shipped file schedules all six tasks (reindex switched off), as the README says."""
     schedule = load_schedule()
     assert [e.task for e in schedule.entries] == list(TASKS)
     assert {e.task: e.describe() for e in schedule.entries} == {
         "mark-stale": "every 30s",
-        "requeue": "every 15s",
+        "requeue": "every 1s",
         "dead-letter": "every 1m",
         "purge": "cron 17 3 * * * (UTC)",
         "vacuum-analyze": "cron 43 3 * * * (UTC)",
+        "reindex": "cron 53 3 * * 0 (UTC)",
     }
     purge = schedule.get("purge")
     assert purge is not None and purge.time_budget == timedelta(minutes=10)
-    assert all(e.enabled for e in schedule.entries)
+    assert [e.task for e in schedule.entries if not e.enabled] == ["reindex"]
 
 
 def test_entry_with_params_jitter_and_disabled() -> None:
