@@ -20,10 +20,11 @@ from reconciler.ops.filter import JobFilter, check_ids
 from reconciler.ops.jobs import cancel_change
 from reconciler.ops.requeue import REPLAYABLE, requeue_change
 from reconciler.ops.vocabulary import DEAD
+from reconciler.sqlfiles import query
 from reconciler.tasks import Task, TaskResult
 from reconciler.web.data import Source
 
-__all__ = ["ACTIONS", "Outcome", "run_action"]
+__all__ = ["ACTIONS", "ActionsUnavailable", "Outcome", "run_action"]
 
 ACTIONS = {
     "requeue": "requeue job",
@@ -31,6 +32,10 @@ ACTIONS = {
     "reset-stuck": "reset stuck job",
     "replay": "replay dead jobs",
 }
+
+
+class ActionsUnavailable(Exception):
+    """The dashboard's database role may not change jobs (e.g. the read-only role)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,11 @@ def run_action(
     source: Source, action: str, form: Mapping[str, str], *, actor: str, confirmed: bool
 ) -> Outcome:
     """Preview ``action`` (``confirmed`` False) or apply it; an OpsError says why not."""
+    if not source.db.rows(query("web/actions", "may_change"))[0]["may_change"]:
+        raise ActionsUnavailable(
+            "actions are unavailable: the dashboard's database role may only read (it may not "
+            "update jobs or write job_events and runs); run it as a role that may change jobs"
+        )
     task, verb, target, params, details = _task(source, action, form)
     result: TaskResult = apply(
         source.db,

@@ -34,7 +34,7 @@ from reconciler.ops.output import jsonable
 from reconciler.ops.pause import queue_label
 from reconciler.ops.vocabulary import PRIORITIES, STATUSES
 from reconciler.web import charts
-from reconciler.web.actions import ACTIONS, run_action
+from reconciler.web.actions import ACTIONS, ActionsUnavailable, run_action
 from reconciler.web.auth import COOKIE, Auth
 from reconciler.web.data import Source
 
@@ -281,6 +281,8 @@ def build_app(source: Source, auth: Auth) -> Starlette:
             outcome = await run_in_threadpool(
                 run_action, source, name, form, actor=f"web:{user}", confirmed=confirmed
             )
+        except ActionsUnavailable as exc:
+            return problem(request, str(exc), 403)
         except (OpsError, TaskBusy) as exc:
             return problem(request, str(exc), 409)
         except DBAPIError as exc:

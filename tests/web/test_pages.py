@@ -22,8 +22,8 @@ def test_overview_tiles_equal_sql_counts(reader: TestClient, db: Database, seede
     """Each status tile shows count(*) of that status; the dead-letter tile the dead jobs."""
     response = reader.get("/")
     assert response.status_code == 200
-    with db.transaction() as conn:
-        counts = dict(conn.execute(text("SELECT status, count(*) FROM jobs GROUP BY 1")).all())
+    rows = db.rows("SELECT status, count(*) AS n FROM jobs GROUP BY 1")
+    counts: dict[str, int] = {r["status"]: r["n"] for r in rows}
     assert counts  # the seed has jobs
     for status in ("queued", "running", "succeeded", "failed", "stale", "dead", "cancelled"):
         assert _tile(response.text, status) == counts.get(status, 0)
