@@ -36,7 +36,7 @@ def _pages(db: Database) -> list[str]:
         "/",
         "/jobs",
         "/jobs?status=dead",
-        "/jobs?queue=default&kind=bench",
+        "/jobs?queue=default&kind=report",
         f"/jobs?before={middle}",
         "/jobs?error=timeout",
         f"/jobs/{middle}",
