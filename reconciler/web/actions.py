@@ -79,24 +79,18 @@ def _task(
     reason = form.get("reason", "").strip() or None
     if action == "requeue":
         job_id = _job_id(form)
-        change = requeue_change(
-            db,
-            JobFilter(ids=(job_id,)),
-            name="jobs requeue",
-            eligible=REPLAYABLE,
-            now=now,
-            run_at=now,
-            keep_attempts=False,
-            reason=reason,
-        )
-        return change.task(), change.verb, f"job {job_id}", None, change.details
+        eligible: tuple[str, ...] = REPLAYABLE
+        job_filter, name = JobFilter(ids=(job_id,)), "jobs requeue"
+        target = f"job {job_id}"
     if action == "replay":
-        job_filter, target = _replay_filter(form)
+        (job_filter, target), name, eligible = _replay_filter(form), "dead-letter replay", DEAD
+    if action in ("requeue", "replay"):
+        # Due now, with a fresh retry budget: the commands' defaults.
         change = requeue_change(
             db,
             job_filter,
-            name="dead-letter replay",
-            eligible=DEAD,
+            name=name,
+            eligible=eligible,
             now=now,
             run_at=now,
             keep_attempts=False,
