@@ -1,6 +1,8 @@
 """The dashboard's actions: the operator commands' own changes, previewed then applied.
 
-Each action builds the same change as its CLI command (``jobs requeue``,
+Pause and resume call the ``pause`` and ``resume`` commands' own functions
+(one statement with its ``queue_pause_events`` row). Each other action builds
+the same change as its CLI command (``jobs requeue``,
 ``jobs cancel``, ``jobs reset-stuck``, ``dead-letter replay``) and runs it
 through :func:`reconciler.ops.changes.apply`: the same preview, batches,
 ``runs`` row and ``job_events``, with the actor ``web:<user>``. A first POST
@@ -18,6 +20,7 @@ from reconciler.ops.changes import apply
 from reconciler.ops.confirm import OpsError
 from reconciler.ops.filter import JobFilter, check_ids
 from reconciler.ops.jobs import cancel_change
+from reconciler.ops.pause import ALL_QUEUES, pause, resume
 from reconciler.ops.requeue import REPLAYABLE, requeue_change
 from reconciler.ops.vocabulary import DEAD
 from reconciler.sqlfiles import query
@@ -31,6 +34,8 @@ ACTIONS = {
     "cancel": "cancel job",
     "reset-stuck": "reset stuck job",
     "replay": "replay dead jobs",
+    "pause": "pause queue",
+    "resume": "resume queue",
 }
 
 
@@ -48,6 +53,7 @@ class Outcome:
     dry_run: bool
     run_id: int | None
     status: str
+    unit: str = "job(s)"
 
 
 def _job_id(form: Mapping[str, str]) -> int:
@@ -119,6 +125,8 @@ def run_action(
             "actions are unavailable: the dashboard's database role may only read (it may not "
             "update jobs or write job_events and runs); run it as a role that may change jobs"
         )
+    if action in ("pause", "resume"):
+        return _pause_or_resume(source, action, form, actor=actor, confirmed=confirmed)
     task, verb, target, params, details = _task(source, action, form)
     result: TaskResult = apply(
         source.db,
@@ -135,3 +143,20 @@ def run_action(
     if result.status != "ok":
         raise OpsError(f"{ACTIONS[action]} {target}: {result.status}: {result.error or ''}")
     return Outcome(action, target, result.changed, result.dry_run, result.run_id, result.status)
+
+
+def _pause_or_resume(
+    source: Source, action: str, form: Mapping[str, str], *, actor: str, confirmed: bool
+) -> Outcome:
+    """``reconciler pause QUEUE`` / ``resume QUEUE``: the queues it would (or did) change."""
+    queue = form.get("queue", "").strip()
+    if not queue or queue == ALL_QUEUES:
+        raise OpsError(f"{action} needs a queue's name")
+    reason = form.get("reason", "").strip() or None
+    if action == "pause":
+        changed = pause(
+            source.db, [queue], force=False, actor=actor, reason=reason, dry_run=not confirmed
+        )
+    else:
+        changed = resume(source.db, [queue], actor=actor, reason=reason, dry_run=not confirmed)
+    return Outcome(action, f"queue {queue}", len(changed), not confirmed, None, "ok", "queue(s)")

@@ -44,6 +44,8 @@ _HERE = Path(__file__).parent
 PAGE = 50  # jobs and runs per page
 REFRESH_S = 10  # the overview reloads itself this often
 INSUFFICIENT_PRIVILEGE = "42501"
+# What an action's form names (carried from its preview to its confirmation).
+_ACTION_FIELDS = ("job", "kind", "tenant", "queue", "reason")
 
 HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' data:; "
@@ -177,6 +179,7 @@ def build_app(source: Source, auth: Auth) -> Starlette:
             data=data,
             tiles=tiles,
             by_queue=sorted(by_queue.items()),
+            paused_names={p["queue"] for p in data["paused"]},
             statuses=STATUSES,
             refresh=REFRESH_S,
             throughput=charts.hourly(
@@ -294,7 +297,9 @@ def build_app(source: Source, auth: Auth) -> Starlette:
                 "(permission denied); run it as a role that may change jobs to act",
                 403,
             )
-        fields = {k: v for k, v in form.items() if k in ("job", "kind", "tenant", "reason")}
+        fields = {
+            k: v for k, v in form.items() if k in ("job", "kind", "tenant", "queue", "reason")
+        }
         return render(
             request,
             "confirm.html" if not confirmed else "done.html",

@@ -160,3 +160,24 @@ def test_export_downloads_dead_jobs_as_json_lines(
     assert db.rows("SELECT actor, durable FROM ops_exports") == [
         {"actor": "web:token", "durable": False}
     ]
+
+
+def test_pause_and_resume_a_queue(
+    operator: TestClient, db: Database, seeded: dict[str, list[int]]
+) -> None:
+    """Pause previews one queue, then pauses it as web:token; resume lifts it."""
+    csrf = csrf_of(operator.get("/").text)
+    assert 'data-action="pause"' in operator.get("/").text
+    preview = operator.post("/actions/pause", data={"csrf": csrf, "queue": "email"})
+    assert 'id="preview-count">1<' in preview.text
+    assert db.rows("SELECT queue FROM paused_queues") == []
+    operator.post("/actions/pause", data={"csrf": csrf, "queue": "email", "confirm": "yes"})
+    assert db.rows("SELECT queue, paused_by FROM paused_queues") == [
+        {"queue": "email", "paused_by": "web:token"}
+    ]
+    assert 'data-action="resume"' in operator.get("/").text
+    operator.post("/actions/resume", data={"csrf": csrf, "queue": "email", "confirm": "yes"})
+    assert db.rows("SELECT queue FROM paused_queues") == []
+    typo = operator.post("/actions/pause", data={"csrf": csrf, "queue": "emial"})
+    assert typo.status_code == 409
+    assert "has no jobs (a typo?)" in typo.text
