@@ -52,6 +52,7 @@ from reconciler.settings import Settings, describe_error, load_settings
 from reconciler.status import collect as collect_status
 from reconciler.status import render as render_status
 from reconciler.tasks import TASKS, TaskResult
+from reconciler.web.serve import add_web_command
 
 __all__ = ["main"]
 
@@ -157,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the demo's schema, dropped and rebuilt (default reconciler_demo)",
     )
     demo.set_defaults(handler=cmd_demo, needs="settings")
+    add_web_command(sub)  # the dashboard (reconciler/web/)
     return parser
 
 

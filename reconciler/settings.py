@@ -345,6 +345,24 @@ class Settings(BaseSettings):
         "past this many times the target it is critical (bulk has no target).",
     )
 
+    # --- the dashboard (reconciler/web/) ------------------------------------------------------
+    web_addr: str = Field(
+        default="127.0.0.1:8080",
+        description="host:port that `reconciler web` serves the dashboard on. Loopback: only "
+        "this machine sees it until you choose otherwise.",
+    )
+    web_token: SecretStr | None = Field(
+        default=None,
+        description="The dashboard's secret: whoever logs in with it may requeue, cancel, "
+        "replay and pause. Unset (and no RECONCILER_WEB_USER_HEADER): read-only. Never logged.",
+    )
+    web_user_header: str | None = Field(
+        default=None,
+        description="A header naming the user, set by an authenticating reverse proxy in "
+        "front of the dashboard (e.g. X-Forwarded-User); a request carrying it may act as "
+        "web:<user>. Set it ONLY behind such a proxy: anyone else can send the header.",
+    )
+
     # --- end of operations settings ---------------------------------------------------------
 
     @field_validator("heartbeat_timeout_overrides")
@@ -356,7 +374,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"key {key!r} must look like 'queue:NAME' or 'kind:NAME'")
         return value
 
-    @field_validator("http_addr")
+    @field_validator("http_addr", "web_addr")
     @classmethod
     def _http_addr(cls, value: str | None) -> str | None:
         if value is not None:
@@ -425,7 +443,8 @@ class Settings(BaseSettings):
         return self
 
     def secrets(self) -> list[str]:
-        """Values that must never be printed or logged: the DB password, the Sentry DSN."""
+        """Values that must never be printed or logged: the DB password, the Sentry DSN, the
+        dashboard's token."""
         found: list[str] = []
         if self.database_url is not None:
             raw = self.database_url.get_secret_value()
@@ -442,6 +461,8 @@ class Settings(BaseSettings):
             key = urlsplit(dsn).username
             if key:
                 found.append(key)
+        if self.web_token is not None:
+            found.append(self.web_token.get_secret_value())
         return found
 
     def retention(self) -> dict[str, timedelta]:

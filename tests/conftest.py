@@ -31,6 +31,8 @@ TEST_ENV = (
     TEST_URL_ENV,
     "RECONCILER_TEST_REQUIRE_PGBOUNCER",
     "RECONCILER_TEST_REQUIRE_PROMTOOL",
+    "RECONCILER_TEST_REQUIRE_BROWSER",
+    "RECONCILER_TEST_ARTIFACTS",
 )
 
 # The PgBouncer fixtures (`bouncer`, `bouncer_url`), for any test that asks for them.

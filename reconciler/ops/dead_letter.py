@@ -15,8 +15,7 @@ rest.
 from __future__ import annotations
 
 import argparse
-
-from sqlalchemy import text
+from typing import Any
 
 from reconciler.backups import spliced
 from reconciler.db import Database
@@ -29,7 +28,7 @@ from reconciler.ops.requeue import requeue
 from reconciler.ops.vocabulary import DEAD
 from reconciler.settings import Settings
 
-__all__ = ["cmd_errors", "cmd_list", "cmd_purge", "cmd_replay"]
+__all__ = ["cmd_errors", "cmd_list", "cmd_purge", "cmd_replay", "dead_errors"]
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings, db: Database) -> int:
@@ -43,17 +42,17 @@ def cmd_list(args: argparse.Namespace, settings: Settings, db: Database) -> int:
     return 0
 
 
-def cmd_errors(args: argparse.Namespace, settings: Settings, db: Database) -> int:
-    job_filter = dead_filter(args)
+def dead_errors(db: Database, job_filter: JobFilter) -> list[dict[str, Any]]:
+    """Dead jobs grouped by error, kind and tenant, the biggest group first."""
     now = db.now()
-    with db.transaction() as conn:
-        rows = [
-            dict(r._mapping)
-            for r in conn.execute(
-                text(filtered_query("ops/dead_letter", "errors")),
-                {**job_filter.binds(now), "limit": job_filter.limit or 50},
-            )
-        ]
+    return db.rows(
+        filtered_query("ops/dead_letter", "errors"),
+        {**job_filter.binds(now), "limit": job_filter.limit or 50},
+    )
+
+
+def cmd_errors(args: argparse.Namespace, settings: Settings, db: Database) -> int:
+    rows = dead_errors(db, dead_filter(args))
     if args.json:
         emit_json_lines(rows)
         return 0

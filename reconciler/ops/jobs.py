@@ -19,7 +19,7 @@ bulk change, and leave a ``job_events`` row per job with the operator's name.
 from __future__ import annotations
 
 import argparse
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import text
 
@@ -45,6 +45,7 @@ from reconciler.sqlfiles import query
 __all__ = [
     "CANCELLABLE",
     "MARKABLE_SUCCEEDED",
+    "cancel_change",
     "cmd_cancel",
     "cmd_list",
     "cmd_mark_succeeded",
@@ -153,11 +154,22 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings, db: Database) -> in
         "jobs cancel needs job ids or a filter; refusing to cancel every job "
         "(e.g. reconciler jobs cancel 42, or --queue email --status queued)"
     )
+    now = db.now()
+    change = cancel_change(db, job_filter, now=now, reason=args.reason)
+    return apply_from_args(
+        db, settings, change, args, now=now, verb="cancel", job_filter=job_filter
+    )
+
+
+def cancel_change(
+    db: Database, job_filter: JobFilter, *, now: datetime, reason: str | None
+) -> Change:
+    """``jobs cancel`` of ``job_filter`` as a change, its ids and statuses checked (the CLI
+    and the dashboard's action build it here)."""
     check_statuses(job_filter, CANCELLABLE, "jobs cancel")
     check_ids(db, job_filter.ids, allowed=CANCELLABLE, verb="jobs cancel")
-    now = db.now()
     given, job_filter = job_filter, resolve_limit(db, job_filter, now, CANCELLABLE)
-    change = Change(
+    return Change(
         name="jobs cancel",
         verb="cancel",
         details={"filter": given.describe()},
@@ -165,10 +177,9 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings, db: Database) -> in
         params={
             **job_filter.binds(now),
             "eligible": list(job_filter.statuses or CANCELLABLE),
-            "note": args.reason,
+            "note": reason,
         },
     )
-    return apply_from_args(db, settings, change, args, now=now, verb="cancel", job_filter=given)
 
 
 def cmd_reset_stuck(args: argparse.Namespace, settings: Settings, db: Database) -> int:

@@ -42,9 +42,11 @@ __all__ = [
     "ALL_QUEUES",
     "cmd_pause",
     "cmd_resume",
+    "pause",
     "pause_history",
     "paused_queues",
     "queue_label",
+    "resume",
 ]
 
 ALL_QUEUES = "*"
@@ -125,7 +127,31 @@ def cmd_pause(args: argparse.Namespace, settings: Settings, db: Database) -> int
     if args.history:
         return _history(args, db)
     queues = _queues(args, "pause")
-    if not args.force and not args.all:
+    actor = args.actor or default_actor()
+    changed = pause(
+        db,
+        queues,
+        force=args.force or args.all,
+        actor=actor,
+        reason=args.reason,
+        dry_run=args.dry_run,
+    )
+    _print(sorted(changed), "pause", db, args.json, dry_run=args.dry_run)
+    return 0
+
+
+def pause(
+    db: Database,
+    queues: list[str],
+    *,
+    force: bool,
+    actor: str,
+    reason: str | None,
+    dry_run: bool,
+) -> list[str]:
+    """Pause ``queues`` (``[*]``: every queue) with their events; the queues it paused (or,
+    a dry run, would pause). A queue with no job is refused unless ``force``."""
+    if not force:
         with db.transaction() as conn:
             empty = list(
                 conn.execute(text(query("ops/pause", "without_jobs")), {"queues": queues}).scalars()
@@ -135,13 +161,12 @@ def cmd_pause(args: argparse.Namespace, settings: Settings, db: Database) -> int
                 f"queue {empty[0]!r} has no jobs (a typo?); pass --force to pause it anyway"
             )
     already = {p["queue"] for p in paused_queues(db)}
-    if args.dry_run:
-        _print([q for q in queues if q not in already], "pause", db, args.json, dry_run=True)
-        return 0
+    if dry_run:
+        return [q for q in queues if q not in already]
     try:
         with db.transaction() as conn:
             conn.execute(text(query("ops/pause", "wait_for_claims")))
-            changed = _record(conn, "pause", queues, db, args)
+            return _record(conn, "pause", queues, db, actor, reason)
     except DBAPIError as exc:
         if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
             raise
@@ -152,12 +177,15 @@ def cmd_pause(args: argparse.Namespace, settings: Settings, db: Database) -> int
             "SELECT pid, xact_start, query FROM pg_stat_activity ORDER BY xact_start",
             code=1,
         ) from None
-    _print(sorted(changed), "pause", db, args.json, dry_run=False)
-    return 0
 
 
 def _record(
-    conn: Connection, action: str, queues: list[str] | None, db: Database, args: argparse.Namespace
+    conn: Connection,
+    action: str,
+    queues: list[str] | None,
+    db: Database,
+    actor: str,
+    reason: str | None,
 ) -> list[str]:
     """Pause or resume ``queues`` (None: every pause) with their events, in ``conn``'s
     transaction; the queues changed."""
@@ -167,8 +195,8 @@ def _record(
             {
                 "queues": queues,
                 "now": db.now(),
-                "actor": args.actor or default_actor(),
-                "reason": args.reason,
+                "actor": actor,
+                "reason": reason,
             },
         ).scalars()
     )
@@ -177,6 +205,18 @@ def _record(
 def cmd_resume(args: argparse.Namespace, settings: Settings, db: Database) -> int:
     named = _queues(args, "resume")
     queues = None if args.all else named  # None: every pause, '*' and single queues alike
+    changed = resume(
+        db, queues, actor=args.actor or default_actor(), reason=args.reason, dry_run=args.dry_run
+    )
+    _print(changed, "resume", db, args.json, dry_run=args.dry_run)
+    return 0
+
+
+def resume(
+    db: Database, queues: list[str] | None, *, actor: str, reason: str | None, dry_run: bool
+) -> list[str]:
+    """Resume ``queues`` (None: every pause) with their events; the queues it resumed (or,
+    a dry run, would resume), sorted. Refused while ``*`` pauses them all anyway."""
     paused = {p["queue"]: p for p in paused_queues(db)}
     if queues is not None:
         every = paused.get(ALL_QUEUES)
@@ -192,10 +232,7 @@ def cmd_resume(args: argparse.Namespace, settings: Settings, db: Database) -> in
                 f"queue {not_paused[0]!r} is not paused; "
                 f"paused: {', '.join(sorted(paused)) or 'none'}"
             )
-    if args.dry_run:
-        _print(sorted(paused if queues is None else queues), "resume", db, args.json, dry_run=True)
-        return 0
+    if dry_run:
+        return sorted(paused if queues is None else queues)
     with db.transaction() as conn:
-        changed = _record(conn, "resume", queues, db, args)
-    _print(sorted(changed), "resume", db, args.json, dry_run=False)
-    return 0
+        return sorted(_record(conn, "resume", queues, db, actor, reason))

@@ -25,7 +25,7 @@ from reconciler.ops.filter import (
 )
 from reconciler.settings import Settings
 
-__all__ = ["REPLAYABLE", "REQUEUEABLE", "requeue"]
+__all__ = ["REPLAYABLE", "REQUEUEABLE", "requeue", "requeue_change"]
 
 REQUEUEABLE = ("failed", "stale", "dead", "cancelled")
 # Replaying a succeeded job runs it again: only when asked by id or --status succeeded,
@@ -43,12 +43,39 @@ def requeue(
     eligible: tuple[str, ...],
 ) -> int:
     """The one requeue: ``jobs requeue``, ``jobs retry-failed`` and ``dead-letter replay``."""
+    now = db.now()
+    change = requeue_change(
+        db,
+        job_filter,
+        name=name,
+        eligible=eligible,
+        now=now,
+        run_at=_due(args, now),
+        keep_attempts=bool(getattr(args, "keep_attempts", False)),
+        reason=args.reason,
+    )
+    return apply_from_args(
+        db, settings, change, args, now=now, verb="requeue", job_filter=job_filter
+    )
+
+
+def requeue_change(
+    db: Database,
+    job_filter: JobFilter,
+    *,
+    name: str,
+    eligible: tuple[str, ...],
+    now: datetime,
+    run_at: datetime,
+    keep_attempts: bool,
+    reason: str | None,
+) -> Change:
+    """The requeue of ``job_filter`` as a change, its ids and statuses checked (the CLI's
+    commands and the dashboard's actions build it here)."""
     check_statuses(job_filter, eligible, name)
     check_ids(db, job_filter.ids, allowed=eligible, verb=name)
-    now = db.now()
-    run_at = _due(args, now)
     given, job_filter = job_filter, resolve_limit(db, job_filter, now, eligible)
-    change = Change(
+    return Change(
         name=name,
         verb="requeue",
         details={"filter": given.describe()},
@@ -56,12 +83,11 @@ def requeue(
         params={
             **job_filter.binds(now),
             "eligible": list(job_filter.statuses or eligible),
-            "keep_attempts": bool(getattr(args, "keep_attempts", False)),
-            "note": args.reason,
+            "keep_attempts": keep_attempts,
+            "note": reason,
             "run_at": run_at,
         },
     )
-    return apply_from_args(db, settings, change, args, now=now, verb="requeue", job_filter=given)
 
 
 def _due(args: argparse.Namespace, now: datetime) -> datetime:

@@ -12,5 +12,11 @@ SELECT j.id, j.status, j.queue, j.kind, j.tenant_id, j.priority, j.attempt, j.ma
        j.last_error ->> 'message' AS error
 FROM jobs j
 WHERE /*job_filter*/
+  -- The dashboard's extra filters and its keyset page (ids below :before_id); NULL: any.
+  AND (CAST(:priorities AS smallint[]) IS NULL
+       OR j.priority = ANY (CAST(:priorities AS smallint[])))
+  AND (CAST(:error_text AS text) IS NULL
+       OR j.last_error ->> 'message' ILIKE '%' || CAST(:error_text AS text) || '%')
+  AND (CAST(:before_id AS bigint) IS NULL OR j.id < CAST(:before_id AS bigint))
 ORDER BY j.id DESC
 LIMIT :limit

@@ -40,6 +40,10 @@ def test_built_wheel_runs_migrate_and_a_task(pg_url: str, schema: str, tmp_path:
     assert "reconciler/sql/migrations/202612021900_initial.sql" in names
     assert "reconciler/sql/schema.sql" in names
     assert "reconciler/sql/tasks/mark_stale.sql" in names
+    # The dashboard's own files: no CDN, every asset in the package.
+    assert "reconciler/sql/web/runs.sql" in names
+    assert "reconciler/web/static/dashboard.css" in names
+    assert "reconciler/web/templates/overview.html" in names
 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

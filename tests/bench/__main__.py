@@ -23,6 +23,7 @@ from reconciler.settings import Settings
 from tests.bench.fill import LIVE_ROWS, add_eligible, add_idle, vacuum_analyze
 from tests.bench.measure import IDLE_REPEATS, FullRun, Idle, full_run, idle_runs
 from tests.bench.statements import TRANSITION_TASKS
+from tests.bench.web import PAGE_REPEATS, PageTime, page_times
 
 SCHEMA = "reconciler_bench"
 # The small table of the idle comparison lives in a schema of its own.
@@ -78,6 +79,16 @@ def _idle_table(idle: dict[str, list[Idle]], rows: int) -> list[str]:
         lines.append(
             f"{task:<12} {s.run_ms:>9.1f} {g.run_ms:>9.1f} {s.batch_ms:>11.2f} {g.batch_ms:>11.2f}"
         )
+    return lines
+
+
+def _pages_table(pages: list[PageTime], rows: int) -> list[str]:
+    big = f"{rows // 1000:,}k" if rows < 1_000_000 else f"{rows / 1_000_000:g}M"
+    lines = [
+        f"Dashboard page loads (reconciler web), median of {PAGE_REPEATS}, milliseconds",
+        f"{'page':<40} {'100k':>8} {big:>8}",
+    ]
+    lines += [f"{p.page:<40} {p.ms[0]:>8.1f} {p.ms[1]:>8.1f}" for p in pages]
     return lines
 
 
@@ -150,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             vacuum_analyze(each)
         _say("idle runs, taking turns between the two tables")
         idle = {task: idle_runs([small_db, db], settings, task, now) for task in TRANSITION_TASKS}
+        _say("dashboard pages, taking turns between the two tables")
+        pages = page_times([small_db, db], settings)
         _drop(small_db)
         per_task = round(args.rows * args.eligible_pct / 100)
         _say(f"adding {per_task:,} eligible jobs per task to {SCHEMA}")
@@ -185,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(_idle_table(idle, args.rows)))
     print()
     print("\n".join(_full_table(runs)))
+    print()
+    print("\n".join(_pages_table(pages, args.rows)))
     return 0
 
 

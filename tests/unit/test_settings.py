@@ -66,6 +66,9 @@ def test_every_default_is_pinned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         "sentry_environment": None,
         "sentry_dead_letter_events": 20,
         "http_addr": None,
+        "web_addr": "127.0.0.1:8080",
+        "web_token": None,
+        "web_user_header": None,
         "latency_targets": {
             "critical": timedelta(seconds=1),
             "high": timedelta(seconds=5),

@@ -1,0 +1,121 @@
+"""The dashboard in a real headless Chromium, against a seeded queue (tests/web/browser.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import text
+
+from reconciler.db import Database
+from reconciler.settings import Settings
+from reconciler.web import create_app
+from tests.helpers import events_of, insert_job, job, wait_until
+from tests.web import browser
+from tests.web.conftest import TOKEN
+
+STATUSES = ("queued", "running", "succeeded", "failed", "stale", "dead", "cancelled")
+
+
+@pytest.fixture
+def driver() -> Iterator[Any]:
+    yield from browser.chrome()
+
+
+@pytest.fixture
+def base_url(settings: Settings, db: Database) -> Iterator[str]:
+    app = create_app(settings.model_copy(update={"web_token": SecretStr(TOKEN)}), db=db)
+    yield from browser.serve(app)
+
+
+def test_the_operator_flow_in_a_browser(
+    driver: Any,
+    base_url: str,
+    db: Database,
+    seeded: dict[str, list[int]],
+    tmp_path: Path,
+) -> None:
+    """Tiles equal SQL counts; filter and next page; a job's history; log in, replay a dead
+    job through its confirmation, and its job_events row says web:token; screenshots."""
+    from selenium.webdriver.common.by import By
+
+    shots = browser.artifacts(tmp_path)
+    paging = [insert_job(db, queue="paging", kind="page.me", status="queued") for _ in range(60)]
+
+    driver.get(base_url + "/")
+    rows = db.rows("SELECT status, count(*) AS n FROM jobs GROUP BY 1")
+    counts = {r["status"]: r["n"] for r in rows}
+    for status in STATUSES:
+        tile = driver.find_element(By.CSS_SELECTOR, f'.tile[data-status="{status}"] .count')
+        assert int(tile.text) == counts.get(status, 0), status
+    driver.save_screenshot(str(shots / "overview.png"))
+
+    driver.get(base_url + "/jobs")
+    driver.find_element(By.NAME, "queue").send_keys("paging")
+    driver.find_element(By.ID, "apply-filter").click()
+    wait_until(lambda: "queue=paging" in driver.current_url, "the filtered page")
+    first = [a.text for a in driver.find_elements(By.CSS_SELECTOR, "#jobs td.n a")]
+    assert [int(i) for i in first] == sorted(paging, reverse=True)[:50]
+    driver.save_screenshot(str(shots / "jobs.png"))
+    driver.find_element(By.ID, "next-page").click()
+    wait_until(lambda: "before=" in driver.current_url, "the next page")
+    second = [int(a.text) for a in driver.find_elements(By.CSS_SELECTOR, "#jobs td.n a")]
+    assert second == sorted(paging, reverse=True)[50:]
+
+    dead_id = seeded["dead_report"][0]
+    driver.get(f"{base_url}/jobs/{dead_id}")
+    actors = [td.text for td in driver.find_elements(By.CSS_SELECTOR, "#events td.actor")]
+    assert actors == [e["actor"] for e in events_of(db, dead_id)]
+    assert browser.none_of(driver, ".act")  # not logged in: no buttons
+    driver.save_screenshot(str(shots / "job.png"))
+
+    driver.get(base_url + "/login")
+    driver.find_element(By.ID, "token").send_keys(TOKEN)
+    driver.find_element(By.ID, "login-submit").click()
+    wait_until(lambda: driver.current_url == base_url + "/", "the redirect after logging in")
+    driver.get(base_url + "/dead-letter")
+    driver.save_screenshot(str(shots / "dead-letter.png"))
+    driver.get(f"{base_url}/jobs/{dead_id}")
+    driver.find_element(By.CSS_SELECTOR, '.act[data-action="replay"]').click()
+    assert driver.find_element(By.ID, "preview-count").text == "1"
+    assert job(db, dead_id)["status"] == "dead"
+    driver.save_screenshot(str(shots / "confirm.png"))
+    driver.find_element(By.ID, "confirm").click()
+    assert driver.find_element(By.ID, "done-count").text == "1"
+    last = events_of(db, dead_id)[-1]
+    assert (last["to_status"], last["actor"]) == ("queued", "web:token")
+
+    driver.get(base_url + "/runs")
+    assert "dead-letter replay" in driver.find_element(By.ID, "runs").text
+    driver.save_screenshot(str(shots / "runs.png"))
+
+
+def test_a_hostile_payload_is_text_in_the_browser(
+    driver: Any, base_url: str, db: Database, tmp_path: Path
+) -> None:
+    """<script> and an onerror image in a payload and an error: no alert, no element."""
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.by import By
+
+    hostile = '<script>alert(1)</script><img src=x onerror="alert(2)">'
+    job_id = insert_job(db, queue="q", kind=hostile, status="dead", attempt=3)
+    with db.transaction() as conn:
+        conn.execute(
+            text(
+                "UPDATE jobs SET payload = CAST(:p AS jsonb), last_error = CAST(:e AS jsonb) "
+                "WHERE id = :id"
+            ),
+            {"id": job_id, "p": json.dumps({"x": hostile}), "e": json.dumps({"message": hostile})},
+        )
+    for path in (f"/jobs/{job_id}", "/jobs", "/dead-letter"):
+        driver.get(base_url + path)
+        with pytest.raises(NoAlertPresentException):
+            driver.switch_to.alert.text  # noqa: B018 - reading it is what raises
+        assert browser.none_of(driver, "main img, main script")
+    driver.get(f"{base_url}/jobs/{job_id}")
+    assert "<script>alert(1)</script><img src=x" in driver.find_element(By.ID, "payload").text
+    driver.save_screenshot(str(browser.artifacts(tmp_path) / "hostile.png"))
