@@ -52,7 +52,7 @@ from reconciler.settings import Settings, describe_error, load_settings
 from reconciler.status import collect as collect_status
 from reconciler.status import render as render_status
 from reconciler.tasks import TASKS, TaskResult
-from reconciler.web.serve import add_web_command
+from reconciler.web.serve import add_web_command, cmd_web
 
 __all__ = ["main"]
 
@@ -518,8 +518,9 @@ def _main(argv: Sequence[str]) -> int:
         if args.needs == "schema":  # the operator's commands (reconciler/ops/)
             _require_schema(db, target)
             # Retry policies are the reconciler's own, for every profile (by kind, or task name).
-            shared = args.handler in PROFILE_FREE
-            profile = None if shared else _profile(settings, db, args.profile)
+            # The dashboard shows the reconciler's own jobs (profiles: not yet in it).
+            shared = args.handler in PROFILE_FREE or args.handler is cmd_web
+            profile = None if shared else _profile(settings, db, getattr(args, "profile", None))
             if profile is None:
                 _native_ids(args)
                 return int(args.handler(args, settings, db))
