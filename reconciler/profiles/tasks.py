@@ -59,6 +59,11 @@ def _procrastinate_sql(bound: Bound, name: str, db: Database) -> str:
 def unsupported(bound: Bound, task: str) -> str | None:
     """Why ``task`` has nothing to do on this profile's table, or None when it has."""
     p = bound.profile
+    if task == "reindex":
+        return (
+            "reindex rebuilds the reconciler's own indexes; a table it does not own is its"
+            " owner's to reindex"
+        )
     if p.kind == "procrastinate" and task in ("requeue", "dead-letter"):
         return (
             f"{task} has nothing to do for Procrastinate: it retries a failed attempt itself,"

@@ -411,3 +411,12 @@ def test_a_table_with_heartbeats_on_a_workers_table(
     }
     reasons = {r.job_id: r.reason for r in _ledger(db, "fleet-tasks")}
     assert reasons["3"]["worker_gone"] is True and reasons["1"]["worker_gone"] is False
+
+
+def test_reindex_leaves_a_profiles_table_to_its_owner(
+    db: Database, settings: Settings, schema: str
+) -> None:
+    bound = _table(db, "jobforge", schema)
+    result = run_task(db, settings, "reindex", profile=bound)
+    assert result.status == "ok" and result.changed == 0
+    assert "its owner's to reindex" in result.notes[0]
