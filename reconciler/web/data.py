@@ -42,7 +42,7 @@ class Source:
 
     def overview(self) -> dict[str, Any]:
         """The stats command's numbers over the last 24 h, and the status command's tasks."""
-        numbers = stats.collect(self.db, since=DAY, settings=self.settings)
+        numbers = stats.collect(self.db, since=DAY, settings=self.settings, per_kind=False)
         _, tasks = status.collect(self.db, self.schedule)
         return {**numbers, "tasks": tasks}
 
