@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 from sqlalchemy import text
 from starlette.testclient import TestClient
@@ -19,16 +20,35 @@ def _tile(html: str, status: str) -> int:
 
 
 def test_overview_tiles_equal_sql_counts(reader: TestClient, db: Database, seeded: object) -> None:
-    """Each status tile shows count(*) of that status; the dead-letter tile the dead jobs."""
+    """Each status tile shows count(*) of that status (succeeded and cancelled: finished in
+    the last 24 h); the dead-letter tile the dead jobs."""
     response = reader.get("/")
     assert response.status_code == 200
-    rows = db.rows("SELECT status, count(*) AS n FROM jobs GROUP BY 1")
+    rows = db.rows(
+        "SELECT status, count(*) AS n FROM jobs WHERE status NOT IN ('succeeded', 'cancelled')"
+        " OR finished_at >= now() - interval '24 hours' GROUP BY 1"
+    )
     counts: dict[str, int] = {r["status"]: r["n"] for r in rows}
     assert counts  # the seed has jobs
     for status in ("queued", "running", "succeeded", "failed", "stale", "dead", "cancelled"):
         assert _tile(response.text, status) == counts.get(status, 0)
     assert 'http-equiv="refresh"' in response.text
     assert "mark-stale" in response.text  # the tasks table
+
+
+def test_finished_tiles_count_the_last_24_hours_and_dead_counts_all(
+    reader: TestClient, db: Database
+) -> None:
+    """Succeeded and cancelled jobs are the bulk of a table kept 30 days: their tiles count
+    the last 24 h (index-bounded); the dead letter counts every dead job."""
+    now = db.now()
+    for status, age in (("succeeded", 1), ("succeeded", 48), ("cancelled", 48), ("dead", 48)):
+        insert_job(db, status=status, attempt=1, finished_at=now - timedelta(hours=age))
+    response = reader.get("/")
+    assert _tile(response.text, "succeeded") == 1
+    assert _tile(response.text, "cancelled") == 0
+    assert _tile(response.text, "dead") == 1
+    assert "succeeded (24 h)" in response.text
 
 
 def test_every_page_has_the_security_headers(reader: TestClient, seeded: object) -> None:
