@@ -327,6 +327,31 @@ class Settings(BaseSettings):
         "than this. 1h: a failover or an incident's pause lasts minutes; one left behind "
         "silently stops all work.",
     )
+    check_vacuum_lag: Duration = Field(
+        default=timedelta(hours=1),
+        description="`check` warns about a queue table whose dead rows are past its autovacuum "
+        "trigger and that has not been vacuumed for this long. 1h: autovacuum visits a busy "
+        "table within minutes (naptime 1m); an hour behind, every scan reads the dead rows.",
+    )
+    check_vacuum_min_dead: int = Field(
+        default=10_000,
+        ge=0,
+        description="...and only with at least this many dead rows: fewer cost a scan nothing "
+        "measurable, and a table never vacuumed yet (a new deployment) is not judged on a few.",
+    )
+    check_bloat_ratio: float = Field(
+        default=2.0,
+        ge=1,
+        description="`check` warns about a queue table or index this many times the size its "
+        "live rows need (estimated from the catalog). 2.0: half of it empty, the reindex "
+        "task's own threshold.",
+    )
+    check_bloat_min_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=0,
+        description="...when it is at least this many bytes. 8 MiB: smaller is cached whole, "
+        "and rebuilding it gains nothing measurable (the reindex task's threshold).",
+    )
     latency_targets: dict[str, Duration] = Field(
         default_factory=lambda: {
             "critical": timedelta(seconds=1),

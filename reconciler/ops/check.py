@@ -9,7 +9,9 @@ Conditions: failure rate of attempts in the window; backlog (jobs due for
 longer than the backlog age); dead-letter spike; probably dead workers; jobs
 running too long; maintenance tasks overdue by the daemon's schedule (as
 ``reconciler status`` judges it), never run, or failed in their last run;
-the oldest due job of each priority past its latency target. Paused queues
+the oldest due job of each priority past its latency target; autovacuum lag
+and table and index bloat of ``jobs`` and ``job_events``
+(:mod:`reconciler.ops.table_health`). Paused queues
 are left out of backlog and latency (they back up on purpose) and listed;
 after ``pause --all`` that is every queue, listed as "all queues".
 """
@@ -28,6 +30,7 @@ from reconciler.heartbeat import HeartbeatRule
 from reconciler.ops.confirm import OpsError
 from reconciler.ops.output import age, console, emit_json, table
 from reconciler.ops.pause import paused_queues, queue_label
+from reconciler.ops.table_health import HealthRules, table_health
 from reconciler.ops.vocabulary import PRIORITIES
 from reconciler.ops.workers import worker_report
 from reconciler.schedule import Schedule, ScheduleError, load_schedule
@@ -36,9 +39,22 @@ from reconciler.sqlfiles import query
 from reconciler.status import TaskStatus
 from reconciler.status import collect as collect_status
 
-__all__ = ["LEVELS", "Finding", "cmd_check", "evaluate"]
+__all__ = ["LEVELS", "QUEUE_TABLES", "Finding", "cmd_check", "evaluate", "health_rules"]
 
 LEVELS = {"ok": 0, "warning": 1, "critical": 2}
+
+# The tables whose bloat and autovacuum lag check judges: every job passes through both.
+QUEUE_TABLES = ("jobs", "job_events")
+
+
+def health_rules(settings: Settings) -> HealthRules:
+    """The table-health thresholds of ``settings``."""
+    return HealthRules(
+        settings.check_vacuum_lag,
+        settings.check_vacuum_min_dead,
+        settings.check_bloat_ratio,
+        settings.check_bloat_min_bytes,
+    )
 
 
 @dataclass(frozen=True)
@@ -120,6 +136,7 @@ def evaluate(
         latency = conn.execute(
             text(query("ops/check", "oldest_due_by_priority")), {"now": now}
         ).all()
+        health = table_health(conn, db.schema, QUEUE_TABLES, now, health_rules(s))
 
     total = attempts.succeeded + attempts.failed
     rate = attempts.failed / total if total else 0.0
@@ -210,6 +227,7 @@ def evaluate(
                 f"oldest due {name} job waits {age(wait)} (target {age(target)}; {row.due} due)",
             )
         )
+    findings.extend(Finding(*f) for f in health)
     pauses = paused_queues(db)
     everything = next((p for p in pauses if p["queue"] == "*"), None)
     if everything is not None:

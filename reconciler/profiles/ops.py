@@ -33,9 +33,10 @@ from reconciler.ops.changes import Change, apply
 from reconciler.ops.confirm import OpsError
 from reconciler.ops.output import emit_json, emit_json_lines
 from reconciler.ops.report import report_change
+from reconciler.ops.table_health import table_health
 from reconciler.profiles.live import Bound
 from reconciler.profiles.statements import fill, ident, markers
-from reconciler.profiles.tasks import search_path
+from reconciler.profiles.tasks import queue_tables, search_path
 from reconciler.runner import default_actor
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query
@@ -297,6 +298,14 @@ def foreign_check(args: argparse.Namespace, settings: Settings, db: Database, b:
         elif row["dead"] >= settings.check_dead_letter_warning:
             findings.append(f"{row['dead']} dead jobs")
             level = max(level, 1)
+    with db.transaction() as conn:
+        health = table_health(
+            conn, b.profile.schema, queue_tables(b.profile), db.now(), check.health_rules(settings)
+        )
+    for name, health_level, _, _, message in health:
+        if health_level != "ok":
+            findings.append(f"{name}: {message}")
+            level = max(level, check.LEVELS[health_level])
     status = ("ok", "warning", "critical")[level]
     if args.json:
         emit_json(

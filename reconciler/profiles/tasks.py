@@ -16,13 +16,21 @@ from typing import Any
 from reconciler.db import Database, quote_ident
 from reconciler.heartbeat import HeartbeatRule
 from reconciler.profiles.live import Bound
+from reconciler.profiles.model import Profile
 from reconciler.profiles.procrastinate import PURGE_RETENTION, functions
 from reconciler.profiles.statements import fill, ident, markers, render
 from reconciler.sqlfiles import locking, query
 from reconciler.tasks import vacuum_analyze
 from reconciler.tasks.base import TaskContext
 
-__all__ = ["execute", "statement", "unsupported"]
+__all__ = ["execute", "queue_tables", "statement", "unsupported"]
+
+
+def queue_tables(profile: Profile) -> tuple[str, ...]:
+    """The tables of ``profile.schema`` its queue churns: vacuumed, and judged by check."""
+    if profile.kind == "procrastinate":
+        return (profile.table, "procrastinate_events", "procrastinate_workers")
+    return (profile.table,)
 
 
 def search_path(db: Database, bound: Bound) -> str | None:
@@ -108,10 +116,7 @@ def execute(task: str, ctx: TaskContext, bound: Bound) -> None:
     elif task == "purge":
         _purge(ctx, bound, binds)
     elif task == "vacuum-analyze":
-        tables = [p.table]
-        if p.kind == "procrastinate":
-            tables += ["procrastinate_events", "procrastinate_workers"]
-        ctx.params = {**ctx.params, "schema": p.schema, "tables": tables}
+        ctx.params = {**ctx.params, "schema": p.schema, "tables": list(queue_tables(p))}
         vacuum_analyze.execute(ctx)
     else:
         raise KeyError(f"unknown task {task!r}")

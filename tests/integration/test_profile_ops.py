@@ -7,6 +7,7 @@ way to get a profile wrong answered with one line, exit 2, nothing changed.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -312,3 +313,21 @@ def test_an_id_column_that_is_not_unique_is_refused(
     code, _out, err = cli("run", "mark-stale")
     assert code == 2 and "has no primary key or unique index of its own" in err, err
     assert _sql(db, "SELECT count(*) FROM loose WHERE state = 'run'") == [(2,)]
+
+
+def test_check_judges_the_profiles_table_health(
+    cli: CliRun, db: Database, schema: str, pg_url: str, ai: dict[str, str]
+) -> None:
+    """An INVALID index left on the profile's own table (an interrupted concurrent build)
+    is a check finding on that profile: exit 1, the index named."""
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(
+                f'CREATE UNIQUE INDEX CONCURRENTLY ai_leftover ON "{schema}".ai_course_jobs'
+                " (job_type)"
+            )
+    code, out, err = cli("check", "--json")
+    assert code == 1, out + err
+    assert any("ai_leftover is INVALID" in f for f in json.loads(out)["findings"])

@@ -125,6 +125,10 @@ def test_ops_setting_defaults() -> None:
         "check_slow_job_age": timedelta(hours=1),
         "check_latency_critical_factor": 10.0,
         "check_pause_all_age": timedelta(hours=1),
+        "check_vacuum_lag": timedelta(hours=1),
+        "check_vacuum_min_dead": 10_000,
+        "check_bloat_ratio": 2.0,
+        "check_bloat_min_bytes": 8 * 1024 * 1024,
     }
 
 
