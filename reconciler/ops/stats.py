@@ -1,6 +1,9 @@
 """``reconciler stats``: the queue at a glance, as the runbooks' dashboards show it.
 
-Read-only. Depth by queue, priority and status; per queue and priority the
+Read-only. Depth by queue, priority and status (live and dead jobs all of them;
+succeeded and cancelled ones finished since ``--since``, so the read is bounded by
+the queue and the window, not by retention; the whole table's size is the
+planner's estimate); per queue and priority the
 oldest due job's wait against the priority's latency target (critical < 1 s,
 high < 5 s, default < 30 s, low < 2 min, bulk best effort); status changes
 per hour; average and p95 duration and failure rate by kind, since
@@ -52,6 +55,7 @@ def collect(
 
     with db.transaction() as conn:
         depth = rows("depth") if whole_depth else []
+        size = rows("table_size")
         oldest = rows("oldest_due")
         throughput = rows("throughput")
         durations = rows("durations") if per_kind else []
@@ -65,6 +69,7 @@ def collect(
         "now": now,
         "since": now - since,
         "depth": depth,
+        "jobs_estimate": size[0]["jobs_estimate"] if size else None,
         "oldest_due": oldest,
         "throughput": throughput,
         "durations": durations,
@@ -84,7 +89,13 @@ def render(stats: dict[str, Any]) -> Group:
     parts: list[Any] = [
         table(
             f"depth by queue and priority at {stats['now']:%Y-%m-%d %H:%M:%S}"
-            + (" (ALL QUEUES PAUSED)" if every else ""),
+            + (" (ALL QUEUES PAUSED)" if every else "")
+            + f"; succeeded and cancelled: finished since {stats['since']:%Y-%m-%d %H:%M}"
+            + (
+                f"; about {stats['jobs_estimate']:,} jobs in the table"
+                if stats.get("jobs_estimate") is not None
+                else ""
+            ),
             ("queue", "priority", *statuses),
             [
                 (

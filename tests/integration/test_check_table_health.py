@@ -93,14 +93,14 @@ def test_never_vacuumed_with_dead_rows_is_a_warning(
     assert "never vacuumed" in message and "autovacuum is off for this table" in message
 
 
-def test_few_dead_rows_are_not_judged(db: Database, settings: Settings, db_now: datetime) -> None:
+def test_few_dead_rows_are_not_judged(
+    db: Database, settings: Settings, db_now: datetime, pg_url: str
+) -> None:
     """Below RECONCILER_CHECK_VACUUM_MIN_DEAD a table is not judged, whatever its trigger."""
     _churn(db, 2_000, keep=0)
     _dead_rows_seen(db, 2_000)
     assert _by_name(db, settings, db_now)["autovacuum_lag"][0] == "ok"
-    low = make_settings(
-        settings.database_url.get_secret_value(), db.schema, check_vacuum_min_dead=1
-    )
+    low = make_settings(pg_url, db.schema, check_vacuum_min_dead=1)
     assert _by_name(db, low, db_now)["autovacuum_lag"][0] == "warning"
 
 
@@ -129,9 +129,7 @@ def test_table_and_index_bloat(
     found = _by_name(db, settings, db_now)
     # The default floor (8 MiB) is above this small table: not worth a warning.
     assert found["table_bloat"][0] == "ok"
-    small = make_settings(
-        settings.database_url.get_secret_value(), db.schema, check_bloat_min_bytes=0
-    )
+    small = make_settings(pg_url, db.schema, check_bloat_min_bytes=0)
     found = _by_name(db, small, db_now)
     level, message = found["table_bloat"]
     assert level == "warning" and message.startswith("jobs ") and "its 500 rows" in message
@@ -146,8 +144,8 @@ def test_invalid_index_leftover(
     with db.transaction() as conn:
         conn.execute(
             text(
-                "INSERT INTO jobs (kind, queue, status, max_attempts) VALUES ('a', 'q', 'queued', 3),"
-                " ('b', 'q', 'queued', 3)"
+                "INSERT INTO jobs (kind, queue, status, max_attempts)"
+                " VALUES ('a', 'q', 'queued', 3), ('b', 'q', 'queued', 3)"
             )
         )
     with psycopg.connect(pg_url, autocommit=True) as conn:

@@ -322,12 +322,13 @@ def test_check_judges_the_profiles_table_health(
     is a check finding on that profile: exit 1, the index named."""
     import psycopg
 
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        with pytest.raises(psycopg.errors.UniqueViolation):
-            conn.execute(
-                f'CREATE UNIQUE INDEX CONCURRENTLY ai_leftover ON "{schema}".ai_course_jobs'
-                " (job_type)"
-            )
+    with (
+        psycopg.connect(pg_url, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.UniqueViolation),
+    ):
+        conn.execute(
+            f'CREATE UNIQUE INDEX CONCURRENTLY ai_leftover ON "{schema}".ai_course_jobs (job_type)'
+        )
     code, out, err = cli("check", "--json")
     assert code == 1, out + err
     assert any("ai_leftover is INVALID" in f for f in json.loads(out)["findings"])
