@@ -15,6 +15,7 @@ transition), so purge deletes events as it would in production.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -23,7 +24,14 @@ from sqlalchemy import text
 
 from reconciler.db import Database
 
-__all__ = ["LIVE_ROWS", "add_eligible", "add_idle", "vacuum_analyze"]
+__all__ = [
+    "LIVE_ROWS",
+    "add_eligible",
+    "add_idle",
+    "eligible_rows",
+    "insert_rows",
+    "vacuum_analyze",
+]
 
 _MINUTE, _HOUR, _DAY = timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
 
@@ -83,7 +91,7 @@ LIVE_ROWS = (
 )
 
 
-def _insert(db: Database, now: datetime, rows: list[_Rows]) -> None:
+def insert_rows(db: Database, now: datetime, rows: list[_Rows]) -> None:
     with db.transaction(statement_timeout=timedelta(minutes=30)) as conn:
         last = conn.execute(text("SELECT coalesce(max(id), 0) FROM jobs")).scalar_one()
         for r in rows:
@@ -111,30 +119,39 @@ def add_idle(db: Database, now: datetime, count: int, *, live: bool) -> None:
         _Rows("cancelled", finished // 10, newest=_MINUTE, span=29 * _DAY),
         _Rows("dead", finished - finished * 9 // 10, newest=_MINUTE, span=89 * _DAY),
     ]
-    _insert(db, now, rows)
+    insert_rows(db, now, rows)
 
 
-def add_eligible(db: Database, now: datetime, per_task: int) -> None:
-    """Add ``per_task`` jobs eligible for each of mark-stale, requeue, dead-letter and purge."""
-    half, fifth = per_task // 2, per_task // 5
-    _insert(
-        db,
-        now,
-        [
-            # mark-stale: no heartbeat for 10 minutes to an hour (timeout 5 min).
-            _Rows("running", per_task, newest=10 * _MINUTE, span=50 * _MINUTE),
-            # requeue: attempts left, failed an hour to a day ago (backoff at most 5 min).
+def eligible_rows(task: str, n: int) -> list[_Rows]:
+    """``n`` jobs eligible for ``task`` at now."""
+    half, fifth = n // 2, n // 5
+    return {
+        # mark-stale: no heartbeat for 10 minutes to an hour (timeout 5 min).
+        "mark-stale": [_Rows("running", n, newest=10 * _MINUTE, span=50 * _MINUTE)],
+        # requeue: attempts left, failed an hour to a day ago (backoff at most 5 min).
+        "requeue": [
             _Rows("failed", half, newest=_HOUR, span=23 * _HOUR),
-            _Rows("stale", per_task - half, newest=_HOUR, span=23 * _HOUR),
-            # dead-letter: no attempts left.
+            _Rows("stale", n - half, newest=_HOUR, span=23 * _HOUR),
+        ],
+        # dead-letter: no attempts left.
+        "dead-letter": [
             _Rows("failed", half, newest=_HOUR, span=23 * _HOUR, attempt=3),
-            _Rows("stale", per_task - half, newest=_HOUR, span=23 * _HOUR, attempt=3),
-            # purge: past their retention by a day to three months.
-            _Rows("succeeded", per_task - 2 * fifth, newest=31 * _DAY, span=90 * _DAY),
+            _Rows("stale", n - half, newest=_HOUR, span=23 * _HOUR, attempt=3),
+        ],
+        # purge: past their retention by a day to three months.
+        "purge": [
+            _Rows("succeeded", n - 2 * fifth, newest=31 * _DAY, span=90 * _DAY),
             _Rows("cancelled", fifth, newest=31 * _DAY, span=90 * _DAY),
             _Rows("dead", fifth, newest=91 * _DAY, span=90 * _DAY),
         ],
-    )
+    }[task]
+
+
+def add_eligible(db: Database, now: datetime, per_task: int, tasks: Sequence[str] = ()) -> None:
+    """Add ``per_task`` jobs eligible for each of ``tasks`` (default: mark-stale, requeue,
+    dead-letter and purge)."""
+    chosen = tasks or ("mark-stale", "requeue", "dead-letter", "purge")
+    insert_rows(db, now, [rows for task in chosen for rows in eligible_rows(task, per_task)])
 
 
 def vacuum_analyze(db: Database) -> None:
