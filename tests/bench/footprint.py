@@ -16,7 +16,9 @@ second: resident memory (VmRSS) and CPU time (utime + stime). Two phases of
 
 Printed per phase: RSS at its start, median, maximum and end (growth is a
 leak's signature), CPU as a share of one core, and the runs the daemon
-recorded. A measurement, not a test: Linux only (``/proc``).
+recorded; then the WAL the server wrote per job under load (every statement
+of the job's life: enqueue, claim, completion or failure, the daemon's
+transitions, their events). A measurement, not a test: Linux only (``/proc``).
 """
 
 from __future__ import annotations
@@ -92,6 +94,18 @@ def _watch(pid: int, seconds: float) -> tuple[list[Sample], float]:
 def _runs(db: Database) -> int:
     with db.transaction() as conn:
         return int(conn.execute(text("SELECT count(*) FROM runs")).scalar_one())
+
+
+def _wal_and_jobs(db: Database) -> tuple[int, int]:
+    """The server's WAL position (bytes) and the jobs enqueued so far (the id sequence)."""
+    with db.transaction() as conn:
+        row = conn.execute(
+            text(
+                "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn,"
+                " (SELECT coalesce(max(id), 0) FROM jobs)"
+            )
+        ).one()
+    return int(row[0]), int(row[1])
 
 
 def _load(dsn: str, rate: float, workers: int, stop: threading.Event) -> list[threading.Thread]:
@@ -181,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         phases.append(Phase("idle", samples, seconds, _runs(db) - before))
         _say(f"load: {args.rate:g} jobs/s, {args.workers} workers, for {args.seconds:g} s")
         stop = threading.Event()
+        wal0, jobs0 = _wal_and_jobs(db)
         threads = _load(dsn, args.rate, args.workers, stop)
         before = _runs(db)
         try:
@@ -190,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for t in threads:
                 t.join()
         phases.append(Phase("load", samples, seconds, _runs(db) - before))
+        wal1, jobs1 = _wal_and_jobs(db)
         with db.transaction() as conn:
             moved = conn.execute(
                 text(
@@ -214,6 +230,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print("\n".join(p.line() for p in phases))
     print("moved by the daemon under load: " + ", ".join(f"{t} {n:,}" for t, n in moved))
+    jobs = max(1, jobs1 - jobs0)
+    print(
+        f"WAL written under load: {(wal1 - wal0) / 1024 / 1024:,.1f} MiB for {jobs:,} jobs"
+        f" enqueued, {(wal1 - wal0) / jobs / 1024:,.1f} KiB a job (the whole server's WAL,"
+        " with the workers' claims, heartbeats, completions and the daemon's work)"
+    )
     return 0
 
 
