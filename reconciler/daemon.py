@@ -221,6 +221,7 @@ class Daemon:
                 entry.task,
                 batch_size=entry.batch_size,
                 time_budget=entry.time_budget,
+                batch_pause=entry.batch_pause,
                 should_stop=self.stopping.is_set,
                 on_start=monitor.started if monitor else None,
                 holder=self.holder,

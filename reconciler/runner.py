@@ -74,6 +74,7 @@ def run_task(
     now: datetime | None = None,
     batch_size: int | None = None,
     time_budget: timedelta | None = None,
+    batch_pause: float | None = None,
     actor: str | None = None,
     params: Mapping[str, Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -98,6 +99,7 @@ def run_task(
     ``holder`` names the lease's holder, by default unique to this run; the
     daemon, which never runs a task twice at once by itself, passes one name
     for its whole life, so it can take back a lease it could not release.
+    ``batch_pause`` overrides RECONCILER_BATCH_PAUSE (a schedule entry's own).
     ``profile`` is the queue table to work on when it is not the reconciler's own
     (reconciler/profiles/): the run is recorded with the profile's name, takes the lease
     ``TASK@PROFILE``, and runs the profile's statements.
@@ -156,7 +158,7 @@ def run_task(
         adaptive=batch_size is None,
         batch_target=settings.batch_target,
         batch_max=settings.batch_max,
-        batch_pause=settings.batch_pause,
+        batch_pause=settings.batch_pause if batch_pause is None else batch_pause,
     )
     status: RunStatus = "ok"
     error: str | None = None

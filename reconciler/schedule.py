@@ -4,7 +4,7 @@
 points at another. Each table names a task and has ``every = "30s"`` (an
 interval) or ``cron = "17 3 * * *"`` (a crontab line, UTC), an optional
 ``enabled`` flag and ``jitter``, and an optional ``[TASK.params]`` table of
-per-task overrides (``batch_size``, ``time_budget``). The file is checked
+per-task overrides (``batch_size``, ``time_budget``, ``batch_pause``). The file is checked
 strictly, because a typo in a schedule silently stops a task: an unknown task
 or key, a bad duration or cron expression is a :class:`ScheduleError` whose
 one-line message names the file, the line, the key and what is wrong.
@@ -47,7 +47,9 @@ __all__ = [
 ]
 
 KEYS = ("every", "cron", "enabled", "jitter", "params")
-PARAM_KEYS = ("batch_size", "time_budget")
+PARAM_KEYS = ("batch_size", "time_budget", "batch_pause")
+# A batch_pause above this is a typo: a task resting 100 times its work barely moves.
+MAX_BATCH_PAUSE = 100.0
 # An interval task starts up to a tenth of its interval late, at most 5 s: enough to
 # spread replicas that started together, never enough to matter to the schedule.
 MAX_INTERVAL_JITTER = timedelta(seconds=5)
@@ -75,6 +77,9 @@ class Entry:
     jitter: timedelta | None = None
     batch_size: int | None = None
     time_budget: timedelta | None = None
+    # After each batch the task rests this many times the batch's duration; None:
+    # RECONCILER_BATCH_PAUSE.
+    batch_pause: float | None = None
     # The profile the daemon runs this entry for (RECONCILER_PROFILES): one entry per
     # task and profile, each its own scheduler job.
     profile: str = "native"
@@ -148,6 +153,8 @@ class Entry:
             params["batch_size"] = self.batch_size
         if self.time_budget is not None:
             params["time_budget"] = format_duration(self.time_budget)
+        if self.batch_pause is not None:
+            params["batch_pause"] = self.batch_pause
         return params
 
     def monitor_config(self, max_runtime: timedelta) -> dict[str, Any]:
@@ -261,7 +268,21 @@ def _entry(task: str, body: dict[str, Any], fail: Any) -> Entry:
         time_budget = _duration(
             params["time_budget"], lambda m: fail(f"{task}.params", "time_budget", m)
         )
-    return Entry(task, every, cron, enabled, jitter, batch_size, time_budget)
+    batch_pause = params.get("batch_pause")
+    if batch_pause is not None:
+        if (
+            isinstance(batch_pause, bool)
+            or not isinstance(batch_pause, int | float)
+            or not 0 <= batch_pause <= MAX_BATCH_PAUSE
+        ):
+            raise fail(
+                f"{task}.params",
+                "batch_pause",
+                f"must be a number from 0 to {MAX_BATCH_PAUSE:g} (times the batch's duration),"
+                f" not {batch_pause!r}",
+            )
+        batch_pause = float(batch_pause)
+    return Entry(task, every, cron, enabled, jitter, batch_size, time_budget, batch_pause)
 
 
 def _duration(value: Any, fail: Any, *, zero_ok: bool = False) -> timedelta:

@@ -131,11 +131,19 @@ class TaskContext:
 
     def _pause(self, seconds: float) -> None:
         """Rest between batches (RECONCILER_BATCH_PAUSE), cut short by a shutdown."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            if self.should_stop is not None and self.should_stop():
-                return
-            time.sleep(min(left, 0.05))
+        begun = time.monotonic()
+        deadline = begun + seconds
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                if self.should_stop is not None and self.should_stop():
+                    return
+                time.sleep(min(left, 0.05))
+        finally:
+            # The run's record says how long it rested: its pacing, next to its work.
+            rested = round((time.monotonic() - begun) * 1000)
+            if rested:
+                details = self.progress.details
+                details["paused_ms"] = details.get("paused_ms", 0) + rested
 
     def renew_lease(self, conn: Connection) -> None:
         """Renew the task's lease in ``conn``'s transaction; LeaseLost rolls it back."""

@@ -90,3 +90,20 @@ def test_the_pause_between_batches_ends_at_shutdown(db: Database, pg_url: str) -
     stop.set()
     resting.join(timeout=60)
     assert not resting.is_alive()
+
+
+def test_a_runs_own_batch_pause_overrides_the_setting(
+    db: Database, pg_url: str, schema: str, db_now: datetime
+) -> None:
+    """run_task(batch_pause=...) (a schedule entry's params) replaces RECONCILER_BATCH_PAUSE:
+    0 rests not at all; 1 rests between batches, and the run's details say how long."""
+    settings = make_settings(pg_url, schema, batch_pause=1)
+    _silent_jobs(db, db_now, 30)
+    result = run_task(db, settings, "mark-stale", now=db_now, batch_size=10, batch_pause=0)
+    assert (result.changed, result.batches) == (30, 4)
+    assert "paused_ms" not in result.details
+    _silent_jobs(db, db_now, 30)
+    settings = make_settings(pg_url, schema, batch_pause=0)
+    result = run_task(db, settings, "mark-stale", now=db_now, batch_size=10, batch_pause=1)
+    assert (result.changed, result.batches) == (30, 4)
+    assert result.details["paused_ms"] > 0

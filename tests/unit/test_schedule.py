@@ -49,14 +49,15 @@ def test_entry_with_params_jitter_and_disabled() -> None:
     """Every key of an entry is read."""
     schedule = parse_schedule(
         '[requeue]\nevery = "5s"\nenabled = false\njitter = "0s"\n'
-        '[requeue.params]\nbatch_size = 50\ntime_budget = "3s"\n',
+        '[requeue.params]\nbatch_size = 50\ntime_budget = "3s"\nbatch_pause = 2\n',
         FILE,
     )
     (entry,) = schedule.entries
     assert entry == Entry(
         "requeue", every=timedelta(seconds=5), enabled=False, jitter=timedelta(0),
-        batch_size=50, time_budget=timedelta(seconds=3),
+        batch_size=50, time_budget=timedelta(seconds=3), batch_pause=2.0,
     )  # fmt: skip
+    assert entry.params_dict()["batch_pause"] == 2.0
     assert schedule.enabled() == []
 
 
@@ -90,6 +91,18 @@ def test_entry_with_params_jitter_and_disabled() -> None:
             "line 4: [purge.params] batch_size: must be a whole number from 1 to 100000",
         ),
         ('every = "1m"\n', "sched.toml: line 1: every: unknown top-level key"),
+        (
+            '[purge]\nevery = "1m"\n[purge.params]\nbatch_pause = -1\n',
+            "[purge.params] batch_pause: must be a number from 0 to 100",
+        ),
+        (
+            '[purge]\nevery = "1m"\n[purge.params]\nbatch_pause = nan\n',
+            "[purge.params] batch_pause: must be a number from 0 to 100",
+        ),
+        (
+            '[purge]\nevery = "1m"\n[purge.params]\nbatch_pause = "2"\n',
+            "[purge.params] batch_pause: must be a number from 0 to 100",
+        ),
         # Hostile values: NaN, infinities, absurd numbers, bytes TOML cannot hold.
         ('[requeue]\nevery = "nan"\n', "[requeue] every: cannot read duration 'nan'"),
         ('[requeue]\nevery = "1s"\njitter = nan\n', "[requeue] jitter: must be a duration"),
