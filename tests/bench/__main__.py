@@ -55,6 +55,12 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--batch-size", type=int, default=None, help="rows per batch (the settings' default)"
     )
+    parser.add_argument(
+        "--batch-pause",
+        type=float,
+        default=0.0,
+        help="rest this many times each batch's duration after it (0: the batching cost alone)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the schemas afterwards")
     args = parser.parse_args(argv)
     if args.rows < SMALL_ROWS:
@@ -137,12 +143,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The figures are for the defaults: no RECONCILER_* variable of the shell applies.
     for name in [n for n in os.environ if n.startswith("RECONCILER_")]:
         del os.environ[name]
-    overrides = {"batch_size": args.batch_size} if args.batch_size else {}
+    # Full runs measure what batching costs against one transaction, so they do not rest
+    # between batches (RECONCILER_BATCH_PAUSE; python -m tests.bench.interference measures
+    # what resting buys the workers) unless --batch-pause says so.
+    overrides: dict[str, object] = {"batch_pause": args.batch_pause}
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
         database_url=SecretStr(args.url),
         schema_name=SCHEMA,
-        **overrides,
+        **overrides,  # type: ignore[arg-type]
     )
     url = normalise_url(args.url)
     db = _connect(url, SCHEMA, settings)
@@ -186,7 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"reconciler benchmark: PostgreSQL {version}, {os.cpu_count()} CPUs "
         f"(load average {os.getloadavg()[1]:.1f} over the last 5 minutes), "
-        f"batch size {settings.batch_size}, {elapsed:.0f} s in all"
+        f"first batch {settings.batch_size} (then sized toward"
+        f" {settings.batch_target.total_seconds() * 1000:g} ms), pause {settings.batch_pause:g},"
+        f" {elapsed:.0f} s in all"
     )
     print(
         f"Tables: {SMALL_ROWS:,} and {args.rows:,} jobs, all but {live:,} live ones "
