@@ -22,6 +22,7 @@ from reconciler.migrate import migrate
 from reconciler.settings import Settings
 from tests.bench.fill import LIVE_ROWS, add_eligible, add_idle, vacuum_analyze
 from tests.bench.measure import IDLE_REPEATS, FullRun, Idle, full_run, idle_runs
+from tests.bench.reads import READ_REPEATS, ReadTime, read_times
 from tests.bench.statements import TRANSITION_TASKS
 from tests.bench.web import PAGE_REPEATS, PageTime, page_times
 
@@ -95,6 +96,16 @@ def _pages_table(pages: list[PageTime], rows: int) -> list[str]:
         f"{'page':<40} {'100k':>8} {big:>8}",
     ]
     lines += [f"{p.page:<40} {p.ms[0]:>8.1f} {p.ms[1]:>8.1f}" for p in pages]
+    return lines
+
+
+def _reads_table(reads: list[ReadTime], rows: int) -> list[str]:
+    big = f"{rows // 1000:,}k" if rows < 1_000_000 else f"{rows / 1_000_000:g}M"
+    lines = [
+        f"Operator reads (check, stats), median of {READ_REPEATS}, milliseconds",
+        f"{'read':<40} {'100k':>8} {big:>8}",
+    ]
+    lines += [f"{r.read:<40} {r.ms[0]:>8.1f} {r.ms[1]:>8.1f}" for r in reads]
     return lines
 
 
@@ -174,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         idle = {task: idle_runs([small_db, db], settings, task, now) for task in TRANSITION_TASKS}
         _say("dashboard pages, taking turns between the two tables")
         pages = page_times([small_db, db], settings)
+        _say("check and stats, taking turns between the two tables")
+        reads = read_times([small_db, db], settings)
         _drop(small_db)
         per_task = round(args.rows * args.eligible_pct / 100)
         _say(f"adding {per_task:,} eligible jobs per task to {SCHEMA}")
@@ -213,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(_full_table(runs)))
     print()
     print("\n".join(_pages_table(pages, args.rows)))
+    print()
+    print("\n".join(_reads_table(reads, args.rows)))
     return 0
 
 
