@@ -30,6 +30,7 @@ from reconciler.leases import TaskBusy
 from reconciler.ops.confirm import OpsError
 from reconciler.ops.export import record_export, write_export
 from reconciler.ops.filter import JobFilter
+from reconciler.ops.listing import SEARCH_EXAMINES
 from reconciler.ops.output import jsonable
 from reconciler.ops.pause import queue_label
 from reconciler.ops.vocabulary import PRIORITIES, STATUSES
@@ -192,19 +193,33 @@ def build_app(source: Source, auth: Auth) -> Starlette:
         params = request.query_params
         job_filter, priorities, error_text = _filter(params)
         before = _int_param(params, "before")
+        # An error-text search reads a bounded window, the newest jobs below the page's
+        # position (ILIKE has no index); the next page searches the window below it.
+        floor = source.search_floor(before) if error_text else None
         rows = source.jobs(
             job_filter,
             limit=PAGE + 1,
             priorities=priorities,
             error_text=error_text,
             before_id=before,
+            floor_id=floor,
         )
         more = len(rows) > PAGE
         rows = rows[:PAGE]
         kept = {k: v for k, v in params.items() if k != "before" and v}
-        next_url = f"/jobs?{urlencode({**kept, 'before': rows[-1]['id']})}" if more else None
+        after = rows[-1]["id"] if more else floor
+        next_url = f"/jobs?{urlencode({**kept, 'before': after})}" if after else None
+        searched = None
+        if error_text and not more:
+            searched = {"rows": SEARCH_EXAMINES, "floor": floor, "before": before}
         return render(
-            request, "jobs.html", rows=rows, params=params, next_url=next_url, statuses=STATUSES
+            request,
+            "jobs.html",
+            rows=rows,
+            params=params,
+            next_url=next_url,
+            statuses=STATUSES,
+            searched=searched,
         )
 
     def job(request: Request) -> Response:

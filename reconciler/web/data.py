@@ -21,7 +21,7 @@ from reconciler.heartbeat import spliced
 from reconciler.ops import stats
 from reconciler.ops.dead_letter import dead_errors
 from reconciler.ops.filter import JobFilter
-from reconciler.ops.listing import list_jobs
+from reconciler.ops.listing import list_jobs, search_floor
 from reconciler.schedule import Schedule
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query
@@ -58,6 +58,7 @@ class Source:
         priorities: Sequence[int] = (),
         error_text: str | None = None,
         before_id: int | None = None,
+        floor_id: int | None = None,
     ) -> list[dict[str, Any]]:
         return list_jobs(
             self.db,
@@ -66,7 +67,11 @@ class Source:
             priorities=priorities,
             error_text=error_text,
             before_id=before_id,
+            floor_id=floor_id,
         )
+
+    def search_floor(self, before_id: int | None) -> int | None:
+        return search_floor(self.db, before_id=before_id)
 
     def job(self, job_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """``jobs show``: the job (None if there is none) and its whole event history."""
