@@ -92,12 +92,14 @@ class Source:
         return dead_errors(self.db, job_filter)
 
     def runs(
-        self, *, task: str | None, before_id: int | None, limit: int
+        self, *, task: str | None, before_id: int | None, limit: int, profile: str | None = None
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The runs history (newest first) and per task its runs of the last 24 h by status."""
+        """The runs history (newest first) and per task its runs of the last 24 h by status;
+        ``profile``: only the runs for that profile's table (None: every run)."""
         now: datetime = self.db.now()
         history = self.db.rows(
-            query("web/runs", "history"), {"task": task, "before_id": before_id, "limit": limit}
+            query("web/runs", "history"),
+            {"task": task, "before_id": before_id, "limit": limit, "profile": profile},
         )
-        counts = self.db.rows(query("web/runs", "counts"), {"since": now - DAY})
+        counts = self.db.rows(query("web/runs", "counts"), {"since": now - DAY, "profile": profile})
         return history, counts
