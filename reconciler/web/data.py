@@ -2,8 +2,8 @@
 
 Every page asks a Source, and a Source asks the readers the CLI commands use
 (``status``, ``stats``, ``jobs list``, ``jobs show``, ``dead-letter errors``);
-the one query of its own, the runs history, is in ``sql/web/runs.sql``. This is
-the seam for profiles: a profile selector picks another Source.
+the one query of its own, the runs history, is in ``sql/web/runs.sql``. A
+profile's table is read by reconciler/web/profiles.py instead.
 """
 
 from __future__ import annotations
