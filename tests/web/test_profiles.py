@@ -315,3 +315,20 @@ def test_procrastinate_pages_and_reset_stuck(
     ]
     history = pq_client.get(f"/jobs/{doing}", params=choose).text
     assert "web:token" in history and "doing" in history
+    runs = pq_client.get("/runs", params=choose).text
+    assert re.search(r"<td>mark-stale</td>.*<td>web:token</td>", runs, re.S)
+    assert "mark-stale" not in pq_client.get("/runs", params={"profile": "native"}).text
+
+
+def test_procrastinate_jobs_page_by_id_newest_first(pq_client: TestClient, pq: Pq) -> None:
+    """Procrastinate's jobs have no created_at column in the profile: pages by id, newest
+    first, each job once."""
+    deferred = [pq.defer() for _ in range(60)]
+    seen: list[str] = []
+    url: str | None = "/jobs?profile=procrastinate"
+    while url:
+        page = pq_client.get(url).text
+        seen += _job_links(page)
+        found = re.search(r'<a href="([^"]+)" id="next-page">', page)
+        url = found.group(1).replace("&amp;", "&") if found else None
+    assert seen == [str(i) for i in sorted(deferred, reverse=True)]
