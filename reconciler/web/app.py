@@ -194,6 +194,17 @@ def build_app(source: Source, auth: Auth) -> Starlette:
                 return problem(request, str(exc), 400, choice)
             except (OpsError, ProfileError) as exc:
                 return problem(request, str(exc), 409, choice)
+            except DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
+                    raise
+                # A profile's table the dashboard's role was not granted (its owner's to grant).
+                denied = str(exc.orig).splitlines()[0]
+                return problem(
+                    request,
+                    f"the dashboard's database role may not read this: {denied}",
+                    403,
+                    choice,
+                )
 
         return endpoint
 
