@@ -518,7 +518,7 @@ def _main(argv: Sequence[str]) -> int:
         if args.needs == "schema":  # the operator's commands (reconciler/ops/)
             _require_schema(db, target)
             # Retry policies are the reconciler's own, for every profile (by kind, or task name).
-            # The dashboard shows the reconciler's own jobs (profiles: not yet in it).
+            # The dashboard picks its profile per request (?profile=NAME, reconciler/web/).
             shared = args.handler in PROFILE_FREE or args.handler is cmd_web
             profile = None if shared else _profile(settings, db, getattr(args, "profile", None))
             if profile is None:

@@ -42,6 +42,7 @@ class Bound:
     status_type: str  # the status column's type, as format_type() spells it (quoted)
     column_types: dict[str, str]
     enum_labels: tuple[str, ...] | None  # the status enum's labels; None when not an enum
+    id_type: str = "text"  # the id column's type, for a cast (format_type, or qualified)
 
 
 def bind(db: Database, profile: Profile) -> Bound:
@@ -112,6 +113,7 @@ def bind(db: Database, profile: Profile) -> Bound:
         status_type=status_type,
         column_types={name: kind for name, (kind, _) in columns.items()},
         enum_labels=labels,
+        id_type=columns[profile.id][1],
     )
 
 

@@ -2,7 +2,9 @@
 
 ``stats``, ``jobs list/show/requeue/retry-failed/cancel/reset-stuck``,
 ``errors``, ``purge``, ``check`` and ``workers`` (where the table has a
-worker column). The CLI's one dispatch (reconciler/cli.py) sends a command
+worker column). Each command is a reader or a change builder (``list_jobs``,
+``requeue_change``, ...) and a printer: the dashboard (reconciler/web/)
+calls the same readers and builders. The CLI's one dispatch (reconciler/cli.py) sends a command
 here when ``--profile`` (or the only configured profile) is not ``native``;
 :data:`HANDLERS` maps each native command's function to its counterpart, and
 a command with none (``enqueue``, ``dead-letter export``, ...) is refused
@@ -21,7 +23,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -35,13 +37,30 @@ from reconciler.ops.output import emit_json, emit_json_lines
 from reconciler.ops.report import report_change
 from reconciler.ops.table_health import table_health
 from reconciler.profiles.live import Bound
-from reconciler.profiles.statements import fill, ident, markers
+from reconciler.profiles.statements import fill, for_text, ident, markers
 from reconciler.profiles.tasks import queue_tables, search_path
 from reconciler.runner import default_actor
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query
+from reconciler.tasks import Task, TaskResult
 
-__all__ = ["HANDLERS", "PROFILE_FREE", "Handler", "unsupported"]
+__all__ = [
+    "HANDLERS",
+    "PROFILE_FREE",
+    "Handler",
+    "apply_change",
+    "cancel_change",
+    "change_statuses",
+    "check_counts",
+    "error_groups",
+    "filter_binds",
+    "list_jobs",
+    "requeue_change",
+    "reset_stuck_task",
+    "show_job",
+    "stats_rows",
+    "unsupported",
+]
 
 Handler = Callable[[argparse.Namespace, Settings, Database, Bound], int]
 
@@ -65,7 +84,14 @@ def _sql(bound: Bound, name: str) -> str:
         f"least({since}, CAST(:now AS timestamptz))" if since else "NULL::timestamptz"
     )
     values["newest_first"] = (
-        f"{created} DESC, j.{ident(p.id)}" if created else f"j.{ident(p.id)} DESC"
+        f"{created} DESC, j.{ident(p.id)} DESC" if created else f"j.{ident(p.id)} DESC"
+    )
+    # Bound as text everywhere (one parameter, one type), then cast to the id's own type.
+    key = f"CAST(CAST(:k_id AS text) AS {for_text(bound.id_type)})"
+    values["after_key"] = (
+        f"({created}, j.{ident(p.id)}) < (CAST(:k_at AS timestamptz), {key})"
+        if created
+        else f"j.{ident(p.id)} < {key}"
     )
     if p.worker_table is not None:
         values["silent"] = (
@@ -106,41 +132,62 @@ def _values(bound: Bound, states: Sequence[str]) -> list[str]:
     return [bound.profile.states[s] for s in states if s in bound.profile.states]
 
 
-def _filter(args: argparse.Namespace, bound: Bound, *, statuses: bool = True) -> dict[str, Any]:
-    """The command's filters as the statements' binds; refuse one the table cannot take.
-
-    ``statuses=False``: a change's --status chooses what it moves (:func:`_statuses`)."""
+def filter_binds(
+    bound: Bound,
+    *,
+    statuses: Sequence[str] = (),
+    queues: Sequence[str] = (),
+    kinds: Sequence[str] = (),
+    tenants: Sequence[str] = (),
+    ids: Sequence[str] = (),
+) -> dict[str, Any]:
+    """A filter (statuses in the reconciler's words) as the statements' binds; OpsError for
+    one the table cannot take (a state it lacks, a column it has not)."""
     p = bound.profile
-    flat = [s for group in getattr(args, "status", None) or [] for s in group] if statuses else []
-    for state in flat:
+    for state in statuses:
         if state not in p.states:
             raise OpsError(f"--status {state}: {p.qualified} has no {state} state ({p.name})")
-    binds: dict[str, Any] = {"f_statuses": _values(bound, flat) or None}
-    for option, role, key in (
-        ("queue", "queue", "f_queues"),
-        ("kind", "kind", "f_kinds"),
-        ("tenant", "tenant", "f_tenants"),
+    binds: dict[str, Any] = {"f_statuses": _values(bound, statuses) or None}
+    for option, role, key, given in (
+        ("queue", "queue", "f_queues", queues),
+        ("kind", "kind", "f_kinds", kinds),
+        ("tenant", "tenant", "f_tenants", tenants),
     ):
-        given = [v for group in getattr(args, option, None) or [] for v in group]
         if given and role not in p.columns:
             raise OpsError(f"--{option}: {p.qualified} has no {role} column (profile {p.name})")
-        binds[key] = given or None
-    ids = [str(i) for i in getattr(args, "ids", None) or []]
-    binds["f_ids"] = ids or None
+        binds[key] = list(given) or None
+    binds["f_ids"] = [str(i) for i in ids] or None
     return binds
 
 
-def _statuses(
-    args: argparse.Namespace,
+def _flat(args: argparse.Namespace, option: str) -> list[str]:
+    return [v for group in getattr(args, option, None) or [] for v in group]
+
+
+def _filter(args: argparse.Namespace, bound: Bound, *, statuses: bool = True) -> dict[str, Any]:
+    """The command's filters as the statements' binds; refuse one the table cannot take.
+
+    ``statuses=False``: a change's --status chooses what it moves (:func:`change_statuses`)."""
+    return filter_binds(
+        bound,
+        statuses=_flat(args, "status") if statuses else (),
+        queues=_flat(args, "queue"),
+        kinds=_flat(args, "kind"),
+        tenants=_flat(args, "tenant"),
+        ids=[str(i) for i in getattr(args, "ids", None) or []],
+    )
+
+
+def change_statuses(
     bound: Bound,
+    given: Sequence[str],
     allowed: Sequence[str],
     default: Sequence[str],
     command: str,
-) -> tuple[list[str], bool]:
-    """The table's values of the states a change moves: --status (each one the command
-    takes and the table has), else the command's default; and whether --status was given."""
+) -> list[str]:
+    """The table's values of the states a change moves: ``given`` (each one the command
+    takes and the table has), else the command's default."""
     p = bound.profile
-    given = [s for group in getattr(args, "status", None) or [] for s in group]
     for state in given:
         if state not in allowed:
             raise OpsError(f"{command} takes {', '.join(allowed)} jobs, not {state}")
@@ -149,7 +196,7 @@ def _statuses(
     wanted = _values(bound, given or default)
     if not wanted:
         raise OpsError(f"{command}: {p.qualified} has none of the states {', '.join(allowed)}")
-    return wanted, bool(given)
+    return wanted
 
 
 def _require_scope(binds: dict[str, Any], given: bool, command: str) -> None:
@@ -204,24 +251,74 @@ def _say(line: str) -> None:
 # --- reading ------------------------------------------------------------------------
 
 
+def list_jobs(
+    db: Database,
+    b: Bound,
+    binds: dict[str, Any],
+    *,
+    limit: int,
+    after: tuple[str, datetime | None] | None = None,
+) -> list[dict[str, Any]]:
+    """``jobs list``: the jobs ``binds`` (:func:`filter_binds`) match, newest first; with
+    ``after`` (a row's id and created_at), the keyset page after that row."""
+    key_id, key_at = after if after is not None else (None, None)
+    keyset = {"k_id": key_id, "k_at": key_at}
+    return _rows(db, b, _sql(b, "list"), {**_base(db, b), **binds, **keyset, "limit": limit})
+
+
+def show_job(
+    db: Database, b: Bound, job_id: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """``jobs show``: the job's row (None when there is none) and its ledger history."""
+    binds = {**_base(db, b), "id": job_id}
+    found = _rows(db, b, _sql(b, "show"), binds)
+    if not found:
+        return None
+    return found[0]["row"], _rows(db, b, query("profiles/ops", "history"), binds)
+
+
+def stats_rows(db: Database, b: Bound) -> list[dict[str, Any]]:
+    """``stats``: jobs per status and queue, the oldest queued one's age."""
+    return _rows(db, b, _sql(b, "stats"), _base(db, b))
+
+
+def error_groups(
+    db: Database, b: Bound, states: Sequence[str], *, since: timedelta, limit: int
+) -> list[dict[str, Any]]:
+    """``errors``: jobs of ``states`` (the reconciler's words) by error text and kind (a
+    table without an error column: by kind), finished within ``since``."""
+    base = _base(db, b)
+    binds = {
+        **base,
+        "f_statuses": _values(b, states),
+        "since": base["now"] - since,
+        "limit": limit,
+    }
+    return _rows(db, b, _sql(b, "errors"), binds)
+
+
+def check_counts(db: Database, settings: Settings, b: Bound) -> dict[str, Any]:
+    """What ``check`` judges: silent running jobs, queued ones, the oldest wait, dead ones."""
+    binds = {**_base(db, b), **HeartbeatRule.from_settings(settings).binds()}
+    return _rows(db, b, _sql(b, "check"), binds)[0]
+
+
 def foreign_list(args: argparse.Namespace, settings: Settings, db: Database, b: Bound) -> int:
-    binds = {**_base(db, b), **_filter(args, b), "limit": args.limit or 50}
-    rows = _rows(db, b, _sql(b, "list"), binds)
+    rows = list_jobs(db, b, _filter(args, b), limit=args.limit or 50)
     _print_rows(rows, args.json, ("id", "status", "queue", "kind", "attempts", "created_at"))
     return 0
 
 
 def foreign_show(args: argparse.Namespace, settings: Settings, db: Database, b: Bound) -> int:
-    binds = {**_base(db, b), "id": str(args.id)}
-    found = _rows(db, b, _sql(b, "show"), binds)
-    if not found:
+    shown = show_job(db, b, str(args.id))
+    if shown is None:
         raise OpsError(f"no job {args.id} in {b.profile.qualified} (profile {b.profile.name})")
-    history = _rows(db, b, query("profiles/ops", "history"), binds)
-    job = {"profile": b.profile.name, "job": found[0]["row"], "history": history}
+    row, history = shown
+    job = {"profile": b.profile.name, "job": row, "history": history}
     if args.json:
         emit_json(job)
         return 0
-    _say(json.dumps(found[0]["row"], indent=2, default=str, ensure_ascii=False))
+    _say(json.dumps(row, indent=2, default=str, ensure_ascii=False))
     for event in history:
         _say(
             f"{event['at']}  {event['from_status']} -> {event['to_status']}  {event['actor']}"
@@ -231,7 +328,7 @@ def foreign_show(args: argparse.Namespace, settings: Settings, db: Database, b: 
 
 
 def foreign_stats(args: argparse.Namespace, settings: Settings, db: Database, b: Bound) -> int:
-    rows = _rows(db, b, _sql(b, "stats"), _base(db, b))
+    rows = stats_rows(db, b)
     if args.json:
         emit_json({"profile": b.profile.name, "table": b.profile.qualified, "statuses": rows})
         return 0
@@ -247,14 +344,7 @@ def foreign_errors(args: argparse.Namespace, settings: Settings, db: Database, b
         raise OpsError(
             f"errors: {b.profile.qualified} has no error column (profile {b.profile.name})"
         )
-    base = _base(db, b)
-    binds = {
-        **base,
-        "f_statuses": _values(b, ("failed", "dead")),
-        "since": base["now"] - args.since,
-        "limit": args.limit or 50,
-    }
-    rows = _rows(db, b, _sql(b, "errors"), binds)
+    rows = error_groups(db, b, ("failed", "dead"), since=args.since, limit=args.limit or 50)
     _print_rows(rows, args.json, ("jobs", "kind", "error"))
     return 0
 
@@ -271,8 +361,7 @@ def foreign_workers(args: argparse.Namespace, settings: Settings, db: Database, 
 
 
 def foreign_check(args: argparse.Namespace, settings: Settings, db: Database, b: Bound) -> int:
-    binds = {**_base(db, b), **HeartbeatRule.from_settings(settings).binds()}
-    row = _rows(db, b, _sql(b, "check"), binds)[0]
+    row = check_counts(db, settings, b)
     findings = []
     level = 0
     if row["silent"]:
@@ -327,67 +416,101 @@ def foreign_check(args: argparse.Namespace, settings: Settings, db: Database, b:
 # --- changing -----------------------------------------------------------------------
 
 
-def _change(
+def _change(b: Bound, *, name: str, sql: str, verb: str, params: dict[str, Any]) -> Change:
+    return Change(
+        name=name,
+        verb=verb,
+        sql=sql,
+        params={**params, "profile": b.profile.name, "table_name": b.profile.qualified},
+        details={"profile": b.profile.name},
+    )
+
+
+def apply_change(
+    db: Database,
+    settings: Settings,
+    b: Bound,
+    change: Change | tuple[str, dict[str, Any]],
+    *,
+    actor: str,
+    dry_run: bool,
+    yes: bool,
+    batch_size: int | None = None,
+) -> TaskResult:
+    """:func:`reconciler.ops.changes.apply` of a change on ``b``'s table, or of a registered
+    task (name, params) run for it: previewed, confirmed, in batches, to the ledger."""
+    if isinstance(change, Change):
+        task: Task | str = change.task()
+        verb, params, details = change.verb, None, change.details
+    else:
+        task, params = change
+        verb, details = _TASK_VERBS[task], {"profile": b.profile.name}
+    return apply(
+        db,
+        settings,
+        task,
+        verb=verb,
+        now=db.now(),
+        actor=actor,
+        dry_run=dry_run,
+        yes=yes,
+        params=params,
+        details=details,
+        batch_size=batch_size,
+        profile=b,
+    )
+
+
+_TASK_VERBS = {"mark-stale": "reset", "purge": "delete"}
+
+
+def _apply_from_args(
     args: argparse.Namespace,
     settings: Settings,
     db: Database,
     b: Bound,
-    *,
-    name: str,
-    sql: str,
-    verb: str,
-    params: dict[str, Any],
+    change: Change | tuple[str, dict[str, Any]],
 ) -> int:
-    now = db.now()
-    change = Change(
-        name=name,
-        verb=verb,
-        sql=sql,
-        params={
-            **params,
-            "profile": b.profile.name,
-            "table_name": b.profile.qualified,
-            "reason": getattr(args, "reason", None),
-        },
-        details={"profile": b.profile.name},
-    )
-    result = apply(
+    result = apply_change(
         db,
         settings,
-        change.task(),
-        verb=verb,
-        now=now,
+        b,
+        change,
         actor=args.actor or default_actor(),
         dry_run=args.dry_run,
         yes=args.yes,
         batch_size=args.batch_size,
-        details=change.details,
-        profile=b,
     )
+    verb = change.verb if isinstance(change, Change) else _TASK_VERBS[change[0]]
     return report_change(result, verb=verb, job_filter=None, as_json=args.json)
 
 
-def foreign_requeue(args: argparse.Namespace, settings: Settings, db: Database, b: Bound) -> int:
+def requeue_change(
+    db: Database,
+    b: Bound,
+    binds: dict[str, Any],
+    *,
+    command: str,
+    given: Sequence[str],
+    due: datetime,
+    keep_attempts: bool,
+    reason: str | None,
+) -> Change:
+    """``jobs requeue`` (or ``retry-failed``) of the jobs ``binds`` match in states ``given``
+    (else failed, stale and dead; retry-failed: failed) back to queued, due at ``due``."""
     p = b.profile
-    command = "jobs " + args.ops_action
     if p.kind == "procrastinate":
         raise OpsError(
             f"{command} --profile {p.name}: Procrastinate retries its jobs itself; a failed"
             " job is retried with Procrastinate's own `procrastinate_retry_job`, not here"
         )
     allowed = ("failed", "stale", "dead", "cancelled")
-    default = ("failed",) if args.ops_action == "retry-failed" else ("failed", "stale", "dead")
-    wanted, given = _statuses(args, b, allowed, default, command)
-    binds = _filter(args, b, statuses=False)
-    if args.ops_action == "requeue":  # retry-failed takes every failed job by design
-        _require_scope(binds, given, command)
+    default = ("failed",) if command == "jobs retry-failed" else ("failed", "stale", "dead")
+    wanted = change_statuses(b, given, allowed, default, command)
+    if command != "jobs retry-failed":  # retry-failed takes every failed job by design
+        _require_scope(binds, bool(given), command)
     _check_ids(db, b, binds["f_ids"], wanted, command)
-    now = db.now()
-    due = args.at or (now + args.in_ if args.in_ else now)
     return _change(
-        args,
-        settings,
-        db,
         b,
         name=command,
         sql=_sql(b, "requeue"),
@@ -396,12 +519,17 @@ def foreign_requeue(args: argparse.Namespace, settings: Settings, db: Database, 
             **binds,
             "from_statuses": wanted,
             "due": due,
-            "keep_attempts": bool(args.keep_attempts),
+            "keep_attempts": keep_attempts,
+            "reason": reason,
         },
     )
 
 
-def foreign_cancel(args: argparse.Namespace, settings: Settings, db: Database, b: Bound) -> int:
+def cancel_change(
+    db: Database, b: Bound, binds: dict[str, Any], *, given: Sequence[str], reason: str | None
+) -> Change:
+    """``jobs cancel``: the jobs ``binds`` match (queued, running, failed or stale; or the
+    states ``given``) become cancelled."""
     p = b.profile
     if not p.has("cancelled") or p.kind == "procrastinate":
         raise OpsError(
@@ -413,59 +541,60 @@ def foreign_cancel(args: argparse.Namespace, settings: Settings, db: Database, b
             )
         )
     allowed = ("queued", "running", "failed", "stale")
-    wanted, given = _statuses(args, b, allowed, allowed, "jobs cancel")
-    binds = _filter(args, b, statuses=False)
-    _require_scope(binds, given, "jobs cancel")
+    wanted = change_statuses(b, given, allowed, allowed, "jobs cancel")
+    _require_scope(binds, bool(given), "jobs cancel")
     _check_ids(db, b, binds["f_ids"], wanted, "jobs cancel")
     return _change(
-        args,
-        settings,
-        db,
         b,
         name="jobs cancel",
         sql=_sql(b, "cancel"),
         verb="cancel",
-        params={**binds, "from_statuses": wanted},
+        params={**binds, "from_statuses": wanted, "reason": reason},
     )
 
 
-def _run_task_change(
-    args: argparse.Namespace,
-    settings: Settings,
-    db: Database,
-    b: Bound,
-    task: str,
-    params: dict[str, Any],
-    verb: str,
-) -> int:
-    result = apply(
+def reset_stuck_task(
+    ids: Sequence[str], older_than: timedelta | None
+) -> tuple[str, dict[str, Any]]:
+    """``jobs reset-stuck``: mark-stale for the named running jobs (silent ``older_than``,
+    else at once: the operator judged them stuck), or for every one silent ``older_than``."""
+    if not ids and older_than is None:
+        raise OpsError("jobs reset-stuck: name job ids, or --older-than (e.g. 10m)")
+    if ids:
+        return "mark-stale", {"ids": [str(i) for i in ids], "timeout": older_than or timedelta(0)}
+    return "mark-stale", {"timeout": older_than}
+
+
+def foreign_requeue(args: argparse.Namespace, settings: Settings, db: Database, b: Bound) -> int:
+    now = db.now()
+    change = requeue_change(
         db,
-        settings,
-        task,
-        verb=verb,
-        now=db.now(),
-        actor=args.actor or default_actor(),
-        dry_run=args.dry_run,
-        yes=args.yes,
-        params=params,
-        batch_size=args.batch_size,
-        profile=b,
+        b,
+        _filter(args, b, statuses=False),
+        command="jobs " + args.ops_action,
+        given=_flat(args, "status"),
+        due=args.at or (now + args.in_ if args.in_ else now),
+        keep_attempts=bool(args.keep_attempts),
+        reason=getattr(args, "reason", None),
     )
-    return report_change(result, verb=verb, job_filter=None, as_json=args.json)
+    return _apply_from_args(args, settings, db, b, change)
+
+
+def foreign_cancel(args: argparse.Namespace, settings: Settings, db: Database, b: Bound) -> int:
+    change = cancel_change(
+        db,
+        b,
+        _filter(args, b, statuses=False),
+        given=_flat(args, "status"),
+        reason=getattr(args, "reason", None),
+    )
+    return _apply_from_args(args, settings, db, b, change)
 
 
 def foreign_reset_stuck(
     args: argparse.Namespace, settings: Settings, db: Database, b: Bound
 ) -> int:
-    if not args.ids and args.older_than is None:
-        raise OpsError("jobs reset-stuck: name job ids, or --older-than (e.g. 10m)")
-    params: dict[str, Any] = {}
-    if args.ids:
-        params["ids"] = [str(i) for i in args.ids]
-        params["timeout"] = args.older_than or timedelta(0)
-    else:
-        params["timeout"] = args.older_than
-    return _run_task_change(args, settings, db, b, "mark-stale", params, "reset")
+    return _apply_from_args(args, settings, db, b, reset_stuck_task(args.ids, args.older_than))
 
 
 def foreign_purge(args: argparse.Namespace, settings: Settings, db: Database, b: Bound) -> int:
@@ -474,14 +603,14 @@ def foreign_purge(args: argparse.Namespace, settings: Settings, db: Database, b:
         raise OpsError(f"purge: {p.qualified} has no finished_at column to measure age by")
     finished = ("succeeded", "cancelled", "dead")
     default = [s for s in ("succeeded", "cancelled") if p.has(s)]
-    wanted, _given = _statuses(args, b, finished, default, "purge")
+    wanted = change_statuses(b, _flat(args, "status"), finished, default, "purge")
     if "dead" in (s for group in args.status or [] for s in group) and not args.no_backup:
         raise OpsError(
             f"purge --status dead --profile {p.name}: a profile's table has no dead-letter"
             " export to back its jobs up first; add --no-backup to delete them anyway"
         )
     params = {"statuses": wanted, "older_than": args.older_than}
-    return _run_task_change(args, settings, db, b, "purge", params, "delete")
+    return _apply_from_args(args, settings, db, b, ("purge", params))
 
 
 HANDLERS: dict[Callable[..., int], Handler] = {

@@ -15,12 +15,12 @@ from reconciler.profiles.live import Bound
 from reconciler.profiles.model import Profile
 from reconciler.sqlfiles import query
 
-__all__ = ["ident", "literal", "markers", "render"]
+__all__ = ["fill", "for_text", "ident", "literal", "markers", "render"]
 
 _MARKER = re.compile(r"\{\{([a-z_]+)\}\}")
 
 
-def _for_text(sql: str) -> str:
+def for_text(sql: str) -> str:
     # text() reads ":word" as a bind unless the colon is escaped; "::" casts are left alone.
     return re.sub(r"(?<!:):(?!:)", r"\\:", sql)
 
@@ -29,14 +29,14 @@ def ident(name: str) -> str:
     """``name`` as a quoted SQL identifier, safe inside ``text()``."""
     if "\x00" in name or not name:
         raise ValueError(f"{name!r} is not an identifier")
-    return _for_text('"' + name.replace('"', '""') + '"')
+    return for_text('"' + name.replace('"', '""') + '"')
 
 
 def literal(value: str) -> str:
     """``value`` as a quoted string literal (standard_conforming_strings), safe in ``text()``."""
     if "\x00" in value:
         raise ValueError(f"{value!r} cannot be a status value")
-    return _for_text("'" + value.replace("'", "''") + "'")
+    return for_text("'" + value.replace("'", "''") + "'")
 
 
 def _col(profile: Profile, role: str, alias: str = "j") -> str | None:
@@ -101,7 +101,7 @@ def markers(bound: Bound) -> dict[str, str]:
         "table": f"{ident(p.schema)}.{ident(p.table)}",
         "id": ident(p.id),
         "status": ident(p.status),
-        "status_type": _for_text(bound.status_type),
+        "status_type": for_text(bound.status_type),
         "last_seen": last_seen,
         "worker": _col(p, "worker") or "NULL::text",
         "attempts": attempts,

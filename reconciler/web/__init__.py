@@ -5,7 +5,8 @@
 
 Pages read the queue as the CLI's commands do; actions run the operator
 commands' own changes (see :mod:`reconciler.web.actions`), only for a user the
-token or the authenticating proxy names (:mod:`reconciler.web.auth`).
+token or the authenticating proxy names (:mod:`reconciler.web.auth`). With
+profiles, ``?profile=NAME`` picks the queue table (:mod:`reconciler.web.profiles`).
 """
 
 from __future__ import annotations

@@ -30,10 +30,13 @@ from reconciler.leases import TaskBusy
 from reconciler.ops.confirm import OpsError
 from reconciler.ops.export import record_export, write_export
 from reconciler.ops.filter import JobFilter
+from reconciler.ops.listing import SEARCH_EXAMINES
 from reconciler.ops.output import jsonable
 from reconciler.ops.pause import queue_label
 from reconciler.ops.vocabulary import PRIORITIES, STATUSES
+from reconciler.profiles import ProfileError
 from reconciler.web import charts
+from reconciler.web import profiles as by_profile
 from reconciler.web.actions import ACTIONS, ActionsUnavailable, run_action
 from reconciler.web.auth import COOKIE, Auth
 from reconciler.web.data import Source
@@ -45,7 +48,7 @@ PAGE = 50  # jobs and runs per page
 REFRESH_S = 10  # the overview reloads itself this often
 INSUFFICIENT_PRIVILEGE = "42501"
 # What an action's form names (carried from its preview to its confirmation).
-_ACTION_FIELDS = ("job", "kind", "tenant", "queue", "reason")
+_ACTION_FIELDS = ("job", "kind", "tenant", "queue", "reason", "profile")
 
 HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' data:; "
@@ -74,6 +77,12 @@ class _SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+def _href(path: str, **params: object) -> str:
+    """A link with its query (empty values left out), on a page that has no profile."""
+    kept = {k: str(v) for k, v in params.items() if v is not None and v != ""}
+    return f"{path}?{urlencode(kept)}" if kept else path
 
 
 class BadInput(ValueError):
@@ -142,30 +151,75 @@ def build_app(source: Source, auth: Auth) -> Starlette:
     env.filters["when"] = lambda v: "" if v is None else f"{v:%Y-%m-%d %H:%M:%S}"
     env.globals["PRIORITIES"] = PRIORITIES
 
-    def render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
+    def render(
+        request: Request,
+        template: str,
+        status_code: int = 200,
+        choice: by_profile.Choice | None = None,
+        **context: Any,
+    ) -> Response:
         user = auth.user(request)
         page = env.get_template(template).render(
             request=request,
             user=user,
             auth_enabled=auth.enabled,
             csrf=auth.csrf(user) if user else "",
+            choice=choice,
+            href=choice.href if choice else _href,
+            profile_fields=choice.param() if choice else {},
             **context,
         )
         return HTMLResponse(page, status_code=status_code)
 
-    def problem(request: Request, message: str, status_code: int) -> Response:
-        return render(request, "problem.html", status_code, message=message)
+    def problem(
+        request: Request, message: str, status_code: int, choice: by_profile.Choice | None = None
+    ) -> Response:
+        return render(request, "problem.html", status_code, choice, message=message)
 
-    def reading(page: Callable[[Request], Response]) -> Callable[[Request], Any]:
+    def choose(name: str | None) -> by_profile.Choice:
+        try:
+            return by_profile.choose(source.settings, name)
+        except (ProfileError, by_profile.ProfileUnknown) as exc:
+            raise BadInput(str(exc)) from None
+
+    def reading(
+        page: Callable[[Request, by_profile.Choice], Response],
+    ) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> Response:
+            choice = None
             try:
-                return await run_in_threadpool(page, request)
+                choice = choose(request.query_params.get("profile"))
+                return await run_in_threadpool(page, request, choice)
             except BadInput as exc:
-                return problem(request, str(exc), 400)
+                return problem(request, str(exc), 400, choice)
+            except (OpsError, ProfileError) as exc:
+                return problem(request, str(exc), 409, choice)
+            except DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
+                    raise
+                # A profile's table the dashboard's role was not granted (its owner's to grant).
+                denied = str(exc.orig).splitlines()[0]
+                return problem(
+                    request,
+                    f"the dashboard's database role may not read this: {denied}",
+                    403,
+                    choice,
+                )
 
         return endpoint
 
-    def overview(request: Request) -> Response:
+    def overview(request: Request, choice: by_profile.Choice) -> Response:
+        if not choice.native:
+            bound = by_profile.bound(source.db, choice)
+            found = by_profile.overview(source.db, source.settings, bound)
+            return render(
+                request,
+                "profile_overview.html",
+                choice=choice,
+                p=bound.profile,
+                data=found,
+                refresh=REFRESH_S,
+            )
         data = source.overview()
         now = data["now"]
         tiles = dict.fromkeys(STATUSES, 0)
@@ -176,6 +230,7 @@ def build_app(source: Source, auth: Auth) -> Starlette:
         return render(
             request,
             "overview.html",
+            choice=choice,
             data=data,
             tiles=tiles,
             by_queue=sorted(by_queue.items()),
@@ -188,48 +243,101 @@ def build_app(source: Source, auth: Auth) -> Starlette:
             failures=charts.hourly("failed per hour", data["throughput"], charts.FAILED, now),
         )
 
-    def jobs(request: Request) -> Response:
+    def jobs(request: Request, choice: by_profile.Choice) -> Response:
         params = request.query_params
+        if not choice.native:
+            bound = by_profile.bound(source.db, choice)
+            found = by_profile.jobs(source.db, bound, params, page=PAGE)
+            next_params = found.pop("next_params")
+            return render(
+                request,
+                "profile_jobs.html",
+                choice=choice,
+                p=bound.profile,
+                params=params,
+                next_url=choice.href("/jobs", **next_params) if next_params else None,
+                **found,
+            )
         job_filter, priorities, error_text = _filter(params)
         before = _int_param(params, "before")
+        # An error-text search reads a bounded window, the newest jobs below the page's
+        # position (ILIKE has no index); the next page searches the window below it.
+        floor = source.search_floor(before) if error_text else None
         rows = source.jobs(
             job_filter,
             limit=PAGE + 1,
             priorities=priorities,
             error_text=error_text,
             before_id=before,
+            floor_id=floor,
         )
         more = len(rows) > PAGE
         rows = rows[:PAGE]
-        kept = {k: v for k, v in params.items() if k != "before" and v}
-        next_url = f"/jobs?{urlencode({**kept, 'before': rows[-1]['id']})}" if more else None
+        kept = {k: v for k, v in params.items() if k not in ("before", "profile") and v}
+        after = rows[-1]["id"] if more else floor
+        next_url = choice.href("/jobs", **kept, before=after) if after else None
+        searched = None
+        if error_text and not more:
+            searched = {"rows": SEARCH_EXAMINES, "floor": floor, "before": before}
         return render(
-            request, "jobs.html", rows=rows, params=params, next_url=next_url, statuses=STATUSES
+            request,
+            "jobs.html",
+            choice=choice,
+            rows=rows,
+            params=params,
+            next_url=next_url,
+            statuses=STATUSES,
+            searched=searched,
         )
 
-    def job(request: Request) -> Response:
-        job_id = request.path_params["job_id"]
-        found = source.job(job_id) if job_id < 2**63 else None
+    def job(request: Request, choice: by_profile.Choice) -> Response:
+        job_id: str = request.path_params["job_id"]
+        if not choice.native:
+            bound = by_profile.bound(source.db, choice)
+            shown = by_profile.job(source.db, bound, job_id)
+            if shown is None:
+                return problem(
+                    request,
+                    f"no job with id {job_id[:80]} in {bound.profile.qualified}",
+                    404,
+                    choice,
+                )
+            return render(request, "profile_job.html", choice=choice, p=bound.profile, job=shown)
+        found = source.job(int(job_id)) if job_id.isdigit() and int(job_id) < 2**63 else None
         if found is None:
-            return problem(request, f"no job with id {job_id}", 404)
+            return problem(request, f"no job with id {job_id[:80]}", 404, choice)
         row, events = found
-        return render(request, "job.html", job=row, events=events)
+        return render(request, "job.html", choice=choice, job=row, events=events)
 
-    def dead_letter(request: Request) -> Response:
+    def dead_letter(request: Request, choice: by_profile.Choice) -> Response:
+        if not choice.native:
+            bound = by_profile.bound(source.db, choice)
+            found = by_profile.dead_letter(source.db, bound)
+            return render(request, "profile_dead.html", choice=choice, p=bound.profile, **found)
         groups = source.dead_letter(JobFilter(statuses=("dead",), limit=100))
-        return render(request, "dead.html", groups=groups)
+        return render(request, "dead.html", choice=choice, groups=groups)
 
-    def runs(request: Request) -> Response:
+    def runs(request: Request, choice: by_profile.Choice) -> Response:
         params = request.query_params
         task = params.get("task", "").strip() or None
         before = _int_param(params, "before")
-        history, counts = source.runs(task=task, before_id=before, limit=PAGE + 1)
+        history, counts = source.runs(
+            task=task,
+            before_id=before,
+            limit=PAGE + 1,
+            profile=choice.current.name if choice.selector else None,
+        )
         more = len(history) > PAGE
         history = history[:PAGE]
-        kept = {"task": task} if task else {}
-        next_url = f"/runs?{urlencode({**kept, 'before': history[-1]['id']})}" if more else None
+        next_url = choice.href("/runs", task=task, before=history[-1]["id"]) if more else None
         return render(
-            request, "runs.html", history=history, counts=counts, task=task, next_url=next_url
+            request,
+            "runs.html",
+            choice=choice,
+            history=history,
+            counts=counts,
+            task=task,
+            next_url=next_url,
         )
 
     async def login_form(request: Request) -> Response:
@@ -281,13 +389,29 @@ def build_app(source: Source, auth: Auth) -> Starlette:
             return problem(request, "refused: the form's CSRF token is missing or wrong", 403)
         confirmed = form.get("confirm") == "yes"
         try:
-            outcome = await run_in_threadpool(
-                run_action, source, name, form, actor=f"web:{user}", confirmed=confirmed
+            choice = choose(form.get("profile"))
+        except BadInput as exc:
+            return problem(request, str(exc), 400)
+
+        def act() -> by_profile.Outcome:
+            if choice.native:
+                return run_action(source, name, form, actor=f"web:{user}", confirmed=confirmed)
+            return by_profile.run(
+                source.db,
+                source.settings,
+                by_profile.bound(source.db, choice),
+                name,
+                form,
+                actor=f"web:{user}",
+                confirmed=confirmed,
             )
+
+        try:
+            outcome = await run_in_threadpool(act)
         except ActionsUnavailable as exc:
-            return problem(request, str(exc), 403)
-        except (OpsError, TaskBusy) as exc:
-            return problem(request, str(exc), 409)
+            return problem(request, str(exc), 403, choice)
+        except (OpsError, TaskBusy, ProfileError) as exc:
+            return problem(request, str(exc), 409, choice)
         except DBAPIError as exc:
             if getattr(exc.orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
                 raise
@@ -297,12 +421,11 @@ def build_app(source: Source, auth: Auth) -> Starlette:
                 "(permission denied); run it as a role that may change jobs to act",
                 403,
             )
-        fields = {
-            k: v for k, v in form.items() if k in ("job", "kind", "tenant", "queue", "reason")
-        }
+        fields = {k: v for k, v in form.items() if k in _ACTION_FIELDS}
         return render(
             request,
             "confirm.html" if not confirmed else "done.html",
+            choice=choice,
             outcome=outcome,
             title=ACTIONS[name],
             name=name,
@@ -343,7 +466,7 @@ def build_app(source: Source, auth: Auth) -> Starlette:
         Route("/dead-letter/export", export, methods=["POST"]),
         Route("/", reading(overview)),
         Route("/jobs", reading(jobs)),
-        Route("/jobs/{job_id:int}", reading(job)),
+        Route("/jobs/{job_id}", reading(job)),
         Route("/dead-letter", reading(dead_letter)),
         Route("/runs", reading(runs)),
         Route("/login", login_form, methods=["GET"]),

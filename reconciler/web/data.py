@@ -2,8 +2,8 @@
 
 Every page asks a Source, and a Source asks the readers the CLI commands use
 (``status``, ``stats``, ``jobs list``, ``jobs show``, ``dead-letter errors``);
-the one query of its own, the runs history, is in ``sql/web/runs.sql``. This is
-the seam for profiles: a profile selector picks another Source.
+the one query of its own, the runs history, is in ``sql/web/runs.sql``. A
+profile's table is read by reconciler/web/profiles.py instead.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from reconciler.heartbeat import spliced
 from reconciler.ops import stats
 from reconciler.ops.dead_letter import dead_errors
 from reconciler.ops.filter import JobFilter
-from reconciler.ops.listing import list_jobs
+from reconciler.ops.listing import list_jobs, search_floor
 from reconciler.schedule import Schedule
 from reconciler.settings import Settings
 from reconciler.sqlfiles import query
@@ -58,6 +58,7 @@ class Source:
         priorities: Sequence[int] = (),
         error_text: str | None = None,
         before_id: int | None = None,
+        floor_id: int | None = None,
     ) -> list[dict[str, Any]]:
         return list_jobs(
             self.db,
@@ -66,7 +67,11 @@ class Source:
             priorities=priorities,
             error_text=error_text,
             before_id=before_id,
+            floor_id=floor_id,
         )
+
+    def search_floor(self, before_id: int | None) -> int | None:
+        return search_floor(self.db, before_id=before_id)
 
     def job(self, job_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """``jobs show``: the job (None if there is none) and its whole event history."""
@@ -87,12 +92,14 @@ class Source:
         return dead_errors(self.db, job_filter)
 
     def runs(
-        self, *, task: str | None, before_id: int | None, limit: int
+        self, *, task: str | None, before_id: int | None, limit: int, profile: str | None = None
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The runs history (newest first) and per task its runs of the last 24 h by status."""
+        """The runs history (newest first) and per task its runs of the last 24 h by status;
+        ``profile``: only the runs for that profile's table (None: every run)."""
         now: datetime = self.db.now()
         history = self.db.rows(
-            query("web/runs", "history"), {"task": task, "before_id": before_id, "limit": limit}
+            query("web/runs", "history"),
+            {"task": task, "before_id": before_id, "limit": limit, "profile": profile},
         )
-        counts = self.db.rows(query("web/runs", "counts"), {"since": now - DAY})
+        counts = self.db.rows(query("web/runs", "counts"), {"since": now - DAY, "profile": profile})
         return history, counts

@@ -18,5 +18,17 @@ WHERE /*job_filter*/
   AND (CAST(:error_text AS text) IS NULL
        OR j.last_error ->> 'message' ILIKE '%' || CAST(:error_text AS text) || '%')
   AND (CAST(:before_id AS bigint) IS NULL OR j.id < CAST(:before_id AS bigint))
+  -- An error-text search reads only the ids from :floor_id up (see search_floor).
+  AND (CAST(:floor_id AS bigint) IS NULL OR j.id >= CAST(:floor_id AS bigint))
 ORDER BY j.id DESC
 LIMIT :limit
+
+-- name: search_floor
+-- The lowest id of the :examine newest jobs below :before_id (NULL: fewer are left). ILIKE
+-- on the last error cannot use an index: bounded by this id, a search reads at most
+-- :examine rows (a backward walk of the primary key) however large the table.
+SELECT j.id FROM jobs j
+WHERE (CAST(:before_id AS bigint) IS NULL OR j.id < CAST(:before_id AS bigint))
+ORDER BY j.id DESC
+OFFSET :examine - 1
+LIMIT 1

@@ -13,13 +13,15 @@ AND (CAST(:f_kinds AS text[]) IS NULL OR {{kind}}::text = ANY (CAST(:f_kinds AS 
 AND (CAST(:f_tenants AS text[]) IS NULL OR {{tenant}}::text = ANY (CAST(:f_tenants AS text[])))
 
 -- name: list
--- Newest first (by created_at where the table has it, else by id), at most :limit.
+-- Newest first (by created_at where the table has it, then id; else by id), at most
+-- the limit; given a row's id and created_at (k_id, k_at), the keyset page after it.
 SELECT j.{{id}}::text AS id, j.{{status}}::text AS status, {{queue}}::text AS queue,
        {{kind}}::text AS kind, {{tenant}}::text AS tenant, {{attempts}} AS attempts,
        {{created_at}} AS created_at, {{finished_at}} AS finished_at,
        left({{error}}::text, 200) AS error
 FROM {{table}} j
 WHERE {{filter}}
+  AND (CAST(:k_id AS text) IS NULL OR {{after_key}})
 ORDER BY {{newest_first}}
 LIMIT :limit
 

@@ -6,3 +6,10 @@
 SELECT has_table_privilege('jobs', 'UPDATE')
    AND has_table_privilege('job_events', 'INSERT')
    AND has_table_privilege('runs', 'INSERT') AS may_change
+
+-- name: may_change_table
+-- The same for a profile's table (:table_name, schema and table quoted identifiers):
+-- change its rows, write the ledger and the runs row.
+SELECT has_table_privilege(CAST(:table_name AS text), 'UPDATE')
+   AND has_table_privilege('ledger', 'INSERT')
+   AND has_table_privilege('runs', 'INSERT') AS may_change

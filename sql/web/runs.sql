@@ -1,5 +1,6 @@
 -- The dashboard's task runs page (reconciler/web/data.py): the `runs` history,
--- newest first, per task or all, a keyset page at a time (ids below :before_id).
+-- newest first, per task or all, a keyset page at a time (ids below :before_id);
+-- with :profile, only the runs for that profile's table.
 
 -- name: history
 SELECT r.id, r.task, r.started_at, r.finished_at, r.status, r.transitions, r.batches,
@@ -8,6 +9,7 @@ SELECT r.id, r.task, r.started_at, r.finished_at, r.status, r.transitions, r.bat
 FROM runs r
 WHERE (CAST(:task AS text) IS NULL OR r.task = CAST(:task AS text))
   AND (CAST(:before_id AS bigint) IS NULL OR r.id < CAST(:before_id AS bigint))
+  AND (CAST(:profile AS text) IS NULL OR r.profile = CAST(:profile AS text))
 ORDER BY r.id DESC
 LIMIT :limit
 
@@ -20,5 +22,6 @@ SELECT r.task,
        max(r.started_at) AS last_started_at
 FROM runs r
 WHERE r.started_at >= CAST(:since AS timestamptz)
+  AND (CAST(:profile AS text) IS NULL OR r.profile = CAST(:profile AS text))
 GROUP BY 1
 ORDER BY 1

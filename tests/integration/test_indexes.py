@@ -28,6 +28,9 @@ from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
 from reconciler.db import Database, quote_ident
 from reconciler.migrate import migrate
+from reconciler.ops.filter import JobFilter
+from reconciler.ops.listing import SEARCH_EXAMINES, list_statement
+from reconciler.sqlfiles import query
 from tests.bench.statements import TRANSITION_TASKS, Statement, task_statements
 from tests.conftest import connect, make_settings
 
@@ -413,3 +416,55 @@ def test_stats_reads_jobs_through_indexes(planned: tuple[Database, datetime]) ->
         nodes = _analyze_plan(db, query("ops/stats", name), params)
         seq = [n for n in nodes if n["Node Type"] == "Seq Scan" and n["Relation Name"] == "jobs"]
         assert not seq, (name, [n["Node Type"] for n in nodes])
+
+
+def _read_by_pkey(conn: Connection, sql_text: str, binds: dict[str, Any], label: str) -> int:
+    """EXPLAIN ANALYZE ``sql_text``: it reads jobs only through jobs_pkey, with no Seq Scan,
+    Sort or bitmap; the rows it examined there (returned and filtered out)."""
+    plan = conn.execute(text(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql_text}"), binds).scalar_one()
+    nodes = list(_nodes(plan[0]["Plan"]))
+    kinds = [n["Node Type"] for n in nodes]
+    assert not {"Seq Scan", "Sort", "Bitmap Heap Scan"} & set(kinds), f"{label}: {kinds}"
+    scans = [n for n in nodes if n["Node Type"] in INDEX_SCANS]
+    assert scans and {n["Index Name"] for n in scans} == {"jobs_pkey"}, f"{label}: {kinds}"
+    return sum(n["Actual Rows"] + n.get("Rows Removed by Filter", 0) for n in scans)
+
+
+def test_error_text_search_reads_a_bounded_window(planned: tuple[Database, datetime]) -> None:
+    """The jobs page's error-text search (ILIKE, which no index serves) reads the newest
+    SEARCH_EXAMINES jobs below its position by walking the primary key backwards, alone
+    or with other filters, whether every tenth job matches or none does: no Seq Scan, no
+    Sort, no bitmap over the table, at most the window's rows read."""
+    db, now = planned
+    with db.transaction(rollback=True, statement_timeout=timedelta(minutes=2)) as conn:
+        conn.execute(
+            text(
+                "UPDATE jobs SET last_error = jsonb_build_object('message', 'upstream timeout')"
+                " WHERE id % 10 = 0"
+            )
+        )
+        conn.execute(text("ANALYZE jobs"))  # rolled back with the change
+        top = conn.execute(text("SELECT max(id) FROM jobs")).scalar_one()
+        for before in (None, top // 2):
+            floor_sql = query("ops/listing", "search_floor")
+            binds = {"before_id": before, "examine": SEARCH_EXAMINES}
+            read = _read_by_pkey(conn, floor_sql, binds, f"search_floor below {before}")
+            assert read <= SEARCH_EXAMINES
+            floor = conn.execute(text(floor_sql), binds).scalar_one()
+            for error in ("timeout", "no such error"):
+                for job_filter in (
+                    JobFilter(),
+                    JobFilter(statuses=("dead",)),
+                    JobFilter(queues=("default",), kinds=("test",)),
+                ):
+                    label = f"error {error!r}, {job_filter}, below {before}"
+                    sql_text, list_binds = list_statement(
+                        job_filter,
+                        now=now,
+                        limit=51,
+                        error_text=error,
+                        before_id=before,
+                        floor_id=floor,
+                    )
+                    read = _read_by_pkey(conn, sql_text, list_binds, label)
+                    assert read <= SEARCH_EXAMINES, label

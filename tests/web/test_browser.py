@@ -15,6 +15,7 @@ from reconciler.db import Database
 from reconciler.settings import Settings
 from reconciler.web import create_app
 from tests.helpers import events_of, insert_job, job, wait_until
+from tests.profile_tables import DDL
 from tests.web import browser
 from tests.web.conftest import TOKEN
 
@@ -122,3 +123,72 @@ def test_a_hostile_payload_is_text_in_the_browser(
     driver.get(f"{base_url}/jobs/{job_id}")
     assert "<script>alert(1)</script><img src=x" in driver.find_element(By.ID, "payload").text
     driver.save_screenshot(str(browser.artifacts(tmp_path) / "hostile.png"))
+
+
+@pytest.fixture
+def ai_dashboard(
+    settings: Settings, db: Database, schema: str, tmp_path: Path
+) -> Iterator[tuple[str, str]]:
+    """The dashboard over native and runbook 002's ai_course_jobs (a TOML profile), served;
+    its base URL and the table's dead job."""
+    from tests.web.test_profiles import AI, _profile_file, _sql
+
+    _sql(db, DDL[AI])
+    _sql(
+        db,
+        "INSERT INTO ai_course_jobs (job_type, status, retry_count, error, completed_at)"
+        " SELECT t, s, r, e, now() - interval '1 hour' FROM (VALUES"
+        " ('course', 'pending', 0, NULL), ('course', 'pending', 0, NULL),"
+        " ('course', 'failed', 1, 'openai: 429'), ('media', 'dead_letter', 3, 'openai: 500'),"
+        " ('course', 'done', 1, NULL)) v (t, s, r, e)",
+    )
+    [(dead_id,)] = _sql(db, "SELECT id::text FROM ai_course_jobs WHERE status = 'dead_letter'")
+    profiles = f"native,{_profile_file(tmp_path, AI, schema)}"
+    app = create_app(
+        settings.model_copy(update={"web_token": SecretStr(TOKEN), "profiles": profiles}), db=db
+    )
+    for base_url in browser.serve(app):
+        yield base_url, dead_id
+
+
+def test_switching_to_a_profile_in_a_browser(
+    driver: Any, ai_dashboard: tuple[str, str], db: Database, tmp_path: Path
+) -> None:
+    """The selector switches to a TOML table's profile; its tiles equal SQL counts; the
+    dead tile lists its dead job; logged in, a requeue from the job's page is confirmed
+    and its ledger row says web:token; the profile stays chosen throughout."""
+    from selenium.webdriver.common.by import By
+
+    from tests.web.test_profiles import AI, _sql
+
+    base_url, dead_id = ai_dashboard
+    shots = browser.artifacts(tmp_path)
+    driver.get(base_url + "/")
+    driver.find_element(By.CSS_SELECTOR, f'#profiles a[data-profile="{AI}"]').click()
+    wait_until(lambda: f"profile={AI}" in driver.current_url, "the profile's overview")
+    counts = dict(_sql(db, "SELECT status, count(*) FROM ai_course_jobs GROUP BY 1"))
+    for state, value in (("queued", "pending"), ("failed", "failed"), ("dead", "dead_letter")):
+        tile = driver.find_element(By.CSS_SELECTOR, f'.tile[data-status="{state}"] .count')
+        assert int(tile.text) == counts[value], state
+    driver.save_screenshot(str(shots / "profile-overview.png"))
+    driver.find_element(By.CSS_SELECTOR, '.tile[data-status="dead"]').click()
+    wait_until(lambda: "status=dead" in driver.current_url, "the dead jobs")
+    links = driver.find_elements(By.CSS_SELECTOR, "#jobs td a")
+    assert [a.text for a in links] == [dead_id]
+
+    driver.get(base_url + "/login")
+    driver.find_element(By.ID, "token").send_keys(TOKEN)
+    driver.find_element(By.ID, "login-submit").click()
+    wait_until(lambda: driver.current_url == base_url + "/", "the redirect after logging in")
+    driver.get(f"{base_url}/jobs/{dead_id}?profile={AI}")
+    driver.find_element(By.CSS_SELECTOR, '.act[data-action="requeue"]').click()
+    assert driver.find_element(By.ID, "preview-count").text == "1"
+    driver.find_element(By.ID, "confirm").click()
+    assert driver.find_element(By.ID, "done-count").text == "1"
+    driver.find_element(By.ID, "job-history").click()
+    wait_until(lambda: f"profile={AI}" in driver.current_url, "the job's page")
+    actors = [td.text for td in driver.find_elements(By.CSS_SELECTOR, "#events td.actor")]
+    assert actors == ["web:token"]
+    driver.save_screenshot(str(shots / "profile-job.png"))
+    ledger = db.rows("SELECT job_id, to_status, actor FROM ledger")
+    assert ledger == [{"job_id": dead_id, "to_status": "pending", "actor": "web:token"}]

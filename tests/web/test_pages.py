@@ -9,6 +9,7 @@ from sqlalchemy import text
 from starlette.testclient import TestClient
 
 from reconciler.db import Database
+from reconciler.ops.listing import SEARCH_EXAMINES
 from tests.helpers import insert_job
 from tests.ops_data import insert_event
 
@@ -146,3 +147,28 @@ def test_runs_page_highlights_failures(reader: TestClient, db: Database) -> None
     assert '<tr class="failed"><td class="n">' in page
     assert "boom &lt;b&gt;" in page
     assert re.search(r'requeue</a></td><td class="n">2</td><td class="n">1</td>', page)
+
+
+def test_error_search_reads_a_window_and_pages_into_older_ones(
+    reader: TestClient, db: Database
+) -> None:
+    """An error-text search reads the newest SEARCH_EXAMINES jobs and says so; a match older
+    than that window is on a next page, which searches the window below."""
+    old = insert_job(db, status="dead", attempt=3, last_error='{"message": "disk FULL on /var"}')
+    with db.transaction() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO jobs (kind, max_attempts) SELECT 'test', 3 FROM generate_series(1, :n)"
+            ),
+            {"n": SEARCH_EXAMINES + 5},
+        )
+    first = reader.get("/jobs", params={"error": "disk full"}).text
+    assert re.findall(r'<a href="/jobs/(\d+)">', first) == []
+    assert "searched in the newest 10,000 jobs" in first
+    assert "older ones: next page" in first
+    found = re.search(r'<a href="([^"]+)" id="next-page">', first)
+    assert found
+    second = reader.get(found.group(1).replace("&amp;", "&")).text
+    assert [int(i) for i in re.findall(r'<a href="/jobs/(\d+)">', second)] == [old]
+    assert "that reaches the oldest job" in second
+    assert 'id="next-page"' not in second

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -16,6 +17,7 @@ from reconciler.roles import render
 from reconciler.settings import Settings
 from tests.conftest import connect
 from tests.helpers import job
+from tests.profile_tables import DDL
 from tests.web.conftest import TOKEN, client_for, csrf_of
 
 
@@ -55,3 +57,68 @@ def test_pages_work_and_actions_say_why_not(
     finally:
         readonly.dispose()
     assert job(db, job_id)["status"] == "dead"
+
+
+def test_a_profiles_table_as_the_read_only_role(
+    settings: Settings,
+    db: Database,
+    readonly_url: str,
+    pg_url: str,
+    schema: str,
+    tmp_path: Path,
+) -> None:
+    """A profile's table the read-only role was not granted: one line saying so; once
+    granted SELECT, its pages read and an action says the role may not update it."""
+    from tests.web.test_profiles import AI, _profile_file, _sql
+
+    _sql(db, DDL[AI])
+    [(dead_id,)] = _sql(
+        db, "INSERT INTO ai_course_jobs (status) VALUES ('dead_letter') RETURNING id::text"
+    )
+    profiles = f"native,{_profile_file(tmp_path, AI, schema)}"
+    readonly = connect(readonly_url, db.schema, settings)
+    role = make_url(readonly_url).username
+    assert role is not None
+    try:
+        with client_for(
+            settings, readonly, web_token=SecretStr(TOKEN), profiles=profiles
+        ) as client:
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("REVOKE ALL ON {}.ai_course_jobs FROM {}").format(
+                        sql.Identifier(schema), sql.Identifier(role)
+                    )
+                )
+            denied = client.get("/", params={"profile": AI})
+            # The catalog shows the role none of its columns: the profile's own check says so.
+            assert denied.status_code == 409
+            assert "does not exist (or this role cannot see it)" in denied.text
+            assert "Traceback" not in denied.text
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("GRANT SELECT ON {}.ai_course_jobs TO {}").format(
+                        sql.Identifier(schema), sql.Identifier(role)
+                    )
+                )
+            for path in ("/", "/jobs", "/dead-letter", "/runs", f"/jobs/{dead_id}"):
+                assert client.get(path, params={"profile": AI}).status_code == 200, path
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("REVOKE SELECT ON {}.ledger FROM {}").format(
+                        sql.Identifier(schema), sql.Identifier(role)
+                    )
+                )
+            # A read the database refuses mid-page: one line, not a traceback.
+            history = client.get(f"/jobs/{dead_id}", params={"profile": AI})
+            assert history.status_code == 403
+            assert "may not read this: permission denied for table ledger" in history.text
+            client.post("/login", data={"token": TOKEN})
+            csrf = csrf_of(client.get("/").text)
+            response = client.post(
+                "/actions/requeue",
+                data={"csrf": csrf, "job": dead_id, "profile": AI, "confirm": "yes"},
+            )
+            assert response.status_code == 403, response.text[-600:]
+            assert "may not update" in response.text
+    finally:
+        readonly.dispose()
