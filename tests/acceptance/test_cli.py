@@ -91,11 +91,19 @@ def test_dry_run_writes_nothing(cli: CLI, db: Database) -> None:
         assert conn.execute(text("SELECT count(*) FROM job_events")).scalar_one() == 0
 
 
-def test_tasks_lists_all_six(cli: CLI) -> None:
-    """tasks --json lists the six tasks in registry order."""
+def test_tasks_lists_all_seven(cli: CLI) -> None:
+    """tasks --json lists the seven tasks in registry order."""
     result = cli("tasks", "--json")
     names = [t["name"] for t in json.loads(result.stdout)["tasks"]]
-    assert names == ["mark-stale", "requeue", "dead-letter", "purge", "vacuum-analyze", "reindex"]
+    assert names == [
+        "mark-stale",
+        "requeue",
+        "dead-letter",
+        "purge",
+        "partitions",
+        "vacuum-analyze",
+        "reindex",
+    ]
 
 
 @pytest.mark.parametrize(
