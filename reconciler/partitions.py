@@ -151,10 +151,15 @@ def partition_events(
         try:
             retrying("validate", lambda: _validate(db, lock_timeout))
             retrying("unique", lambda: _unique(db, lock_timeout))
-            created = retrying("swap", lambda: _swap(db, lock_timeout, unit, cutover, ahead))
+            retrying("swap", lambda: _swap(db, lock_timeout, cutover))
         except BaseException:
             _unbound(db, lock_timeout)
             raise
+        # Apart from the swap, so its ACCESS EXCLUSIVE lasts no longer than the swap:
+        # ATTACH needs only SHARE UPDATE EXCLUSIVE, and the history partition takes every
+        # event until the cutover, a day away (should this stop here, the next migrate or
+        # the partitions task makes them).
+        created = retrying("ensure", lambda: _ensure(db, lock_timeout, unit, ahead))
     log.info(
         "partitions.converted",
         schema=db.schema,
@@ -218,14 +223,10 @@ def _unique(db: Database, lock_timeout: timedelta) -> None:
             conn.execute(text("RESET search_path; RESET lock_timeout; RESET statement_timeout"))
 
 
-def _swap(
-    db: Database, lock_timeout: timedelta, unit: Unit, cutover: datetime, ahead: timedelta
-) -> tuple[str, ...]:
-    """Step 5, one transaction: the partitioned table, the old one attached, partitions
-    ahead of now (and at least to the cutover)."""
+def _swap(db: Database, lock_timeout: timedelta, cutover: datetime) -> None:
+    """Step 5, one short transaction: the partitioned table, the old one attached."""
     with _tx(db, lock_timeout) as conn:
         conn.execute(text(query("partitions", "swap")), {"cutover": cutover})
-        return _ensure_in(conn, unit, ahead)
 
 
 def _ensure(db: Database, lock_timeout: timedelta, unit: Unit, ahead: timedelta) -> tuple[str, ...]:

@@ -22,8 +22,9 @@
 --      exists), create the partitioned job_events with the same columns,
 --      identity continuing after the old one, ATTACH the old table as the
 --      partition FROM (MINVALUE) TO (cutover) (the validated CHECK proves the
---      bound, so ATTACH does not scan), copy the grants, then create the
---      partitions ahead. Catalog work only: milliseconds whatever the size.
+--      bound, so ATTACH does not scan), copy the grants. Catalog work only.
+--   6. ensure: the partitions ahead, in a transaction of their own (ATTACH
+--      takes SHARE UPDATE EXCLUSIVE: workers keep inserting).
 -- Until the cutover, new events still go to job_events_history (its range
 -- ends there); from the cutover on, into the day's or month's partition.
 
