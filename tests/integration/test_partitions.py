@@ -434,3 +434,67 @@ def test_the_swap_attaches_the_old_table_without_reading_it(db: Database, pg_url
         'partition constraint for table "job_events_history" is implied' in n for n in notices
     ), notices
     assert not [n for n in notices if "job_events_history" in n and "index" in n], notices
+
+
+def _scans(plan: Any) -> list[tuple[str, str]]:
+    """(node type, relation) of every scan in an EXPLAIN (FORMAT JSON) plan."""
+    found = []
+    stack = [plan[0]["Plan"]]
+    while stack:
+        node = stack.pop()
+        if "Relation Name" in node:
+            found.append((node["Node Type"], node["Relation Name"]))
+        stack.extend(node.get("Plans", []))
+    return found
+
+
+def test_check_and_the_ledger_metrics_read_partitions_through_indexes(db: Database) -> None:
+    """check's window (at a now 11 days past the cutover) and the metrics' cursor walk an
+    index of each partition they read, never a partition's whole table: 20,000 events over
+    the 10 days before that now, 10 daily partitions, and as many in the history one."""
+    cutover = _convert(db).cutover
+    now = db.now()
+    later = cutover + 11 * DAY + timedelta(hours=5)  # check's now: 10 days of events before
+    job_id = insert_job(db)
+    with db.transaction() as conn:
+        conn.execute(
+            text("SELECT count(*) FROM job_events_partitions_ensure(:upto, 'day')"),
+            {"upto": cutover + 12 * DAY},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO job_events (job_id, from_status, to_status, at, actor)"
+                " SELECT :j, 'running', (ARRAY['succeeded', 'failed', 'dead'])[g % 3 + 1],"
+                "        t - g * interval '43 s', 'bench'"
+                " FROM generate_series(1, 20000) g,"
+                "      (VALUES (CAST(:now AS timestamptz)), (CAST(:later AS timestamptz))) v (t)"
+            ),
+            {"j": job_id, "now": now, "later": later},
+        )
+        conn.execute(text("ANALYZE job_events"))
+        head = conn.execute(text(query("metrics", "ledger_head"))).scalar_one()
+        statements = [
+            (query("ops/check", "attempts"), {"since": later - timedelta(hours=1)}),
+            (query("ops/check", "dead_recent"), {"since": later - timedelta(hours=1)}),
+            (
+                query("metrics", "ledger_since"),
+                {"cursor": head - 100, "gaps": [head - 5000], "limit": 1000},
+            ),
+        ]
+        for statement, binds in statements:
+            plan = conn.execute(text(f"EXPLAIN (FORMAT JSON) {statement}"), binds).scalar_one()
+            scans = [s for s in _scans(plan) if s[1].startswith("job_events")]
+            assert scans, statement
+            full = [s for s in scans if s[0] == "Seq Scan" and s[1] in _filled(conn)]
+            assert full == [], (statement, scans)
+
+
+def _filled(conn: Any) -> set[str]:
+    """Partitions of 1,000 events or more (one of a few pages, the planner may read whole)."""
+    rows = conn.execute(
+        text(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'job_events'::regclass AND c.reltuples >= 1000"
+        )
+    )
+    return {r[0] for r in rows}
