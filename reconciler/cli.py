@@ -39,6 +39,7 @@ from reconciler.migrate import MigrationBlocked, MigrationError, migrate, pendin
 from reconciler.ops.args import batch_size_arg, job_id_arg
 from reconciler.ops.cli import OpsError, add_ops_commands
 from reconciler.ops.output import emit_json
+from reconciler.partitions import partition_events
 from reconciler.profiles import ProfileError, bind_profile, configured, open_profile, select
 from reconciler.profiles.check import describe, explain
 from reconciler.profiles.live import Bound
@@ -328,6 +329,15 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings, db: Database, targ
     result = migrate(
         db, lock_timeout=settings.migrate_lock_timeout, deadline=settings.migrate_deadline
     )
+    ledger = None
+    if settings.events_partitioning != "none":
+        ledger = partition_events(
+            db,
+            unit=settings.events_partitioning,
+            ahead=settings.events_partitions_ahead,
+            lock_timeout=settings.migrate_lock_timeout,
+            deadline=settings.migrate_deadline,
+        )
     if args.json:
         emit_json(
             {
@@ -335,9 +345,19 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings, db: Database, targ
                 "applied": list(result.applied),
                 "version": result.current_version,
                 "lock_retries": result.lock_retries,
+                **(
+                    {
+                        "events_partitioned": ledger.converted,
+                        "cutover": ledger.cutover.isoformat() if ledger.cutover else None,
+                        "partitions_created": list(ledger.created),
+                    }
+                    if ledger is not None
+                    else {}
+                ),
             }
         )
-    elif result.applied:
+        return EXIT_OK
+    if result.applied:
         _out().print(
             f"schema {result.schema!r} on {target.describe()}: applied "
             f"{', '.join(result.applied)}; now at version {result.current_version}"
@@ -347,6 +367,15 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings, db: Database, targ
             f"schema {result.schema!r} on {target.describe()}: already up to date "
             f"at version {result.current_version}"
         )
+    if ledger is not None and ledger.converted:
+        assert ledger.cutover is not None
+        _out().print(
+            f"job_events is now partitioned by {settings.events_partitioning}: the old table is "
+            f"partition job_events_history (events before {ledger.cutover.isoformat()}); "
+            f"created {', '.join(ledger.created)}"
+        )
+    elif ledger is not None and ledger.created:
+        _out().print(f"job_events partitions created ahead: {', '.join(ledger.created)}")
     return EXIT_OK
 
 

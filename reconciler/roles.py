@@ -106,6 +106,7 @@ def render(
 
     values["grants"] = literals("grants")
     values["maintain"] = literals("maintain")
+    values["partitions"] = literals("partitions")
     rendered = [v.as_string(None) for v in values.values()]
     values["tag"] = sql.SQL(_tag(rendered))
     parts = [

@@ -193,6 +193,29 @@ class Settings(BaseSettings):
         default=timedelta(days=30),
         description="purge deletes the reconciler's own run records older than this.",
     )
+    events_partitioning: Literal["none", "day", "month"] = Field(
+        default="none",
+        description="Layout of the job_events ledger, read by `migrate`: none keeps one plain "
+        "table (the default; nothing changes unless you opt in); day or month makes `migrate` "
+        "turn it into a table range-partitioned by `at`, one partition per day or month, so "
+        "the partitions task drops a whole partition past RECONCILER_RETENTION_EVENTS instead "
+        "of purge deleting events row by row (README, A partitioned ledger). Day: the "
+        "retention is kept to within a day; month: fewer, larger partitions.",
+    )
+    events_partitions_ahead: Duration = Field(
+        default=timedelta(days=7),
+        description="With a partitioned ledger, partitions exist at least this far ahead of "
+        "now (created by `migrate` and then hourly by the partitions task). 7d: a daemon "
+        "stopped over a long weekend still finds a partition for every event; `check` warns "
+        "when less than half of it is left, and is critical under a day.",
+    )
+    retention_events: Duration = Field(
+        default=timedelta(days=90),
+        description="With a partitioned ledger, a partition whose every event is older than "
+        "this is dropped whole (events outlive it by at most one partition: a day or a month). "
+        "90d: as long as RECONCILER_RETENTION_DEAD, so a dead job keeps its history while it "
+        "is kept. Unused in the plain layout, where purge deletes a job's events with it.",
+    )
     lease_ttl: Duration = Field(
         default=timedelta(seconds=60),
         description="A task's lease lasts this long after its last renewal (every batch renews "
@@ -464,6 +487,16 @@ class Settings(BaseSettings):
                 f"RECONCILER_LEASE_TTL ({format_duration(self.lease_ttl)}) must be at least twice "
                 f"RECONCILER_STATEMENT_TIMEOUT ({format_duration(self.statement_timeout)}), or a "
                 "slow batch could outlive its task's lease"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _events_outlive_a_transaction(self) -> Settings:
+        if self.retention_events < timedelta(days=1):
+            raise ValueError(
+                "RECONCILER_RETENTION_EVENTS must be at least 1d: a partition is dropped only "
+                "once its every event is older than that, and a transition still in flight "
+                "must find its partition"
             )
         return self
 

@@ -31,7 +31,8 @@
 --
 -- Sections (`-- name:` headers): the script is `roles`, `owner`, then
 -- `apply`, which runs each statement of `grants` (and, from PostgreSQL 17,
--- `maintain`) once the schema is migrated.
+-- `maintain`; with a partitioned ledger, `partitions`) once the schema is
+-- migrated.
 
 -- name: roles
 DO {tag}
@@ -105,6 +106,12 @@ BEGIN
             EXECUTE stmt;
         END LOOP;
     END IF;
+    IF to_regprocedure(format('%I.job_events_partitions_ensure(timestamptz, text)',
+                              {schema_name})) IS NOT NULL THEN
+        FOREACH stmt IN ARRAY {partitions} LOOP
+            EXECUTE stmt;
+        END LOOP;
+    END IF;
 END
 {tag};
 
@@ -146,3 +153,12 @@ GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {readonly};
 -- MAINTAIN privilege is enough. On older servers vacuum-analyze run as the
 -- daemon role reports a failed run ("skipping"): run that one task as the owner.
 GRANT MAINTAIN ON {schema}.jobs, {schema}.job_events, {schema}.runs TO {daemon};
+
+-- name: partitions
+-- A partitioned ledger (RECONCILER_EVENTS_PARTITIONING; `migrate` creates
+-- these functions): the partitions task creates and drops job_events
+-- partitions through them, with the owner's rights. Nobody else may call them.
+GRANT EXECUTE ON FUNCTION
+    {schema}.job_events_partitions_ensure(timestamptz, text),
+    {schema}.job_events_partition_drop_oldest(timestamptz)
+    TO {daemon};

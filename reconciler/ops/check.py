@@ -9,9 +9,11 @@ Conditions: failure rate of attempts in the window; backlog (jobs due for
 longer than the backlog age); dead-letter spike; probably dead workers; jobs
 running too long; maintenance tasks overdue by the daemon's schedule (as
 ``reconciler status`` judges it), never run, or failed in their last run;
-the oldest due job of each priority past its latency target; autovacuum lag
-and table and index bloat of ``jobs`` and ``job_events``
-(:mod:`reconciler.ops.table_health`). Paused queues
+the oldest due job of each priority past its latency target; with a
+partitioned ledger, how far ahead its partitions reach; autovacuum lag and
+table and index bloat of ``jobs`` and ``job_events``
+(:mod:`reconciler.ops.table_health`; a partitioned table by its partitions).
+Paused queues
 are left out of backlog and latency (they back up on purpose) and listed;
 after ``pause --all`` that is every queue, listed as "all queues".
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -115,6 +117,27 @@ def _task_finding(status: TaskStatus, now: datetime) -> Finding:
     )
 
 
+def _partitions_finding(upper: datetime, now: datetime, s: Settings) -> Finding:
+    """A partitioned ledger's partitions must reach ahead: past the last one, every
+    transition is refused (its event has nowhere to go)."""
+    left = upper - now
+    level = (
+        "critical"
+        if left < timedelta(days=1)
+        else "warning"
+        if left < s.events_partitions_ahead / 2
+        else "ok"
+    )
+    return Finding(
+        "events_partitions",
+        level,
+        round(left.total_seconds()),
+        round((s.events_partitions_ahead / 2).total_seconds()),
+        f"job_events partitions reach {age(left)} ahead (to {upper.isoformat()})"
+        + ("" if level == "ok" else "; is the partitions task running? reconciler run partitions"),
+    )
+
+
 def evaluate(
     db: Database, settings: Settings, schedule: Schedule, *, now: datetime | None = None
 ) -> list[Finding]:
@@ -136,6 +159,7 @@ def evaluate(
         latency = conn.execute(
             text(query("ops/check", "oldest_due_by_priority")), {"now": now}
         ).all()
+        ledger = conn.execute(text(query("ops/check", "events_partitions"))).first()
         health = table_health(conn, db.schema, QUEUE_TABLES, now, health_rules(s))
 
     total = attempts.succeeded + attempts.failed
@@ -207,6 +231,8 @@ def evaluate(
         if not status.enabled:
             continue
         findings.append(_task_finding(status, now))
+    if ledger is not None:
+        findings.append(_partitions_finding(ledger.upper_bound, now, s))
     for row in latency:
         target = settings.latency_target(row.priority)
         name = PRIORITIES[row.priority]

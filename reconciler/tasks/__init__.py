@@ -6,7 +6,15 @@ here and run them through :func:`reconciler.runner.run_task`.
 
 from __future__ import annotations
 
-from reconciler.tasks import dead_letter, mark_stale, purge, reindex, requeue, vacuum_analyze
+from reconciler.tasks import (
+    dead_letter,
+    mark_stale,
+    partitions,
+    purge,
+    reindex,
+    requeue,
+    vacuum_analyze,
+)
 from reconciler.tasks.base import Task, TaskContext, TaskFailed, TaskResult
 
 __all__ = ["TASKS", "Task", "TaskContext", "TaskFailed", "TaskResult", "get_task"]
@@ -20,6 +28,7 @@ TASKS: dict[str, Task] = {
         requeue.TASK,
         dead_letter.TASK,
         purge.TASK,
+        partitions.TASK,
         vacuum_analyze.TASK,
         reindex.TASK,
     )

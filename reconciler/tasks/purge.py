@@ -3,8 +3,10 @@
 What it changes: deletes ``succeeded``, ``cancelled`` and ``dead`` jobs whose
 ``finished_at`` is older than that status's retention (defaults 30 d, 30 d and
 90 d; ``RECONCILER_RETENTION_*``), together with their ``job_events`` rows in
-the same statement; then deletes the reconciler's own ``runs`` records older
-than ``RECONCILER_RETENTION_RUNS``. Counts appear as ``succeeded->purged``.
+the same statement (with a partitioned ledger, ``RECONCILER_EVENTS_PARTITIONING``,
+the events stay until the ``partitions`` task drops their partition); then
+deletes the reconciler's own ``runs`` records older than
+``RECONCILER_RETENTION_RUNS``. Counts appear as ``succeeded->purged``.
 ``queued``, ``running``, ``failed`` and ``stale`` jobs are never purged: they
 are not finished.
 
@@ -32,6 +34,10 @@ __all__ = ["TASK"]
 
 def execute(ctx: TaskContext) -> None:
     retention = ctx.settings.retention()
+    with ctx.db.transaction() as conn:
+        partitioned = conn.execute(text(query("tasks/partitions", "layout"))).scalar()
+    # A partitioned ledger loses its events by partition (the partitions task), not here.
+    statement = "apply_partitioned" if partitioned else "apply"
     statuses = ctx.params.get("statuses") or list(retention)
     for status in statuses:
         reason = ctx.stop_reason()
@@ -40,7 +46,7 @@ def execute(ctx: TaskContext) -> None:
             return
         horizon = ctx.now - ctx.params.get("older_than", retention[status])
         ctx.run_batches(
-            spliced(query("tasks/purge", "apply")),
+            spliced(query("tasks/purge", statement)),
             {
                 "status": status,
                 "horizon": horizon,

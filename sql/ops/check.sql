@@ -38,3 +38,13 @@ WHERE j.status = 'queued'
   AND NOT EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue IN (j.queue, '*'))
 GROUP BY 1
 ORDER BY 1
+
+-- name: events_partitions
+-- A partitioned ledger (RECONCILER_EVENTS_PARTITIONING): how far ahead its
+-- partitions reach (an event past the last one is refused, with its
+-- transition). No row with the plain table. Catalog only.
+SELECT max(CAST(substring(pg_get_expr(c.relpartbound, c.oid) FROM $re$TO \('([^']*)'\)$re$)
+               AS timestamptz)) AS upper_bound
+FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = to_regclass('job_events')
+HAVING count(*) > 0

@@ -47,6 +47,31 @@ WITH doomed AS (
 )
 SELECT id, status AS from_status, 'purged' AS to_status, finished_at FROM gone
 
+-- name: apply_partitioned
+-- The same for a partitioned ledger (RECONCILER_EVENTS_PARTITIONING): the jobs
+-- only. Their events stay in their partitions until the partitions task drops
+-- each partition whole, past RECONCILER_RETENTION_EVENTS; deleting them here
+-- would probe every partition's index per job and write every row once more.
+WITH doomed AS (
+    SELECT j.id
+    FROM jobs j
+    WHERE j.status = CAST(:status AS text)
+      AND j.finished_at < CAST(:horizon AS timestamptz)
+      AND (NOT CAST(:require_backup AS boolean) OR /*backed_up*/)
+      AND (CAST(:after_finished AS timestamptz) IS NULL
+           OR (j.finished_at >= CAST(:after_finished AS timestamptz)
+               AND (j.finished_at, j.id)
+                   > (CAST(:after_finished AS timestamptz), CAST(:after_id AS bigint))))
+    ORDER BY j.finished_at, j.id
+    LIMIT :batch_size
+    FOR UPDATE OF j SKIP LOCKED
+), gone AS (
+    DELETE FROM jobs j
+    WHERE j.id = ANY (ARRAY(SELECT d.id FROM doomed d))
+    RETURNING j.id, j.status, j.finished_at
+)
+SELECT id, status AS from_status, 'purged' AS to_status, finished_at FROM gone
+
 -- name: runs
 WITH doomed AS (
     SELECT r.id

@@ -37,6 +37,30 @@ def test_migrate_then_migrate_again(cli: CLI) -> None:
     assert cli("migrate", "--check").returncode == 0
 
 
+def test_migrate_partitions_the_ledger_when_asked(cli: CLI) -> None:
+    """RECONCILER_EVENTS_PARTITIONING=day: migrate converts job_events after the migrations
+    and says so; again, it finds it done; a bad value is one line, exit 2."""
+    day = {"RECONCILER_EVENTS_PARTITIONING": "day"}
+    first = cli("migrate", "--json", env=day)
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert report["applied"] == ALL_MIGRATIONS
+    assert report["events_partitioned"] is True
+    assert report["partitions_created"][0].startswith("job_events_p")
+    again = cli("migrate", env=day)
+    assert again.returncode == 0, again.stderr
+    assert "already up to date" in again.stdout
+    assert "partitioned" not in again.stdout
+    plain = json.loads(cli("migrate", "--json").stdout)
+    assert "events_partitioned" not in plain
+    bad = cli("migrate", env={"RECONCILER_EVENTS_PARTITIONING": "week"})
+    assert bad.returncode == 2
+    assert _one_line_error(bad) == (
+        "reconciler: configuration error: RECONCILER_EVENTS_PARTITIONING: "
+        "Input should be 'none', 'day' or 'month'"
+    )
+
+
 def test_migrate_check_reports_pending(cli: CLI) -> None:
     """migrate --check on a fresh schema exits 1 and names the pending files."""
     result = cli("migrate", "--check", "--json")
@@ -91,11 +115,19 @@ def test_dry_run_writes_nothing(cli: CLI, db: Database) -> None:
         assert conn.execute(text("SELECT count(*) FROM job_events")).scalar_one() == 0
 
 
-def test_tasks_lists_all_six(cli: CLI) -> None:
-    """tasks --json lists the six tasks in registry order."""
+def test_tasks_lists_all_seven(cli: CLI) -> None:
+    """tasks --json lists the seven tasks in registry order."""
     result = cli("tasks", "--json")
     names = [t["name"] for t in json.loads(result.stdout)["tasks"]]
-    assert names == ["mark-stale", "requeue", "dead-letter", "purge", "vacuum-analyze", "reindex"]
+    assert names == [
+        "mark-stale",
+        "requeue",
+        "dead-letter",
+        "purge",
+        "partitions",
+        "vacuum-analyze",
+        "reindex",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,15 @@ import pytest
 from sqlalchemy import text
 
 from reconciler.db import Database
+from reconciler.ops.check import evaluate
+from reconciler.partitions import partition_events
+from reconciler.schedule import load_schedule
+from reconciler.settings import Settings
+from reconciler.sqlfiles import query
 from tests.helpers import insert_job
 from tests.ops_data import CliRun, insert_event
 
-TASKS = ("mark-stale", "requeue", "dead-letter", "purge", "vacuum-analyze")
+TASKS = ("mark-stale", "requeue", "dead-letter", "purge", "partitions", "vacuum-analyze")
 
 
 def ran(db: Database, task: str, at: datetime, status: str = "ok") -> None:
@@ -332,3 +337,26 @@ def test_check_with_bad_arguments_exits_3(cli: CliRun, db: Database) -> None:
     code, out, _ = cli("check", "--no-such-option")
     assert code == 3
     assert "UNKNOWN" in out
+
+
+def test_a_partitioned_ledger_reports_how_far_its_partitions_reach(
+    cli: CliRun, db: Database, settings: Settings, healthy: None
+) -> None:
+    """No finding with the plain ledger; partitioned, ok while the partitions reach half of
+    RECONCILER_EVENTS_PARTITIONS_AHEAD, a warning under it, critical under a day."""
+    assert "events_partitions" not in findings(cli)[1]
+
+    partition_events(db, unit="day", ahead=timedelta(days=7))
+    assert findings(cli)[1]["events_partitions"] == "ok"
+
+    with db.transaction() as conn:
+        upper = conn.execute(text(query("ops/check", "events_partitions"))).scalar_one()
+    schedule = load_schedule(None)
+    for before, level in [(timedelta(days=3), "warning"), (timedelta(hours=12), "critical")]:
+        (found,) = [
+            f
+            for f in evaluate(db, settings, schedule, now=upper - before)
+            if f.check == "events_partitions"
+        ]
+        assert found.level == level, found
+        assert "reconciler run partitions" in found.message

@@ -41,6 +41,7 @@ def test_collect_reports_last_run_lease_and_overdue(db: Database, settings: Sett
         "requeue",
         "dead-letter",
         "purge",
+        "partitions",
         "vacuum-analyze",
         "reindex",
     ]

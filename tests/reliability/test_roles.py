@@ -18,6 +18,7 @@ from sqlalchemy import make_url, text
 
 from reconciler.db import Database
 from reconciler.migrate import migrate
+from reconciler.partitions import partition_events
 from reconciler.roles import main as roles_main
 from reconciler.roles import render
 from reconciler.runner import run_task
@@ -349,3 +350,33 @@ def test_migrate_as_the_owner_role_then_the_workers_run_with_its_rights(
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
         _drop_roles(pg_url, names.values())
+
+
+def test_the_daemon_role_keeps_a_partitioned_ledger(
+    db: Database, roles: Roles, schema: str, pg_url: str
+) -> None:
+    """A partitioned ledger (migrate, then the roles script again, as the README says): the
+    daemon role creates and drops partitions through the owner's functions; a worker may
+    not call them."""
+    cutover = partition_events(db, unit="month", ahead=timedelta(days=7)).cutover
+    assert cutover is not None
+    names = {"owner": roles.owner, "daemon": roles.daemon}
+    names |= {"worker": roles.worker, "readonly": roles.readonly}
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(render(db.schema, **names))
+    settings = make_settings(roles.urls["daemon"], schema, events_partitioning="month")
+    daemon = connect(roles.urls["daemon"], schema, settings)
+    try:
+        result = run_task(daemon, settings, "partitions", now=cutover + timedelta(days=91))
+    finally:
+        daemon.dispose()
+    assert result.status == "ok", result.error
+    assert result.details["partitions_dropped"] == ["job_events_history"]
+    assert result.details["partitions_created"] != []
+    with psycopg.connect(roles.urls["worker"], autocommit=True) as conn:
+        for call in (
+            "SELECT * FROM {}.job_events_partition_drop_oldest(now())",
+            "SELECT * FROM {}.job_events_partitions_ensure(now() + interval '1 year', 'day')",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql.SQL(call).format(sql.Identifier(schema)))

@@ -29,7 +29,7 @@ def _error(source: str) -> str:
 
 
 def test_default_schedule_pins_every_task() -> None:
-    """The shipped file schedules all six tasks (reindex switched off), as the README says."""
+    """The shipped file schedules all seven tasks (reindex switched off), as the README says."""
     schedule = load_schedule()
     assert [e.task for e in schedule.entries] == list(TASKS)
     assert {e.task: e.describe() for e in schedule.entries} == {
@@ -37,6 +37,7 @@ def test_default_schedule_pins_every_task() -> None:
         "requeue": "every 1s",
         "dead-letter": "every 1m",
         "purge": "cron 17 3 * * * (UTC)",
+        "partitions": "every 1h",
         "vacuum-analyze": "cron 43 3 * * * (UTC)",
         "reindex": "cron 53 3 * * 0 (UTC)",
     }

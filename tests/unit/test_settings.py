@@ -58,6 +58,9 @@ def test_every_default_is_pinned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         "retention_dead": timedelta(days=90),
         "retention_runs": timedelta(days=30),
         "lease_ttl": timedelta(seconds=60),
+        "events_partitioning": "none",
+        "events_partitions_ahead": timedelta(days=7),
+        "retention_events": timedelta(days=90),
         "schedule_file": None,
         "profiles": "native",
         "shutdown_grace": timedelta(seconds=30),
@@ -185,6 +188,9 @@ def test_keyword_values_win_over_the_environment(monkeypatch: pytest.MonkeyPatch
         ("RECONCILER_CHECK_BACKLOG_WARNING", "-1", "greater than or equal to 1"),
         ("RECONCILER_LATENCY_TARGETS", '{"bulk": "1h"}', "not a priority with a target"),
         ("RECONCILER_LATENCY_TARGETS", '{"high": "0s"}', "longer than zero"),
+        ("RECONCILER_EVENTS_PARTITIONING", "week", "'none', 'day' or 'month'"),
+        ("RECONCILER_EVENTS_PARTITIONS_AHEAD", "0s", "must be longer than zero"),
+        ("RECONCILER_RETENTION_EVENTS", "12h", "must be at least 1d"),
     ],
 )
 def test_bad_value_is_one_line_naming_the_variable(
