@@ -45,6 +45,9 @@ __all__ = ["LEVELS", "QUEUE_TABLES", "Finding", "cmd_check", "evaluate", "health
 
 LEVELS = {"ok": 0, "warning": 1, "critical": 2}
 
+# check counts backlog, slow and due jobs up to this many (more says nothing new).
+COUNT_CAP = 10_001
+
 # The tables whose bloat and autovacuum lag check judges: every job passes through both.
 QUEUE_TABLES = ("jobs", "job_events")
 
@@ -76,6 +79,11 @@ def _level(value: float, warning: float, critical: float) -> str:
     if value > warning:
         return "warning"
     return "ok"
+
+
+def _count(n: int, cap: int) -> str:
+    """A count that stopped at ``cap``: "over N" (N the last it counted), else N."""
+    return f"over {cap - 1:,}" if n >= cap else str(n)
 
 
 def _task_finding(status: TaskStatus, now: datetime) -> Finding:
@@ -147,17 +155,22 @@ def evaluate(
     since = now - s.check_window
     window = age(s.check_window)
     findings: list[Finding] = []
+    # Counts stop at cap (one past the backlog's critical threshold, at least
+    # COUNT_CAP): above it the level is decided, and "over N" is what a person needs.
+    cap = max(COUNT_CAP, s.check_backlog_critical + 1)
     with db.transaction() as conn:
 
         def one(name: str, **binds: Any) -> Any:
-            return conn.execute(text(query("ops/check", name)), {"now": now, **binds}).one()
+            return conn.execute(
+                text(query("ops/check", name)), {"now": now, "cap": cap, **binds}
+            ).one()
 
         attempts = one("attempts", since=since)
         backlog = one("backlog", backlog_horizon=now - s.check_backlog_age)
         dead = one("dead_recent", since=since)
         slow = one("slow", slow_horizon=now - s.check_slow_job_age)
         latency = conn.execute(
-            text(query("ops/check", "oldest_due_by_priority")), {"now": now}
+            text(query("ops/check", "oldest_due_by_priority")), {"now": now, "cap": cap}
         ).all()
         ledger = conn.execute(text(query("ops/check", "events_partitions"))).first()
         health = table_health(conn, db.schema, QUEUE_TABLES, now, health_rules(s))
@@ -186,7 +199,7 @@ def evaluate(
             _level(backlog.jobs, s.check_backlog_warning, s.check_backlog_critical),
             backlog.jobs,
             s.check_backlog_warning,
-            f"{backlog.jobs} queued job(s) due for over {age(s.check_backlog_age)}",
+            f"{_count(backlog.jobs, cap)} queued job(s) due for over {age(s.check_backlog_age)}",
         )
     )
     findings.append(
@@ -223,7 +236,7 @@ def evaluate(
             "warning" if slow.jobs else "ok",
             slow.jobs,
             0,
-            f"{slow.jobs} job(s) running for over {age(s.check_slow_job_age)}"
+            f"{_count(slow.jobs, cap)} job(s) running for over {age(s.check_slow_job_age)}"
             + (f" (e.g. job {slow.example_id})" if slow.jobs else ""),
         )
     )
@@ -250,7 +263,8 @@ def evaluate(
                 level,
                 wait,
                 target,
-                f"oldest due {name} job waits {age(wait)} (target {age(target)}; {row.due} due)",
+                f"oldest due {name} job waits {age(wait)} "
+                f"(target {age(target)}; {_count(row.due, cap)} due)",
             )
         )
     findings.extend(Finding(*f) for f in health)

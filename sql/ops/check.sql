@@ -12,11 +12,17 @@ WHERE e.from_status = 'running'
   AND e.at >= CAST(:since AS timestamptz)
 
 -- name: backlog
+-- Counted up to :cap (past the critical threshold): a backlog of millions costs
+-- what one of :cap does, and the finding reads "over N".
 SELECT count(*) AS jobs
-FROM jobs j
-WHERE j.status = 'queued'
-  AND j.run_at <= CAST(:backlog_horizon AS timestamptz)
-  AND NOT EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue IN (j.queue, '*'))
+FROM (
+    SELECT 1
+    FROM jobs j
+    WHERE j.status = 'queued'
+      AND j.run_at <= CAST(:backlog_horizon AS timestamptz)
+      AND NOT EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue IN (j.queue, '*'))
+    LIMIT :cap
+) capped
 
 -- name: dead_recent
 SELECT count(*) AS jobs
@@ -25,18 +31,37 @@ WHERE e.to_status = 'dead'
   AND e.at >= CAST(:since AS timestamptz)
 
 -- name: slow
-SELECT count(*) AS jobs, min(j.started_at) AS oldest_start, min(j.id) AS example_id
-FROM jobs j
-WHERE j.status = 'running'
-  AND j.started_at < CAST(:slow_horizon AS timestamptz)
+-- Counted up to :cap, like backlog: a crashed fleet's 300,000 silent jobs must not
+-- make monitoring's minute-by-minute check take seconds.
+SELECT count(*) AS jobs, min(s.id) AS example_id
+FROM (
+    SELECT j.id
+    FROM jobs j
+    WHERE j.status = 'running'
+      AND j.started_at < CAST(:slow_horizon AS timestamptz)
+    LIMIT :cap
+) s
 
 -- name: oldest_due_by_priority
-SELECT j.priority, count(*) AS due, CAST(:now AS timestamptz) - min(j.run_at) AS oldest_wait
-FROM jobs j
-WHERE j.status = 'queued'
-  AND j.run_at <= CAST(:now AS timestamptz)
-  AND NOT EXISTS (SELECT 1 FROM paused_queues p WHERE p.queue IN (j.queue, '*'))
-GROUP BY 1
+-- Per priority (0 critical .. 4 bulk), walking jobs_claim_idx (priority, run_at)
+-- from its oldest due job: the first row read is the oldest, and the due jobs are
+-- counted up to :cap, so a deep backlog costs no more than :cap rows a priority.
+SELECT p.priority, d.due, CAST(:now AS timestamptz) - d.oldest AS oldest_wait
+FROM generate_series(0, 4) p (priority)
+CROSS JOIN LATERAL (
+    SELECT count(*) AS due, min(x.run_at) AS oldest
+    FROM (
+        SELECT j.run_at
+        FROM jobs j
+        WHERE j.status = 'queued'
+          AND j.priority = p.priority
+          AND j.run_at <= CAST(:now AS timestamptz)
+          AND NOT EXISTS (SELECT 1 FROM paused_queues q WHERE q.queue IN (j.queue, '*'))
+        ORDER BY j.run_at
+        LIMIT :cap
+    ) x
+) d
+WHERE d.due > 0
 ORDER BY 1
 
 -- name: events_partitions

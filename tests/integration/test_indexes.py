@@ -364,6 +364,7 @@ def test_check_reads_jobs_through_indexes(planned: tuple[Database, datetime]) ->
         "since": now - timedelta(minutes=15),
         "backlog_horizon": now - timedelta(minutes=1),
         "slow_horizon": now - timedelta(minutes=30),
+        "cap": 10_001,
     }
     for name in ("attempts", "backlog", "dead_recent", "slow", "oldest_due_by_priority"):
         nodes = _analyze_plan(db, query("ops/check", name), params)

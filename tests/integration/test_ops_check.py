@@ -104,6 +104,27 @@ def test_backlog(cli: CliRun, db: Database, db_now: datetime, healthy: None) -> 
     assert findings(cli)[1]["backlog"] == "ok"
 
 
+def test_counts_stop_past_the_cap_and_say_over(
+    cli: CliRun, db: Database, db_now: datetime, healthy: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """backlog, slow and due counts stop at the cap (so a backlog of millions costs what one
+    of the cap does) and the message says "over N"; the levels are as if counted whole."""
+    from reconciler.ops import check
+
+    monkeypatch.setattr(check, "COUNT_CAP", 4)
+    cli.setenv("RECONCILER_CHECK_BACKLOG_WARNING", "1")
+    cli.setenv("RECONCILER_CHECK_BACKLOG_CRITICAL", "2")
+    for _ in range(6):
+        insert_job(db, status="queued", priority=0, run_at=db_now - timedelta(minutes=10))
+        insert_job(db, status="running", attempt=1, started_at=db_now - timedelta(hours=2))
+    code, out, _ = cli("check", "--json")
+    report = {f["check"]: f for f in json.loads(out)["findings"]}
+    assert code == 2 and report["backlog"]["level"] == "critical"
+    assert report["backlog"]["message"].startswith("over 3 queued job(s)")
+    assert report["slow_jobs"]["message"].startswith("over 3 job(s) running")
+    assert "over 3 due" in report["latency:critical"]["message"]
+
+
 def test_pause_all_leaves_every_queue_out_of_backlog_and_latency(
     cli: CliRun, db: Database, db_now: datetime, healthy: None
 ) -> None:
