@@ -466,6 +466,78 @@ BEGIN
 END
 $$;
 
+-- claim_lanes(): claim()'s query for any n (claim() calls it when n is not 1),
+-- as it was: the lanes of the caller's queues (or of every queue with queued
+-- jobs, found by a skip scan of jobs_queue_claim_idx) less the paused ones, each
+-- lane up to n due rows in run_at order locked FOR UPDATE SKIP LOCKED, merged by
+-- priority, run_at, id. Planned with the caller's n and queues and the actual
+-- list of paused queues (force_custom_plan): planned without them, PostgreSQL
+-- may read and sort every due job to hand out a few
+-- (tests/integration/test_indexes.py). Not a door of its own: it runs with the
+-- caller's rights, and only claim() (as the schema's owner) may call it.
+CREATE FUNCTION claim_lanes(worker text, queues text[], n integer, paused text[])
+RETURNS TABLE (
+    id bigint, queue text, kind text, tenant_id text, priority smallint, payload jsonb,
+    attempt integer, max_attempts integer, run_at timestamptz, created_at timestamptz,
+    idempotency_key text, claim_token uuid
+)
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+SET plan_cache_mode = force_custom_plan
+AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH RECURSIVE every_queue AS (
+        (SELECT j.queue FROM jobs j WHERE j.status = 'queued'
+         ORDER BY j.queue, j.priority, j.run_at, j.id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT j.queue FROM jobs j WHERE j.status = 'queued' AND j.queue > e.queue
+                ORDER BY j.queue, j.priority, j.run_at, j.id LIMIT 1)
+        FROM every_queue e WHERE e.queue IS NOT NULL
+    ), lanes AS (
+        SELECT DISTINCT q.queue FROM unnest(claim_lanes.queues) q (queue)
+        WHERE claim_lanes.queues IS NOT NULL
+        UNION
+        SELECT e.queue FROM every_queue e WHERE claim_lanes.queues IS NULL AND e.queue IS NOT NULL
+    ), picked AS (
+        SELECT c.id, gen_random_uuid() AS token
+        FROM lanes l
+        CROSS JOIN generate_series(0, 4) p (priority)
+        CROSS JOIN LATERAL (
+            SELECT j.id, j.priority, j.run_at FROM jobs j
+            WHERE j.status = 'queued' AND j.queue = l.queue AND j.priority = p.priority
+              AND j.run_at <= now()
+            ORDER BY j.run_at, j.id
+            LIMIT claim_lanes.n
+            FOR UPDATE SKIP LOCKED
+        ) c
+        WHERE l.queue <> ALL (claim_lanes.paused)
+        ORDER BY c.priority, c.run_at, c.id
+        LIMIT claim_lanes.n
+    ), claimed AS (
+        UPDATE jobs j
+        SET status = 'running', attempt = j.attempt + 1, locked_by = claim_lanes.worker,
+            locked_at = now(), heartbeat_at = now(), started_at = now(), finished_at = NULL,
+            claim_token_hash = sha256(uuid_send(p.token))
+        FROM picked p
+        WHERE j.id = p.id AND j.status = 'queued'
+        RETURNING j.id, j.queue, j.kind, j.tenant_id, j.priority, j.payload, j.attempt,
+                  j.max_attempts, j.run_at, j.created_at, j.idempotency_key, p.token
+    ), event AS (
+        INSERT INTO job_events (job_id, from_status, to_status, at, actor, reason)
+        SELECT c.id, 'queued', 'running', now(), 'worker:' || claim_lanes.worker,
+               jsonb_build_object('attempt', c.attempt)
+        FROM claimed c
+    )
+    SELECT c.id, c.queue, c.kind, c.tenant_id, c.priority, c.payload, c.attempt,
+           c.max_attempts, c.run_at, c.created_at, c.idempotency_key, c.token
+    FROM claimed c ORDER BY c.priority, c.run_at, c.id;
+END
+$$;
+
+REVOKE EXECUTE ON FUNCTION claim_lanes(text, text[], integer, text[]) FROM PUBLIC;
+
 -- claim(): take up to n (at most 1000) due jobs, highest priority first, never
 -- waiting on a row another worker holds, skipping paused queues (all of them
 -- while paused_queues has the row '*', reconciler pause --all). Each job comes
@@ -480,16 +552,16 @@ $$;
 -- (queues NULL) every queue that has queued jobs, found by a skip scan of the
 -- same index (one probe per queue; ordered by its whole key so that no other
 -- index of jobs, holding running or failed jobs too, serves it); paused queues
--- get no lane. A lane locks
--- its rows FOR UPDATE SKIP LOCKED before the merge, so a claim may hold up to
--- n rows of each other lane until it commits (other workers skip them and take
--- the next); with one queue and one priority in use, that is none.
+-- get no lane. A lane locks its rows FOR UPDATE SKIP LOCKED before the merge,
+-- so a claim may hold up to n rows of each other lane until it commits (other
+-- workers skip them and take the next); with one queue and one priority in
+-- use, that is none.
 --
--- plpgsql with plan_cache_mode = force_custom_plan, and the paused queues read
--- first into a constant: the query is planned with the caller's n and queues
--- and the actual list of paused queues (the branch for queues NULL is not even
--- run when queues are given). Planned without them, PostgreSQL may read and
--- sort every due job to hand out one (tests/integration/test_indexes.py).
+-- n => 1, what a worker asks for, runs the query below: its LIMIT is a
+-- constant, so its plan is made once per session and kept (a generic plan
+-- walks each lane in index order and stops at its first row), and the lanes
+-- come in as an array read just before. Any other n goes to claim_lanes(),
+-- planned with the caller's values on every call.
 --
 -- Reading paused_queues takes its ACCESS SHARE lock until the claim commits;
 -- `reconciler pause` takes ACCESS EXCLUSIVE before it adds its row, so a pause
@@ -502,11 +574,11 @@ RETURNS TABLE (
 )
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path FROM CURRENT
-SET plan_cache_mode = force_custom_plan
 AS $$
 #variable_conflict use_column
 DECLARE
     paused text[] := ARRAY(SELECT p.queue FROM paused_queues p);
+    lanes text[];
 BEGIN
     IF coalesce(claim.worker, '') = '' THEN
         RAISE EXCEPTION 'claim() needs a worker name'
@@ -521,34 +593,41 @@ BEGIN
     IF '*' = ANY (paused) THEN
         RETURN;  -- every queue is paused (reconciler pause --all)
     END IF;
+    IF claim.n <> 1 THEN  -- n NULL is 1
+        RETURN QUERY SELECT * FROM claim_lanes(claim.worker, claim.queues, claim.n, paused);
+        RETURN;
+    END IF;
+    IF claim.queues IS NULL THEN
+        lanes := ARRAY(
+            WITH RECURSIVE every_queue AS (
+                (SELECT j.queue FROM jobs j WHERE j.status = 'queued'
+                 ORDER BY j.queue, j.priority, j.run_at, j.id LIMIT 1)
+                UNION ALL
+                SELECT (SELECT j.queue FROM jobs j WHERE j.status = 'queued' AND j.queue > e.queue
+                        ORDER BY j.queue, j.priority, j.run_at, j.id LIMIT 1)
+                FROM every_queue e WHERE e.queue IS NOT NULL
+            )
+            SELECT e.queue FROM every_queue e
+            WHERE e.queue IS NOT NULL AND e.queue <> ALL (paused));
+    ELSE
+        lanes := ARRAY(SELECT DISTINCT q.queue FROM unnest(claim.queues) q (queue)
+                       WHERE q.queue <> ALL (paused));
+    END IF;
     RETURN QUERY
-    WITH RECURSIVE every_queue AS (
-        (SELECT j.queue FROM jobs j WHERE j.status = 'queued'
-         ORDER BY j.queue, j.priority, j.run_at, j.id LIMIT 1)
-        UNION ALL
-        SELECT (SELECT j.queue FROM jobs j WHERE j.status = 'queued' AND j.queue > e.queue
-                ORDER BY j.queue, j.priority, j.run_at, j.id LIMIT 1)
-        FROM every_queue e WHERE e.queue IS NOT NULL
-    ), lanes AS (
-        SELECT DISTINCT q.queue FROM unnest(claim.queues) q (queue)
-        WHERE claim.queues IS NOT NULL
-        UNION
-        SELECT e.queue FROM every_queue e WHERE claim.queues IS NULL AND e.queue IS NOT NULL
-    ), picked AS (
+    WITH picked AS (
         SELECT c.id, gen_random_uuid() AS token
-        FROM lanes l
+        FROM unnest(lanes) l (queue)
         CROSS JOIN generate_series(0, 4) p (priority)
         CROSS JOIN LATERAL (
             SELECT j.id, j.priority, j.run_at FROM jobs j
             WHERE j.status = 'queued' AND j.queue = l.queue AND j.priority = p.priority
               AND j.run_at <= now()
             ORDER BY j.run_at, j.id
-            LIMIT coalesce(claim.n, 1)
+            LIMIT 1
             FOR UPDATE SKIP LOCKED
         ) c
-        WHERE l.queue <> ALL (paused)
         ORDER BY c.priority, c.run_at, c.id
-        LIMIT coalesce(claim.n, 1)
+        LIMIT 1
     ), claimed AS (
         UPDATE jobs j
         SET status = 'running', attempt = j.attempt + 1, locked_by = claim.worker,
@@ -566,44 +645,55 @@ BEGIN
     )
     SELECT c.id, c.queue, c.kind, c.tenant_id, c.priority, c.payload, c.attempt,
            c.max_attempts, c.run_at, c.created_at, c.idempotency_key, c.token
-    FROM claimed c ORDER BY c.priority, c.run_at, c.id;
+    FROM claimed c;
 END
 $$;
 
+-- heartbeat(), complete() and fail() find the job by its primary key alone:
+-- "status IS NOT DISTINCT FROM 'running'" (status is never NULL, so it means
+-- "= 'running'") is a test no index can serve, so the planner cannot walk
+-- jobs_purge_idx or jobs_running_since_idx over every running job instead.
+-- The fence is the same: nothing changes, and false comes back, unless the job
+-- is still running under the claim that handed out this token. An UPDATE
+-- re-checks its WHERE against the newest committed row before it writes, so a
+-- job marked stale (or reclaimed, with a new token) meanwhile is left alone.
+-- The event names the worker of the row as the statement found it (h): a
+-- token's hash is set only by the claim that made the token, with the worker's
+-- name, so every version of the row that still carries it has that name.
+
 -- heartbeat(): true while the job is still running under this claim.
 CREATE FUNCTION heartbeat(job_id bigint, claim_token uuid) RETURNS boolean
-LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
-    WITH beat AS (
-        UPDATE jobs j SET heartbeat_at = now()
-        WHERE j.id = heartbeat.job_id AND j.status = 'running'
-          AND j.claim_token_hash = sha256(uuid_send(heartbeat.claim_token))
-        RETURNING 1
-    )
-    SELECT EXISTS (SELECT 1 FROM beat)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+#variable_conflict use_column
+BEGIN
+    UPDATE jobs j SET heartbeat_at = now()
+    WHERE j.id = heartbeat.job_id AND j.status IS NOT DISTINCT FROM 'running'
+      AND j.claim_token_hash = sha256(uuid_send(heartbeat.claim_token));
+    RETURN FOUND;
+END
 $$;
 
 -- complete(): running -> succeeded, only for the claim that holds the job.
 CREATE FUNCTION complete(job_id bigint, claim_token uuid) RETURNS boolean
-LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
-    WITH held AS (
-        SELECT j.id, j.locked_by, j.attempt FROM jobs j
-        WHERE j.id = complete.job_id AND j.status = 'running'
-          AND j.claim_token_hash = sha256(uuid_send(complete.claim_token))
-        FOR UPDATE
-    ), done AS (
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+#variable_conflict use_column
+BEGIN
+    WITH done AS (
         UPDATE jobs j
         SET status = 'succeeded', finished_at = now(), locked_by = NULL, locked_at = NULL,
             claim_token_hash = NULL
-        FROM held h
-        WHERE j.id = h.id
-        RETURNING j.id, h.locked_by, h.attempt
-    ), event AS (
-        INSERT INTO job_events (job_id, from_status, to_status, at, actor, reason)
-        SELECT d.id, 'running', 'succeeded', now(), 'worker:' || d.locked_by,
-               jsonb_build_object('attempt', d.attempt)
-        FROM done d
+        FROM jobs h
+        WHERE j.id = complete.job_id AND h.id = complete.job_id
+          AND j.status IS NOT DISTINCT FROM 'running'
+          AND j.claim_token_hash = sha256(uuid_send(complete.claim_token))
+        RETURNING j.id, h.locked_by, j.attempt
     )
-    SELECT EXISTS (SELECT 1 FROM done)
+    INSERT INTO job_events (job_id, from_status, to_status, at, actor, reason)
+    SELECT d.id, 'running', 'succeeded', now(), 'worker:' || d.locked_by,
+           jsonb_build_object('attempt', d.attempt)
+    FROM done d;
+    RETURN FOUND;
+END
 $$;
 
 -- fail(): running -> failed with the error, only for the claim that holds the
@@ -612,7 +702,9 @@ $$;
 -- is cut to {"message": its first 8192 characters, "truncated": true}.
 CREATE FUNCTION fail(job_id bigint, claim_token uuid, error jsonb DEFAULT '{}')
 RETURNS boolean
-LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+#variable_conflict use_column
+BEGIN
     WITH given AS (
         SELECT CASE
             WHEN fail.error IS NULL THEN jsonb '{}'
@@ -627,25 +719,22 @@ LANGUAGE sql SECURITY DEFINER SET search_path FROM CURRENT AS $$
                 'truncated', true)
         END AS error
         FROM given g
-    ), held AS (
-        SELECT j.id, j.locked_by, j.attempt FROM jobs j
-        WHERE j.id = fail.job_id AND j.status = 'running'
-          AND j.claim_token_hash = sha256(uuid_send(fail.claim_token))
-        FOR UPDATE
     ), failed AS (
         UPDATE jobs j
         SET status = 'failed', finished_at = now(), locked_by = NULL, locked_at = NULL,
             claim_token_hash = NULL, last_error = k.error
-        FROM held h, kept k
-        WHERE j.id = h.id
-        RETURNING j.id, h.locked_by, h.attempt, k.error
-    ), event AS (
-        INSERT INTO job_events (job_id, from_status, to_status, at, actor, reason)
-        SELECT f.id, 'running', 'failed', now(), 'worker:' || f.locked_by,
-               jsonb_build_object('attempt', f.attempt, 'error', f.error)
-        FROM failed f
+        FROM jobs h, kept k
+        WHERE j.id = fail.job_id AND h.id = fail.job_id
+          AND j.status IS NOT DISTINCT FROM 'running'
+          AND j.claim_token_hash = sha256(uuid_send(fail.claim_token))
+        RETURNING j.id, h.locked_by, j.attempt, k.error
     )
-    SELECT EXISTS (SELECT 1 FROM failed)
+    INSERT INTO job_events (job_id, from_status, to_status, at, actor, reason)
+    SELECT f.id, 'running', 'failed', now(), 'worker:' || f.locked_by,
+           jsonb_build_object('attempt', f.attempt, 'error', f.error)
+    FROM failed f;
+    RETURN FOUND;
+END
 $$;
 
 -- The worker API is the only door to the jobs: its functions run with their

@@ -170,23 +170,41 @@ def _generic_plan(
     return dict(row[0][0]["Plan"])
 
 
-def _claim_body(conn: Connection, paused: str = "'{}'::text[]") -> str:
-    """The installed claim()'s query, its arguments turned into $1 (worker), $2 (queues), $3 (n),
-    the paused queues (read into a variable before the query) into ``paused``.
-
-    Also checks that claim() plans it as a custom plan (with the caller's values),
-    which is what the plans below are made as.
-    """
+def _function_source(conn: Connection, signature: str) -> tuple[str, list[str]]:
     source, config = conn.execute(
         text("SELECT prosrc, proconfig FROM pg_proc WHERE oid = to_regprocedure(:fn)"),
-        {"fn": "claim(text, text[], integer)"},
+        {"fn": signature},
     ).one()
-    assert "plan_cache_mode=force_custom_plan" in (config or []), config
+    return source, list(config or [])
+
+
+def _claim_body(conn: Connection, paused: str = "'{}'::text[]") -> str:
+    """claim_lanes()'s query (claim() for any n but 1), its arguments turned into $1 (worker),
+    $2 (queues), $3 (n), the paused queues (read by claim() before the query) into ``paused``.
+
+    Also checks that claim_lanes() plans it as a custom plan (with the caller's values),
+    which is what the plans below are made as.
+    """
+    source, config = _function_source(conn, "claim_lanes(text, text[], integer, text[])")
+    assert "plan_cache_mode=force_custom_plan" in config, config
     found = re.search(r"RETURN QUERY(.*);\s*END", source, re.S)
     assert found, source
     arguments = {"worker": "$1::text", "queues": "$2::text[]", "n": "$3::integer"}
-    body = re.sub(r"\bclaim\.(worker|queues|n)\b", lambda m: arguments[m[1]], found[1])
-    return re.sub(r"\(paused\)", f"({paused})", body)
+    body = re.sub(r"\bclaim_lanes\.(worker|queues|n)\b", lambda m: arguments[m[1]], found[1])
+    return body.replace("claim_lanes.paused", paused)
+
+
+def _claim_one_body(conn: Connection) -> str:
+    """claim(n => 1)'s query, its worker turned into $1 and its lanes (the queues it may
+    serve, read just before) into $2. claim() keeps its plan for the session (no
+    plan_cache_mode of its own), so the plans below are generic ones, made without values.
+    """
+    source, config = _function_source(conn, "claim(text, text[], integer)")
+    assert not [c for c in config if c.startswith("plan_cache_mode")], config
+    found = re.search(r"RETURN QUERY\s*(WITH picked.*);\s*END", source, re.S)
+    assert found, source
+    body = found[1].replace("claim.worker", "$1::text")
+    return re.sub(r"\bunnest\(lanes\)", "unnest($2::text[])", body)
 
 
 def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -231,29 +249,39 @@ def test_task_selections_use_their_index_in_generic_plans(
 
 
 def test_claim_uses_claim_index(planned: tuple[Database, datetime]) -> None:
-    """claim()'s own query, planned as claim() plans it (with its values), scans jobs_claim_idx."""
+    """claim()'s queries, planned as claim() plans them (claim_lanes() with its values, the
+    n => 1 query without), scan jobs_queue_claim_idx."""
     db, _ = planned
     for args in (["w1", None, 1], ["w1", ["default"], 10]):
         with db.transaction(rollback=True) as conn:
             plan = _generic_plan(conn, _claim_body(conn), args, "force_custom_plan")
-        _assert_index_served(plan, EXPECTED_INDEX["claim"], f"claim{args}")
+        _assert_index_served(plan, EXPECTED_INDEX["claim"], f"claim_lanes{args}")
+    with db.transaction(rollback=True) as conn:
+        plan = _generic_plan(conn, _claim_one_body(conn), ["w1", ["default"]])
+    _assert_index_served(plan, EXPECTED_INDEX["claim"], "claim(n => 1), generic plan")
 
 
 def test_claim_reads_in_index_order_with_a_large_backlog(
     planned: tuple[Database, datetime],
 ) -> None:
-    """With 50,000 due jobs, claim() still takes the first n in jobs_claim_idx order."""
+    """With 50,000 due jobs, claim() still takes the first n in jobs_queue_claim_idx order,
+    whether planned with its values (claim_lanes) or once for the session (n => 1)."""
     db, now = planned
     with db.transaction(rollback=True) as conn:
         conn.execute(text(_FILL), _rows("queued", 50_000, now))
         conn.execute(text("ANALYZE jobs"))  # rolled back with the rows
-        plan = _generic_plan(conn, _claim_body(conn), ["w1", None, 1], "force_custom_plan")
-    ordered = [
-        n
-        for n in _nodes(plan)
-        if n["Node Type"] == "Index Scan" and n["Index Name"] == EXPECTED_INDEX["claim"]
-    ]
-    assert ordered, f"claim reads {[n['Node Type'] for n in _nodes(plan)]}"
+        plans = [
+            _generic_plan(conn, _claim_body(conn), ["w1", None, 1], "force_custom_plan"),
+            _generic_plan(conn, _claim_body(conn), ["w1", ["default"], 10], "force_custom_plan"),
+            _generic_plan(conn, _claim_one_body(conn), ["w1", ["default"]]),
+        ]
+    for plan in plans:
+        ordered = [
+            n
+            for n in _nodes(plan)
+            if n["Node Type"] == "Index Scan" and n["Index Name"] == EXPECTED_INDEX["claim"]
+        ]
+        assert ordered, f"claim reads {[n['Node Type'] for n in _nodes(plan)]}"
 
 
 def test_requeue_reads_only_the_due_rows_behind_a_large_backlog_in_backoff(
@@ -307,23 +335,33 @@ def test_claim_reads_neither_other_queues_nor_paused_queues_nor_future_jobs(
             {"now": now},
         )
         conn.execute(text("ANALYZE jobs"))  # rolled back with the rows
-        body = _claim_body(conn, paused="'{stopped}'::text[]")
-        for queues, n in ((["default"], 1), (["default"], 10), (None, 1)):
+        lanes_body = _claim_body(conn, paused="'{stopped}'::text[]")
+        one_body = _claim_one_body(conn)
+        # claim_lanes() for any n, with its values; the n => 1 query, generic, with the
+        # lanes claim() reads first: the caller's queues, or every queue with queued
+        # jobs, less the paused ones.
+        cases: list[tuple[str, str, list[Any], list[str] | None, int]] = [
+            (lanes_body, "force_custom_plan", ["w1", ["default"], 1], ["default"], 1),
+            (lanes_body, "force_custom_plan", ["w1", ["default"], 10], ["default"], 10),
+            (lanes_body, "force_custom_plan", ["w1", None, 1], None, 1),
+            (one_body, "force_generic_plan", ["w1", ["default"]], ["default"], 1),
+            (one_body, "force_generic_plan", ["w1", ["default", "other"]], None, 1),
+        ]
+        for body, mode, args, queues, n in cases:
             name = f"probe_{uuid.uuid4().hex[:8]}"
             raw = conn.connection.driver_connection
             assert raw is not None
             raw.execute(sql.SQL("PREPARE {} AS {}").format(sql.Identifier(name), sql.SQL(body)))
-            raw.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            raw.execute(sql.SQL("SET LOCAL plan_cache_mode = {}").format(sql.Identifier(mode)))
             row = raw.execute(
                 sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {} ({})").format(
-                    sql.Identifier(name),
-                    sql.SQL(", ").join(map(sql.Literal, ["w1", queues, n])),
+                    sql.Identifier(name), sql.SQL(", ").join(map(sql.Literal, args))
                 )
             ).fetchone()
             raw.execute(sql.SQL("DEALLOCATE {}").format(sql.Identifier(name)))
             assert row is not None
             nodes = list(_nodes(row[0][0]["Plan"]))
-            label = f"claim(queues={queues}, n={n})"
+            label = f"{mode}: claim(queues={queues}, n={n})"
             assert not [x for x in nodes if x["Node Type"] in ("Seq Scan", "Bitmap Heap Scan")]
             lanes = [
                 x
@@ -469,3 +507,37 @@ def test_error_text_search_reads_a_bounded_window(planned: tuple[Database, datet
                     )
                     read = _read_by_pkey(conn, sql_text, list_binds, label)
                     assert read <= SEARCH_EXAMINES, label
+
+
+_WORKER_ARGS = {"job_id": "$1::bigint", "claim_token": "$2::uuid", "error": "$3::jsonb"}
+
+
+def test_heartbeat_complete_and_fail_find_the_job_by_its_primary_key(
+    planned: tuple[Database, datetime],
+) -> None:
+    """heartbeat(), complete() and fail() reach their row through jobs_pkey alone, planned
+    with or without the values: no index holding the running jobs (jobs_purge_idx,
+    jobs_running_since_idx) is walked for it, whatever the statistics say of them."""
+    db, _ = planned
+    for fn, signature in (
+        ("heartbeat", "heartbeat(bigint, uuid)"),
+        ("complete", "complete(bigint, uuid)"),
+        ("fail", "fail(bigint, uuid, jsonb)"),
+    ):
+        with db.transaction(rollback=True) as conn:
+            source, _config = _function_source(conn, signature)
+            found = re.search(r"BEGIN\s*(.*?);\s*RETURN FOUND;", source, re.S)
+            assert found, source
+            body = re.sub(
+                rf"\b{fn}\.(job_id|claim_token|error)\b", lambda m: _WORKER_ARGS[m[1]], found[1]
+            )
+            args: list[Any] = [1, str(uuid.uuid4())] + (['{"e": 1}'] if fn == "fail" else [])
+            for mode in ("force_custom_plan", "force_generic_plan"):
+                nodes = list(_nodes(_generic_plan(conn, body, args, mode)))
+                on_jobs = [
+                    n
+                    for n in nodes
+                    if n.get("Relation Name") == "jobs" and "Scan" in n["Node Type"]
+                ]
+                assert on_jobs, (fn, mode)
+                assert {n.get("Index Name") for n in on_jobs} == {"jobs_pkey"}, (fn, mode, on_jobs)

@@ -365,7 +365,7 @@ def test_every_function_pins_its_search_path(db: Database) -> None:
     } == {r.proname: [f"search_path={quote_ident(db.schema)}, pg_temp"] for r in rows}
 
 
-def _claim_attributes(db: Database) -> dict[str, Any]:
+def _claim_attributes(db: Database, fn: str = "claim(text, text[], integer)") -> dict[str, Any]:
     with db.engine.connect() as conn:
         row = conn.execute(
             text(
@@ -374,7 +374,7 @@ def _claim_attributes(db: Database) -> dict[str, Any]:
                 " FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang"
                 " WHERE p.oid = to_regprocedure(:fn)"
             ),
-            {"fn": f"{quote_ident(db.schema)}.claim(text, text[], integer)"},
+            {"fn": f"{quote_ident(db.schema)}.{fn}"},
         ).one()
     return dict(row._mapping)
 
@@ -395,11 +395,17 @@ def _claim_one(pg_url: str, db: Database) -> list[Any]:
 
 
 def test_claim_keeps_its_settings_after_every_migration(pg_url: str, db: Database) -> None:
-    """After all migrations claim() is plpgsql, pins its search_path, plans with the
-    caller's values, and hands out a job."""
+    """After all migrations claim() is plpgsql and pins its search_path (its n => 1 query
+    keeps its plan for the session), claim_lanes() (any other n) plans with the caller's
+    values and only its owner may call it, and claim() hands out a job."""
     attributes = _claim_attributes(db)
     assert attributes["lanname"] == "plpgsql"
-    assert sorted(attributes["proconfig"]) == [
+    assert attributes["proconfig"] == [f"search_path={quote_ident(db.schema)}, pg_temp"]
+    lanes = _claim_attributes(db, "claim_lanes(text, text[], integer, text[])")
+    assert lanes["lanname"] == "plpgsql"
+    assert not lanes["prosecdef"]
+    assert not lanes["public_execute"]
+    assert sorted(lanes["proconfig"]) == [
         "plan_cache_mode=force_custom_plan",
         f"search_path={quote_ident(db.schema)}, pg_temp",
     ]
