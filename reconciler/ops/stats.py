@@ -41,12 +41,10 @@ def collect(
     settings: Settings,
     now: datetime | None = None,
     per_kind: bool = True,
-    whole_depth: bool = True,
 ) -> dict[str, Any]:
     """Every number of ``stats``, read at one database time. ``per_kind=False`` leaves out
     the durations and failure rates by kind (the dashboard's overview does not show them,
-    and at 1M jobs they are a third of the read); ``whole_depth=False`` leaves out the counts of
-    every job by queue, priority and status (the overview counts its own, index-bounded)."""
+    and at 1M jobs they are a third of the read)."""
     now = now or db.now()
     binds = {"now": now, "since": now - since}
 
@@ -54,7 +52,7 @@ def collect(
         return [dict(r._mapping) for r in conn.execute(text(query("ops/stats", name)), binds)]
 
     with db.transaction() as conn:
-        depth = rows("depth") if whole_depth else []
+        depth = rows("depth")
         size = rows("table_size")
         oldest = rows("oldest_due")
         throughput = rows("throughput")
