@@ -6,6 +6,7 @@ real ``reconciler daemon`` processes doing the maintenance.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,14 @@ from tests.reliability.daemon import DaemonReplicas, daemon_available
 from tests.reliability.faults import FaultSchedule
 from tests.reliability.invariants import format_report
 from tests.reliability.workload import Workload, WorkloadConfig, prepare_schema
+
+# A SIGKILLed replica keeps the tasks it was running from the other replica until its
+# leases lapse: RECONCILER_LEASE_TTL after their last renewal, by design (leases.py).
+# Short here (the least the settings allow: twice the statement timeout), and part of
+# the "nothing stuck" bound: a job whose worker died just as the killed replica took
+# mark-stale's lease waits up to one TTL longer than without a kill.
+STATEMENT_TIMEOUT = timedelta(seconds=5)
+LEASE_TTL = 2 * STATEMENT_TIMEOUT
 
 pytestmark = [
     pytest.mark.reliability,
@@ -32,8 +41,9 @@ def test_daemon_replicas_keep_every_invariant(
         pg_url,
         schema,
         tmp_path / "records",
-        WorkloadConfig(workers=6),
+        WorkloadConfig(workers=6, slack=WorkloadConfig.slack + LEASE_TTL),
         maintenance=DaemonReplicas.factory(tmp_path / "daemon", replicas=2),
+        settings_overrides={"statement_timeout": STATEMENT_TIMEOUT, "lease_ttl": LEASE_TTL},
     )
     daemons = w.maintenance
     assert isinstance(daemons, DaemonReplicas)
