@@ -121,9 +121,12 @@ CREATE INDEX jobs_queue_claim_idx ON jobs (queue, priority, run_at, id) WHERE st
 -- always looked at (-infinity).
 CREATE INDEX jobs_running_since_idx ON jobs ((coalesce(locked_at, '-infinity'::timestamptz)), id)
     WHERE status = 'running';
--- purge: terminal jobs by finish time, then id: its ORDER BY and keyset, so a batch
+-- purge: finished jobs by finish time, then id: its ORDER BY and keyset, so a batch
 -- never sorts the jobs that share one finished_at (a bulk cancel stamps one clock).
-CREATE INDEX jobs_purge_idx ON jobs (status, finished_at, id);
+-- The finished statuses only, so a claim or a failure writes no entry into it;
+-- queue and priority ride along, so stats counts finished jobs from it alone.
+CREATE INDEX jobs_finished_idx ON jobs (status, finished_at, id) INCLUDE (queue, priority)
+    WHERE status IN ('succeeded', 'cancelled', 'dead');
 -- requeue and dead-letter: failed/stale jobs in finish order, one index per
 -- side of "attempts used < max_attempts". A batch reads its rows in order and
 -- stops at its LIMIT; without them every batch reads the whole failed/stale
@@ -652,7 +655,7 @@ $$;
 -- heartbeat(), complete() and fail() find the job by its primary key alone:
 -- "status IS NOT DISTINCT FROM 'running'" (status is never NULL, so it means
 -- "= 'running'") is a test no index can serve, so the planner cannot walk
--- jobs_purge_idx or jobs_running_since_idx over every running job instead.
+-- jobs_running_since_idx or jobs_live_queue_idx over every running job instead.
 -- The fence is the same: nothing changes, and false comes back, unless the job
 -- is still running under the claim that handed out this token. An UPDATE
 -- re-checks its WHERE against the newest committed row before it writes, so a

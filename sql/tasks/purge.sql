@@ -18,6 +18,10 @@
 -- deleted (no vacuum has run since), and a big backlog would get slower with
 -- every batch. A row skipped because it was locked is left to the next run.
 --
+-- The status is bound, so the finished statuses are also named as constants: a
+-- generic plan can then prove jobs_finished_idx (which holds only those) serves
+-- it. :status is always one of them (a run passes each terminal status in turn).
+--
 -- Both deletes find their rows by id through an array, so they are index
 -- lookups whatever the planner guesses: a prepared statement's generic plan
 -- does not know :batch_size, guesses a large batch, and would otherwise
@@ -28,6 +32,7 @@ WITH doomed AS (
     SELECT j.id
     FROM jobs j
     WHERE j.status = CAST(:status AS text)
+      AND j.status IN ('succeeded', 'cancelled', 'dead')  -- jobs_finished_idx's own
       AND j.finished_at < CAST(:horizon AS timestamptz)
       AND (NOT CAST(:require_backup AS boolean) OR /*backed_up*/)
       AND (CAST(:after_finished AS timestamptz) IS NULL
@@ -56,6 +61,7 @@ WITH doomed AS (
     SELECT j.id
     FROM jobs j
     WHERE j.status = CAST(:status AS text)
+      AND j.status IN ('succeeded', 'cancelled', 'dead')  -- jobs_finished_idx's own
       AND j.finished_at < CAST(:horizon AS timestamptz)
       AND (NOT CAST(:require_backup AS boolean) OR /*backed_up*/)
       AND (CAST(:after_finished AS timestamptz) IS NULL

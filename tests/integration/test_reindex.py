@@ -53,21 +53,21 @@ def test_an_interrupted_concurrent_reindex_is_cleaned_on_the_next_run(
         conn.execute("SELECT enqueue('same') FROM generate_series(1, 3)")
         with pytest.raises(psycopg.errors.UniqueViolation):
             conn.execute("CREATE UNIQUE INDEX CONCURRENTLY jobs_kind_once ON jobs (kind)")
-        _interrupted_reindex(pg_url, schema, "jobs_purge_idx")
-        assert _invalid(conn, schema) == ["jobs_kind_once", "jobs_purge_idx_ccnew"]
+        _interrupted_reindex(pg_url, schema, "jobs_finished_idx")
+        assert _invalid(conn, schema) == ["jobs_finished_idx_ccnew", "jobs_kind_once"]
 
         dry = run_task(db, settings, "reindex", dry_run=True)
-        assert set(dry.details["dropped"]) == {"jobs_kind_once", "jobs_purge_idx_ccnew"}
-        assert _invalid(conn, schema) == ["jobs_kind_once", "jobs_purge_idx_ccnew"]
+        assert set(dry.details["dropped"]) == {"jobs_kind_once", "jobs_finished_idx_ccnew"}
+        assert _invalid(conn, schema) == ["jobs_finished_idx_ccnew", "jobs_kind_once"]
 
         result = run_task(db, settings, "reindex")
         assert result.status == "ok", result.error
         assert set(result.details["dropped"]) == {
             "jobs_kind_once",
-            "jobs_purge_idx_ccnew",
+            "jobs_finished_idx_ccnew",
         }
         assert _invalid(conn, schema) == []
-        assert conn.execute("SELECT to_regclass('jobs_purge_idx')").fetchone() != (None,)
+        assert conn.execute("SELECT to_regclass('jobs_finished_idx')").fetchone() != (None,)
 
 
 def test_a_bloated_index_is_rebuilt_and_reports_its_sizes(
@@ -112,7 +112,7 @@ def test_nothing_is_done_while_an_index_build_is_under_way(
 
         def build() -> None:
             try:
-                builder.execute("REINDEX INDEX CONCURRENTLY jobs_purge_idx")
+                builder.execute("REINDEX INDEX CONCURRENTLY jobs_finished_idx")
             except BaseException as exc:
                 errors.append(exc)
 
@@ -120,14 +120,14 @@ def test_nothing_is_done_while_an_index_build_is_under_way(
         thread.start()
         try:
             wait_until(
-                lambda: _invalid(watch, schema) == ["jobs_purge_idx_ccnew"],
+                lambda: _invalid(watch, schema) == ["jobs_finished_idx_ccnew"],
                 "the concurrent build's new index",
             )
             result = run_task(db, settings, "reindex", params={"min_bytes": 0})
             assert result.status == "ok", result.error
             assert result.details["skipped"] == "index build in progress"
             assert result.details["dropped"] == {}
-            assert _invalid(watch, schema) == ["jobs_purge_idx_ccnew"]
+            assert _invalid(watch, schema) == ["jobs_finished_idx_ccnew"]
         finally:
             holder.execute("ROLLBACK")
             thread.join(timeout=60)
