@@ -157,6 +157,7 @@ def run_task(
         profile=profile,
         adaptive=batch_size is None,
         batch_target=settings.batch_target,
+        batch_min=settings.batch_min,
         batch_max=settings.batch_max,
         batch_pause=settings.batch_pause if batch_pause is None else batch_pause,
     )

@@ -136,6 +136,14 @@ class Settings(BaseSettings):
         "hits the lock or statement timeout is retried at once at a quarter of its size. A "
         "size given by --batch-size or the schedule stays fixed.",
     )
+    batch_min: Annotated[int, AfterValidator(check_batch_size)] = Field(
+        default=100,
+        description="The smallest batch the sizing toward RECONCILER_BATCH_TARGET shrinks to "
+        "(or RECONCILER_BATCH_SIZE, if that is smaller). 100: below it a batch is mostly its "
+        "fixed cost (a round trip, the lease's renewal, a commit), so on a loaded server "
+        "shrinking further only stretches the run; a lock or statement timeout still shrinks a "
+        "batch below it, down to 10.",
+    )
     batch_max: Annotated[int, AfterValidator(check_batch_size)] = Field(
         default=10_000,
         description="The largest batch the sizing toward RECONCILER_BATCH_TARGET may reach.",
@@ -473,6 +481,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _batch_bounds(self) -> Settings:
+        if self.batch_max < self.batch_min:
+            raise ValueError(
+                f"RECONCILER_BATCH_MAX ({self.batch_max}) must be at least RECONCILER_BATCH_MIN"
+                f" ({self.batch_min})"
+            )
         if self.batch_max < self.batch_size:
             raise ValueError(
                 f"RECONCILER_BATCH_MAX ({self.batch_max}) must be at least RECONCILER_BATCH_SIZE"

@@ -53,7 +53,8 @@ __all__ = [
 # A dry run previews at most this many rows per statement: enough to answer
 # "how bad is it", small enough that the rolled-back statement stays short.
 DRY_RUN_LIMIT = 10_000
-# The smallest batch the sizing goes down to: below it a round trip costs more than rows.
+# The smallest batch a lock or statement timeout shrinks a batch to: below it a round
+# trip costs more than the rows. Sizing toward the target stops earlier, at batch_min.
 MIN_BATCH = 10
 # Job ids shown as examples in a dry run and in a run's record.
 SAMPLE_SIZE = 10
@@ -113,6 +114,7 @@ class TaskContext:
     # follows the target; False when the caller fixed it (--batch-size, schedule params).
     adaptive: bool = False
     batch_target: timedelta = timedelta(milliseconds=100)
+    batch_min: int = 100
     batch_max: int = 10_000
     batch_pause: float = 0.0
     should_stop: Callable[[], bool] | None = None
@@ -209,17 +211,26 @@ class TaskContext:
                 self.progress.stopped = reason
                 return
             if self.adaptive:
+                # The floor is batch_min, or the size itself when the first batch was
+                # smaller or a timeout took it lower: it grows back by doubling, not at once.
                 self.batch_size = next_batch_size(
-                    size, elapsed, self.batch_target.total_seconds(), high=self.batch_max
+                    size,
+                    elapsed,
+                    self.batch_target.total_seconds(),
+                    low=min(self.batch_min, size),
+                    high=self.batch_max,
                 )
             self._pause(elapsed * self.batch_pause)
 
 
-def next_batch_size(size: int, elapsed_s: float, target_s: float, *, high: int) -> int:
+def next_batch_size(
+    size: int, elapsed_s: float, target_s: float, *, low: int = MIN_BATCH, high: int
+) -> int:
     """The next batch's size: toward ``target_s`` a batch, at most doubling or halving per
-    step (one slow or fast batch is noise), within MIN_BATCH and ``high``."""
+    step (one slow or fast batch is noise), within ``low`` (never under MIN_BATCH) and
+    ``high``."""
     ratio = 2.0 if elapsed_s <= 0 else min(2.0, max(0.5, target_s / elapsed_s))
-    return max(MIN_BATCH, min(high, int(size * ratio)))
+    return max(MIN_BATCH, low, min(high, int(size * ratio)))
 
 
 def _timed_out(exc: DBAPIError) -> bool:

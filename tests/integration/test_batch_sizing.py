@@ -26,13 +26,37 @@ def test_batches_grow_toward_the_target_within_the_maximum(
 ) -> None:
     """A target no batch reaches: each batch doubles, up to the maximum (10, 20, 40, 80...)."""
     settings = make_settings(
-        pg_url, schema, batch_size=10, batch_max=80, batch_target="1h", batch_pause=0
+        pg_url, schema, batch_size=10, batch_min=10, batch_max=80, batch_target="1h", batch_pause=0
     )
     _silent_jobs(db, db_now, 500)
     result = run_task(db, settings, "mark-stale", now=db_now)
     assert result.changed == 500
     # 10 + 20 + 40 + 5 x 80 = 470, then a short batch of 30
     assert result.batches == 9
+
+
+def test_batches_shrink_toward_the_target_no_lower_than_the_floor(
+    db: Database, pg_url: str, schema: str, db_now: datetime
+) -> None:
+    """A target every batch misses (each row costs 0.1 ms here, a test trigger, against a
+    target of 1 ms): batches halve from 400 to RECONCILER_BATCH_MIN (100) and stay there."""
+    settings = make_settings(
+        pg_url, schema, batch_size=400, batch_min=100, batch_target="1ms", batch_pause=0
+    )
+    _silent_jobs(db, db_now, 1000)
+    with db.transaction() as conn:
+        conn.execute(
+            text(
+                "CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$ BEGIN PERFORM pg_sleep(0.0001); RETURN NEW; END $$;"
+                " CREATE TRIGGER slow_row BEFORE UPDATE ON jobs"
+                " FOR EACH ROW EXECUTE FUNCTION slow_row()"
+            )
+        )
+    result = run_task(db, settings, "mark-stale", now=db_now)
+    assert result.changed == 1000
+    # 400 + 200 + 4 x 100 = 1000, then an empty batch of 100 ends the run
+    assert result.batches == 7
 
 
 def test_a_fixed_batch_size_stays_fixed(

@@ -23,3 +23,18 @@ from reconciler.tasks.base import MIN_BATCH, next_batch_size
 )
 def test_next_batch_size(size: int, elapsed: float, expected: int) -> None:
     assert next_batch_size(size, elapsed, 0.100, high=10_000) == expected
+
+
+@pytest.mark.parametrize(
+    ("size", "elapsed", "low", "expected"),
+    [
+        (150, 1.0, 100, 100),  # slow: halved, but not below the floor
+        (100, 9.0, 100, 100),  # at the floor and slow: stays there
+        (40, 9.0, 40, 40),  # under the floor (a timeout put it there): no lower by sizing
+        (40, 0.010, 40, 80),  # ... and grows back by doubling, not to the floor at once
+        (12, 1.0, 5, MIN_BATCH),  # a floor under MIN_BATCH is MIN_BATCH
+    ],
+)
+def test_next_batch_size_floor(size: int, elapsed: float, low: int, expected: int) -> None:
+    """Sizing toward the target never goes under ``low`` (RECONCILER_BATCH_MIN)."""
+    assert next_batch_size(size, elapsed, 0.100, low=low, high=10_000) == expected

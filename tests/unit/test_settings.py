@@ -46,6 +46,7 @@ def test_every_default_is_pinned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         "heartbeat_timeout_overrides": {},
         "batch_size": 1000,
         "batch_target": timedelta(milliseconds=100),
+        "batch_min": 100,
         "batch_max": 10_000,
         "batch_pause": 0.5,
         "run_time_budget": timedelta(seconds=20),
@@ -230,6 +231,14 @@ def test_bad_url_never_shows_the_password(monkeypatch: pytest.MonkeyPatch) -> No
     line = _error_line(monkeypatch, {"RECONCILER_BATCH_SIZE": "0"})
 
     assert "s3cret" not in line
+
+
+def test_the_smallest_batch_may_not_exceed_the_largest() -> None:
+    with pytest.raises(ValidationError) as raised:
+        _settings(batch_min=2000, batch_max=1000)
+    assert "RECONCILER_BATCH_MAX (1000) must be at least RECONCILER_BATCH_MIN (2000)" in str(
+        raised.value
+    )
 
 
 def test_the_first_batch_may_not_exceed_the_largest() -> None:
