@@ -319,26 +319,26 @@ CREATE FUNCTION backoff(
     p_attempt integer, p_initial interval, p_max interval,
     p_multiplier double precision, p_jitter double precision, p_job_id bigint
 ) RETURNS interval
-LANGUAGE sql IMMUTABLE SET search_path FROM CURRENT AS $$
-    SELECT make_interval(secs => b.base_s * (1 + j.jitter * (
-        2 * ((abs(hashtext(p_job_id::text || ':' || p_attempt::text)::bigint) % 10000) / 10000.0) - 1
-    )))
-    FROM (
-        SELECT CASE
-            WHEN s.initial_s <= 0 THEN 0
-            WHEN s.steps = 0 OR p_multiplier <= 1 THEN least(s.initial_s, s.max_s)
-            WHEN s.steps * ln(p_multiplier) >= ln(s.max_s / s.initial_s) THEN s.max_s
-            ELSE s.initial_s * power(p_multiplier, s.steps)
-        END AS base_s
-        FROM (
-            SELECT extract(epoch FROM p_initial)::double precision AS initial_s,
-                   extract(epoch FROM p_max)::double precision AS max_s,
-                   greatest(p_attempt, 1) - 1 AS steps
-        ) s
-    ) b
+LANGUAGE plpgsql IMMUTABLE SET search_path FROM CURRENT AS $$
+DECLARE
+    initial_s double precision := extract(epoch FROM p_initial)::double precision;
+    max_s double precision := extract(epoch FROM p_max)::double precision;
+    steps integer := greatest(p_attempt, 1) - 1;
     -- A jitter under 1e-12 cannot move a backoff (at most 1000 days) by a microsecond,
     -- and one as small as 5e-324 would underflow the product (an error in PostgreSQL).
-    CROSS JOIN (SELECT CASE WHEN p_jitter < 1e-12 THEN 0 ELSE p_jitter END AS jitter) j
+    jitter double precision := CASE WHEN p_jitter < 1e-12 THEN 0 ELSE p_jitter END;
+    base_s double precision;
+BEGIN
+    base_s := CASE
+        WHEN initial_s <= 0 THEN 0
+        WHEN steps = 0 OR p_multiplier <= 1 THEN least(initial_s, max_s)
+        WHEN steps * ln(p_multiplier) >= ln(max_s / initial_s) THEN max_s
+        ELSE initial_s * power(p_multiplier, steps)
+    END;
+    RETURN make_interval(secs => base_s * (1 + jitter * (
+        2 * ((abs(hashtext(p_job_id::text || ':' || p_attempt::text)::bigint) % 10000) / 10000.0) - 1
+    )));
+END
 $$;
 
 -- When a failed or stale job may be retried: the end of its attempt (finished_at,
@@ -348,11 +348,14 @@ $$;
 CREATE FUNCTION retry_time(
     p_kind text, p_priority smallint, p_used integer, p_job_id bigint, p_from timestamptz
 ) RETURNS timestamptz
-LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
-    SELECT p_from + coalesce(
-        (SELECT backoff(p_used, p.initial_delay, p.max_delay, p.multiplier, p.jitter, p_job_id)
-         FROM policy_for(p_kind, p_priority) p),
-        interval '0')
+LANGUAGE plpgsql STABLE SET search_path FROM CURRENT AS $$
+DECLARE
+    p retry_policies := policy_for(p_kind, p_priority);  -- all NULL: no policy at all
+BEGIN
+    RETURN p_from + coalesce(
+        backoff(p_used, p.initial_delay, p.max_delay, p.multiplier, p.jitter, p_job_id),
+        interval '0');
+END
 $$;
 
 -- retry_at is decided when a job enters failed or stale, whoever puts it

@@ -3,6 +3,7 @@ backfilled for rows of the old schema; requeue and dead-letter stay exact comple
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -202,3 +203,66 @@ def test_rows_from_the_old_schema_are_backfilled_by_the_migration(
         assert got == expected
     finally:
         db.dispose()
+
+
+def _as_written_in(migration: str, name: str, new_name: str) -> str:
+    """``name``'s CREATE FUNCTION as ``migration`` wrote it, renamed to ``new_name``."""
+    (path,) = [p for _, _, p in migration_files() if p.name == migration]
+    body = path.read_text()
+    start = re.search(rf"CREATE (OR REPLACE )?FUNCTION {name}\(", body)
+    assert start is not None, f"{name} is not in {migration}"
+    end = body.index("$$;", body.index("AS $$", start.start())) + 3
+    return body[start.start() : end].replace(f"FUNCTION {name}(", f"FUNCTION {new_name}(", 1)
+
+
+def test_plpgsql_backoff_and_retry_time_give_what_the_sql_functions_gave(db: Database) -> None:
+    """Migration 202612040100 rewrote backoff() and retry_time() in plpgsql for speed: over
+    policies, attempts and edge values (NULLs, 2^31 - 1 attempts, a maximum under the
+    initial delay, a zero initial delay, a jitter of 5e-324, a DST night) both versions
+    agree to the microsecond."""
+    with db.transaction() as conn:
+        conn.execute(
+            text(_as_written_in("202612031200_backoff_underflow.sql", "backoff", "backoff_sql"))
+        )
+        conn.execute(
+            text(
+                _as_written_in("202612031000_retry_at.sql", "retry_time", "retry_time_sql").replace(
+                    "SELECT backoff(", "SELECT backoff_sql("
+                )
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO retry_policies (kind, max_attempts, initial_delay, max_delay,"
+                " multiplier, jitter) VALUES"
+                " ('slow', 5, '2.5 seconds', '1 hour', 3, 0.3),"
+                " ('instant', 5, '0 seconds', '1 hour', 3, 0.3),"
+                " ('flat', 5, '1 day', '2 days', 1.0000001, 0.5),"
+                " ('tiny-jitter', 5, '1 second', '1000 days', 2, 5e-324)"
+            )
+        )
+        differ = conn.execute(
+            text(
+                "WITH cases AS ("
+                " SELECT k, pr::smallint AS pr, a, id, iv, mx, m, jt"
+                " FROM unnest(ARRAY['slow', 'instant', 'flat', 'tiny-jitter', 'no-such-kind']) k,"
+                "      generate_series(0, 4) pr,"
+                "      unnest(ARRAY[-1, 0, 1, 2, 3, 10, 60, 2000, 2147483647, NULL]) a,"
+                "      generate_series(1, 12) id,"
+                "      (VALUES ('1 second'::interval, '5 minutes'::interval, 2.0::float8,"
+                "               0.1::float8),"
+                "              ('0.5 seconds', '10 seconds', 1.5, 0),"
+                "              ('0', '1 hour', 2, 0.5),"
+                "              ('3 seconds', '1 second', 3, 0.9),"
+                "              (NULL, NULL, NULL, NULL),"
+                "              ('1 second', '1000 days', 2, 5e-324)) v (iv, mx, m, jt))"
+                " SELECT count(*) FILTER (WHERE backoff(a, iv, mx, m, jt, id)"
+                "                         IS DISTINCT FROM backoff_sql(a, iv, mx, m, jt, id)),"
+                "        count(*) FILTER (WHERE"
+                "            retry_time(k, pr, a, id, '2026-03-29 00:30:00+00') IS DISTINCT FROM"
+                "            retry_time_sql(k, pr, a, id, '2026-03-29 00:30:00+00')),"
+                "        count(*)"
+                " FROM cases"
+            )
+        ).one()
+    assert differ == (0, 0, 5 * 5 * 10 * 12 * 6)
