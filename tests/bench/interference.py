@@ -1,12 +1,13 @@
 """``python -m tests.bench.interference``: what maintenance costs the workers, by pause.
 
-Workers (``--clients`` threads, each its own connection) claim and complete
-jobs through the SQL API as fast as they can, first alone, then while the
-purge task deletes a large backlog of expired jobs, once per value of
-RECONCILER_BATCH_PAUSE. For each: the workers' claim+complete pairs per
-second (and their ratio to alone), their p99 latency, purge's rows/s and its
-longest transaction. The figures chose the pause's default (README,
-Performance).
+Workers (``--clients`` processes, each its own connection, so that none shares an
+interpreter with the task) claim and complete jobs through the SQL API as fast as
+they can, first alone, then while a task works through a large backlog, once per
+value of RECONCILER_BATCH_PAUSE: purge deleting ``--expired`` expired jobs (with
+their events), and mark-stale marking ``--stale`` jobs of a crashed fleet. For
+each: the workers' claim+complete pairs per second (and their ratio to alone),
+their p99 latency, the task's rows/s and its longest transaction. The figures
+chose the pauses' defaults (README, Performance).
 
 Then the peers' retention loops, replayed on the same data and server with the
 same workers running (``--peers``):
@@ -25,14 +26,15 @@ Neither peer has an event table, so the replay deletes each job's
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import random
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -55,6 +57,20 @@ SELECT 'default', 'email', '{}', 'queued', 0, 3, now() - interval '1 minute',
        now() - interval '1 minute'
 FROM generate_series(1, :n)
 """
+# A crashed fleet's jobs: running, last heard of an hour ago, each with its claim event.
+_STALE = """
+WITH made AS (
+    INSERT INTO jobs (queue, kind, payload, status, attempt, max_attempts, run_at,
+                      locked_by, locked_at, heartbeat_at, started_at, created_at)
+    SELECT 'crashed', 'email', '{}', 'running', 1, 3, now() - interval '1 hour',
+           'dead-host:' || (g % 50), now() - interval '1 hour', now() - interval '1 hour',
+           now() - interval '1 hour', now() - interval '1 hour'
+    FROM generate_series(1, :n) g
+    RETURNING id
+)
+INSERT INTO job_events (job_id, from_status, to_status, at, actor)
+SELECT id, 'queued', 'running', now() - interval '1 hour', 'bench' FROM made
+"""
 _EXPIRED = """
 WITH made AS (
     INSERT INTO jobs (queue, kind, payload, status, attempt, max_attempts, run_at,
@@ -73,30 +89,64 @@ def _say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _workers(dsn: str, clients: int, stop: threading.Event) -> tuple[int, list[float]]:
-    """Claim and complete until ``stop``; (pairs done, latency of each pair in ms)."""
-    done: list[int] = [0] * clients
-    latencies: list[list[float]] = [[] for _ in range(clients)]
+def _worker(dsn: str, name: str, ready: Any, go: Any, stop: Any, out: Any) -> None:
+    """One worker process: connect, say so, wait for ``go``, then claim and complete until
+    ``stop``; puts (pairs, latency of each pair in ms)."""
+    done = 0
+    latencies: list[float] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ready.release()
+        go.wait()
+        while not stop.is_set():
+            begun = time.perf_counter()
+            row = conn.execute(
+                "SELECT id, claim_token FROM claim(worker => %s, queues => ARRAY['default'],"
+                " n => 1)",
+                (name,),
+            ).fetchone()
+            if row is None:
+                continue
+            conn.execute("SELECT complete(%s, %s)", row)
+            latencies.append((time.perf_counter() - begun) * 1000)
+            done += 1
+    out.put((done, latencies))
 
-    def work(i: int) -> None:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            while not stop.is_set():
-                begun = time.perf_counter()
-                row = conn.execute(
-                    "SELECT id, claim_token FROM claim(worker => %s, n => 1)", (f"w{i}",)
-                ).fetchone()
-                if row is None:
-                    continue
-                conn.execute("SELECT complete(%s, %s)", row)
-                latencies[i].append((time.perf_counter() - begun) * 1000)
-                done[i] += 1
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(done), [ms for per in latencies for ms in per]
+_SPAWN = multiprocessing.get_context("spawn")  # no inherited connections or threads
+
+
+def _workers(
+    dsn: str, clients: int, meanwhile: Callable[[], None]
+) -> tuple[int, list[float], float]:
+    """Worker processes claiming and completing while ``meanwhile()`` runs, timed from the
+    moment all of them are connected: (pairs, latency of each pair in ms, seconds)."""
+    ready, go, stop, out = _SPAWN.Semaphore(0), _SPAWN.Event(), _SPAWN.Event(), _SPAWN.Queue()
+    procs = [
+        _SPAWN.Process(target=_worker, args=(dsn, f"w{i}", ready, go, stop, out))
+        for i in range(clients)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        for _ in procs:
+            if not ready.acquire(timeout=120):
+                raise RuntimeError("a worker process did not connect within 120 s")
+        go.set()
+        begun = time.perf_counter()
+        try:
+            meanwhile()
+        finally:
+            stop.set()
+            seconds = time.perf_counter() - begun
+        results = [out.get(timeout=120) for _ in procs]
+    finally:
+        stop.set()
+        go.set()
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+    return sum(r[0] for r in results), [ms for r in results for ms in r[1]], seconds
 
 
 # A peer's batch: its selection (finished jobs past retention, by id, 10,000 at most)
@@ -160,32 +210,17 @@ def _while_working(
 ) -> tuple[int, list[float], float, int, float]:
     """Workers claiming and completing while ``maintenance`` runs:
     (pairs, latencies, seconds, rows removed, longest maintenance transaction ms)."""
-    stop = threading.Event()
     results: list[tuple[int, list[float]]] = []
-
-    def run() -> None:
-        try:
-            results.append(maintenance())
-        finally:
-            stop.set()
-
-    worker = threading.Thread(target=run)
-    begun = time.perf_counter()
-    worker.start()
-    pairs, latencies = _workers(dsn, clients, stop)
-    seconds = time.perf_counter() - begun
-    worker.join()
+    pairs, latencies, seconds = _workers(dsn, clients, lambda: results.append(maintenance()))
     removed, tx_ms = results[0]
     return pairs, latencies, seconds, removed, max(tx_ms, default=0.0)
 
 
-def _purge(db: Database, settings: Settings) -> Callable[[], tuple[int, list[float]]]:
+def _task(db: Database, settings: Settings, task: str) -> Callable[[], tuple[int, list[float]]]:
     def run() -> tuple[int, list[float]]:
-        watched = task_statements(
-            db, settings, "purge", now=db.now(), batch_size=settings.batch_size
-        )
+        watched = task_statements(db, settings, task, now=db.now(), batch_size=settings.batch_size)
         with batch_timer(db.engine, watched) as tx_ms:
-            result = run_task(db, settings, "purge", time_budget=timedelta(hours=1))
+            result = run_task(db, settings, task, time_budget=timedelta(hours=1))
         return result.changed, list(tx_ms)
 
     return run
@@ -200,10 +235,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--url", default=os.environ.get("RECONCILER_TEST_DATABASE_URL") or LOCAL_URL
     )
-    parser.add_argument("--clients", type=int, default=2, help="worker connections (2)")
+    parser.add_argument("--clients", type=int, default=2, help="worker processes (2)")
     parser.add_argument("--expired", type=int, default=300_000, help="expired jobs to purge")
+    parser.add_argument(
+        "--stale", type=int, default=100_000, help="silent running jobs to mark stale"
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="window alone (10)")
-    parser.add_argument("--pauses", default="0,0.5,1,2", help="RECONCILER_BATCH_PAUSE values")
+    parser.add_argument(
+        "--pauses", default="0,0.5,1,2,4", help="RECONCILER_BATCH_PAUSE values (0,0.5,1,2,4)"
+    )
+    parser.add_argument(
+        "--tasks", default="purge,mark-stale", help="tasks to run beside the workers"
+    )
     parser.add_argument(
         "--peers",
         action=argparse.BooleanOptionalAction,
@@ -214,6 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--oban-ticks", type=int, default=2, help="pruner ticks to run, 30 s apart (2)"
     )
     args = parser.parse_args(argv)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if unknown := set(tasks) - {"purge", "mark-stale"}:
+        parser.error(f"--tasks: {', '.join(sorted(unknown))}: only purge and mark-stale")
     for name in [n for n in os.environ if n.startswith("RECONCILER_")]:
         del os.environ[name]
     url = normalise_url(args.url)
@@ -222,42 +268,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         url, schema=SCHEMA, lock_timeout=base.lock_timeout, statement_timeout=timedelta(minutes=10)
     )
     dsn = make_conninfo(args.url, options=f"-c search_path={SCHEMA}")
+    # Queued jobs kept for the workers before each window: a window lasts as long as its
+    # task, and a worker that found the queue empty would measure nothing.
+    keep_queued = int(args.clients * 2000 * max(args.seconds, 60))
     lines = []
+
+    def top_up() -> None:
+        with db.transaction(statement_timeout=timedelta(minutes=30)) as conn:
+            have = conn.execute(
+                text("SELECT count(*) FROM jobs WHERE status = 'queued'")
+            ).scalar_one()
+            if have < keep_queued:
+                conn.execute(text(_QUEUED), {"n": keep_queued - have})
+
+    def vacuum() -> None:
+        with db.autocommit() as raw:
+            raw.execute(f"VACUUM ANALYZE {quote_ident(SCHEMA)}.jobs")
+            raw.execute(f"VACUUM ANALYZE {quote_ident(SCHEMA)}.job_events")
+
     try:
         with db.engine.begin() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {quote_ident(SCHEMA)} CASCADE")
         migrate(db)
-        windows = len(args.pauses.split(",")) + 1 + (4 + args.oban_ticks * 3 if args.peers else 0)
-        # About 400 pairs/s on two cores: 1,000 per client-second leaves ample headroom.
-        queued = int(args.clients * 1000 * args.seconds * windows)
-        with db.transaction(statement_timeout=timedelta(minutes=30)) as conn:
-            conn.execute(text(_QUEUED), {"n": queued})
-        _say(f"{queued:,} queued jobs; workers alone for {args.seconds:g} s")
-        stop = threading.Event()
-        timer = threading.Timer(args.seconds, stop.set)
-        timer.start()
-        begun = time.perf_counter()
-        pairs, latencies = _workers(dsn, args.clients, stop)
-        alone = pairs / (time.perf_counter() - begun)
+        top_up()
+        vacuum()
+        _say(f"{keep_queued:,} queued jobs; workers alone for {args.seconds:g} s")
+        pairs, latencies, seconds = _workers(dsn, args.clients, lambda: time.sleep(args.seconds))
+        alone = pairs / seconds
         lines.append(
             f"{'alone':<24} {alone:>10,.0f} {'1.00':>8} {_p99(latencies):>9.1f} {'':>10} {'':>8}"
         )
-        loops: list[tuple[str, Callable[[], tuple[int, list[float]]]]] = [
-            (f"purge, pause {p:g}", _purge(db, base.model_copy(update={"batch_pause": p})))
-            for p in (float(p) for p in args.pauses.split(","))
-        ]
+        pauses = [float(p) for p in args.pauses.split(",")]
+        loops: list[tuple[str, str, int, Callable[[], tuple[int, list[float]]]]] = []
+        for task in tasks:
+            fill, rows = (_EXPIRED, args.expired) if task == "purge" else (_STALE, args.stale)
+            loops += [
+                (
+                    f"{task}, pause {p:g}",
+                    fill,
+                    rows,
+                    _task(db, base.model_copy(update={"batch_pause": p}), task),
+                )
+                for p in pauses
+            ]
         if args.peers:
-            loops.append(("river cleaner", lambda: _river(dsn, seed=1)))
+            loops.append(("river cleaner", _EXPIRED, args.expired, lambda: _river(dsn, seed=1)))
             loops.append(
-                (f"oban pruner ({args.oban_ticks} ticks)", lambda: _oban(dsn, args.oban_ticks))
+                (
+                    f"oban pruner ({args.oban_ticks} ticks)",
+                    _EXPIRED,
+                    args.expired,
+                    lambda: _oban(dsn, args.oban_ticks),
+                )
             )
-        for label, maintenance in loops:
+        for label, fill, rows, maintenance in loops:
+            top_up()
             with db.transaction(statement_timeout=timedelta(minutes=30)) as conn:
-                conn.execute(text(_EXPIRED), {"n": args.expired})
-            with db.autocommit() as raw:
-                raw.execute(f"VACUUM ANALYZE {quote_ident(SCHEMA)}.jobs")
-                raw.execute(f"VACUUM ANALYZE {quote_ident(SCHEMA)}.job_events")
-            _say(f"{label}: {args.expired:,} expired jobs")
+                conn.execute(text(fill), {"n": rows})
+            vacuum()
+            _say(f"{label}: {rows:,} rows")
             pairs, latencies, seconds, removed, longest = _while_working(
                 maintenance, dsn, args.clients
             )
@@ -267,31 +336,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{removed / seconds:>10,.0f} {seconds:>8.1f} {longest:>10.1f}"
             )
             with db.transaction(statement_timeout=timedelta(minutes=30)) as conn:
-                # What a loop left (Oban's ticks drain only part of the backlog) goes,
-                # so every loop starts from the same table.
-                conn.execute(
-                    text(
-                        "DELETE FROM job_events WHERE job_id IN (SELECT id FROM jobs"
-                        " WHERE status = 'succeeded'"
-                        " AND finished_at < now() - interval '30 days')"
-                    )
+                # What a loop left (Oban's ticks drain only part of the backlog), and the
+                # jobs mark-stale moved, go, so every loop starts from the same table.
+                leftover = (
+                    "SELECT id FROM jobs WHERE queue = 'crashed'"
+                    " OR (status = 'succeeded' AND finished_at < now() - interval '30 days')"
                 )
-                conn.execute(
-                    text(
-                        "DELETE FROM jobs WHERE status = 'succeeded'"
-                        " AND finished_at < now() - interval '30 days'"
-                    )
-                )
+                conn.execute(text(f"DELETE FROM job_events WHERE job_id IN ({leftover})"))
+                conn.execute(text(f"DELETE FROM jobs WHERE id IN ({leftover})"))
     finally:
         with db.engine.begin() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {quote_ident(SCHEMA)} CASCADE")
         db.dispose()
     print(
-        f"interference benchmark: {args.clients} worker connections claiming and completing"
-        f" through the SQL API; purge of {args.expired:,} expired jobs (with their events);"
+        f"interference benchmark: {args.clients} worker processes claiming and completing"
+        f" through the SQL API; purge of {args.expired:,} expired jobs (with their events),"
+        f" mark-stale of {args.stale:,} silent running jobs;"
         f" {os.cpu_count()} CPUs, load average {os.getloadavg()[1]:.1f}"
     )
-    header = ("maintenance", "pairs/s", "vs alone", "p99 ms", "removed/s", "seconds", "longest tx")
+    header = ("maintenance", "pairs/s", "vs alone", "p99 ms", "rows/s", "seconds", "longest tx")
     print(
         f"{header[0]:<24} "
         + " ".join(f"{h:>{w}}" for h, w in zip(header[1:], (10, 8, 9, 10, 8, 10), strict=True))
