@@ -79,6 +79,96 @@ def test_every_status_change_is_allowed_exactly_when_listed(
     assert job(db, job_id) == before
 
 
+@pytest.mark.parametrize(
+    ("from_status", "to_status"),
+    [pair for pair in permutations(STATUSES, 2) if pair not in ALLOWED],
+)
+def test_no_illegal_change_slips_past_the_guard_by_setting_updated_at(
+    db: Database, from_status: str, to_status: str
+) -> None:
+    """The guard's WHEN lets a writer that sets updated_at = now() itself skip the call
+    (the workers' functions do): still, every unlisted status change raises 23514."""
+    job_id = insert_job(db, status=from_status, attempt=1)
+    with pytest.raises(IntegrityError) as caught, db.transaction() as conn:
+        conn.execute(
+            text(
+                "UPDATE jobs SET status = :to, locked_by = :locked_by, updated_at = now()"
+                " WHERE id = :id"
+            ),
+            {"to": to_status, "locked_by": "w1" if to_status == "running" else None, "id": job_id},
+        )
+    assert isinstance(caught.value.orig, psycopg.errors.CheckViolation)
+    assert job(db, job_id)["status"] == from_status
+
+
+def test_the_guard_still_acts_for_a_writer_that_sets_updated_at(db: Database) -> None:
+    """updated_at = now() set by the writer skips none of the rest: an attempt lowered
+    raises, a token left on a finished job is cleared, and an updated_at other than now()
+    becomes now()."""
+    job_id = insert_job(db, status="running", attempt=3, locked_by="w1")
+    with db.transaction() as conn:
+        conn.execute(
+            text("UPDATE jobs SET claim_token_hash = '\\x01' WHERE id = :id"), {"id": job_id}
+        )
+    with pytest.raises(IntegrityError), db.transaction() as conn:
+        conn.execute(
+            text("UPDATE jobs SET attempt = 2, updated_at = now() WHERE id = :id"), {"id": job_id}
+        )
+    with db.transaction() as conn:
+        conn.execute(
+            text(
+                "UPDATE jobs SET status = 'succeeded', locked_by = NULL, finished_at = now(),"
+                " updated_at = now() WHERE id = :id"
+            ),
+            {"id": job_id},
+        )
+        row = conn.execute(
+            text("SELECT claim_token_hash, updated_at = now() AS fresh FROM jobs WHERE id = :id"),
+            {"id": job_id},
+        ).one()
+    assert (row.claim_token_hash, row.fresh) == (None, True)
+    with db.transaction() as conn:
+        conn.execute(
+            text("UPDATE jobs SET updated_at = '2000-01-01' WHERE id = :id"), {"id": job_id}
+        )
+        fresh = conn.execute(
+            text("SELECT updated_at = now() FROM jobs WHERE id = :id"), {"id": job_id}
+        ).scalar_one()
+    assert fresh is True
+
+
+def test_the_workers_functions_skip_the_guard_and_keep_its_rules(db: Database) -> None:
+    """claim(), heartbeat() and complete() make no call of the guard (they set what it
+    would), and leave what it would have left: updated_at now(), no token once finished."""
+    insert_job(db, status="queued")
+    with db.transaction() as conn:
+        conn.execute(text("SET LOCAL track_functions = 'pl'"))
+        claimed = conn.execute(
+            text("SELECT id, claim_token FROM claim(worker => 'w1', n => 1)")
+        ).one()
+        assert conn.execute(
+            text("SELECT heartbeat(:id, :t)"), {"id": claimed.id, "t": claimed.claim_token}
+        ).scalar_one()
+        assert conn.execute(
+            text("SELECT complete(:id, :t)"), {"id": claimed.id, "t": claimed.claim_token}
+        ).scalar_one()
+        calls = conn.execute(
+            text(
+                "SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions"
+                " WHERE funcname = 'jobs_before_update'"
+            )
+        ).scalar_one()
+        row = conn.execute(
+            text(
+                "SELECT status, claim_token_hash, updated_at = now() AS fresh FROM jobs"
+                " WHERE id = :id"
+            ),
+            {"id": claimed.id},
+        ).one()
+    assert calls == 0
+    assert (row.status, row.claim_token_hash, row.fresh) == ("succeeded", None, True)
+
+
 @pytest.mark.parametrize("status", STATUSES)
 def test_an_update_that_keeps_the_status_is_not_a_transition(db: Database, status: str) -> None:
     """Changing other columns of a job in any status is allowed; only status changes are checked."""
