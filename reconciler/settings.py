@@ -131,10 +131,10 @@ class Settings(BaseSettings):
     batch_target: Duration = Field(
         default=timedelta(milliseconds=100),
         description="How long a task's batch transaction should take. Between batches the "
-        "size grows or shrinks toward it (at most doubling or halving, within "
-        "RECONCILER_BATCH_MAX), so a batch costs about this whatever the backlog; a batch that "
-        "hits the lock or statement timeout is retried at once at a quarter of its size. A "
-        "size given by --batch-size or the schedule stays fixed.",
+        "size grows or shrinks toward it (at most doubling or halving, from "
+        "RECONCILER_BATCH_MIN to RECONCILER_BATCH_MAX), so a batch costs about this whatever "
+        "the backlog; a batch that hits the lock or statement timeout is retried at once at a "
+        "quarter of its size. A size given by --batch-size or the schedule stays fixed.",
     )
     batch_min: Annotated[int, AfterValidator(check_batch_size)] = Field(
         default=100,
