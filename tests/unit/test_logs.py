@@ -52,6 +52,25 @@ def test_secrets_are_masked_in_events_stdlib_records_and_tracebacks(buffer: io.S
     assert "RuntimeError: cannot connect with ***" in lines[3]["exception"]
 
 
+def test_masking_holds_on_every_line_not_only_the_first(buffer: io.StringIO) -> None:
+    """The key check is cached and the URL pattern runs only on values with "://" and "@":
+    neither may let a second line, another spelling or a value with two secrets through."""
+    log = get_logger("test")
+    for _ in range(3):
+        log.info("again", API_Token="t0k3n-value", db_password="pw-value", queue="default")
+        log.info("two", note=f"{PASSWORD} and {PASSWORD}", url=f"x://u:{PASSWORD}@h")
+        log.info("plain", note="user@example.com wrote to a://b", count=3)
+
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    for again, two, plain in zip(lines[0::3], lines[1::3], lines[2::3], strict=True):
+        assert again["API_Token"] == again["db_password"] == "***"
+        assert again["queue"] == "default"
+        assert two["note"] == "*** and ***"
+        assert two["url"] == "x://u:***@h"
+        assert plain["note"] == "user@example.com wrote to a://b"
+        assert plain["count"] == 3
+
+
 def test_apscheduler_busy_warnings_are_dropped(buffer: io.StringIO) -> None:
     """A run still going at the next tick is by design with max_instances=1: no warning."""
     scheduler = logging.getLogger("apscheduler.scheduler")
