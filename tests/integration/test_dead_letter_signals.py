@@ -118,3 +118,16 @@ def test_the_window_frees_up_after_ten_minutes() -> None:
     assert not signals._take(1, first.clock)
     now[0] += signals.WINDOW_S
     assert signals._take(1, first.clock)
+
+
+def test_every_batch_s_jobs_get_their_lines(
+    db: Database, settings: Settings, db_now: datetime, log_lines: io.StringIO
+) -> None:
+    """35 dead jobs in batches of 10 are 35 lines, one per job, with the run's id."""
+    ids = [_exhausted(db, db_now, "k", f"boom {n}") for n in range(35)]
+    result = run_task(db, settings, "dead-letter", now=db_now, batch_size=10)
+    assert result.batches == 4 and result.changed == 35
+    lines = events(log_lines, "job.dead_lettered")
+    assert sorted(line["job_id"] for line in lines) == ids
+    assert {line["run_id"] for line in lines} == {result.run_id}
+
