@@ -3,7 +3,9 @@
 A transition task is one SQL statement (``-- name: apply`` in its SQL file)
 that picks at most ``:batch_size`` eligible rows with ``FOR UPDATE SKIP
 LOCKED``, changes them, writes their ``job_events`` rows in the same
-statement, and returns ``(id, from_status, to_status)`` per row. The loop
+statement, and returns ``(id, from_status, to_status)`` per row, or, where
+fetching a row per job would cost as much as changing it (purge), one tally
+row per transition: ``(from_status, to_status, n, sample_ids)``. The loop
 runs that statement, one short transaction per batch, until a batch comes
 back short (nothing left) or the run's time budget is spent.
 
@@ -47,6 +49,7 @@ __all__ = [
     "TaskContext",
     "TaskFailed",
     "TaskResult",
+    "changed",
     "next_batch_size",
 ]
 
@@ -86,10 +89,13 @@ class Progress:
     notes: list[str] = field(default_factory=list)
 
     def add(self, rows: Sequence[Any]) -> None:
+        tally = _tallies(rows)
         for row in rows:
-            self.transitions[f"{row.from_status}->{row.to_status}"] += 1
+            self.transitions[f"{row.from_status}->{row.to_status}"] += row.n if tally else 1
             if len(self.sample_ids) < SAMPLE_SIZE:
-                self.sample_ids.append(row.id if isinstance(row.id, int) else str(row.id))
+                for job_id in row.sample_ids if tally else (row.id,):
+                    if len(self.sample_ids) < SAMPLE_SIZE:
+                        self.sample_ids.append(job_id if isinstance(job_id, int) else str(job_id))
 
 
 @dataclass
@@ -176,7 +182,7 @@ class TaskContext:
                 rows = conn.execute(text(sql), {**base, "batch_size": DRY_RUN_LIMIT}).all()
             self.progress.add(rows)
             self.progress.batches += 1
-            if len(rows) >= DRY_RUN_LIMIT:
+            if changed(rows) >= DRY_RUN_LIMIT:
                 self.progress.stopped = "dry_run_limit"
             return
         # Named ids are waited for (no SKIP LOCKED): a smaller batch would wait just the same.
@@ -204,7 +210,7 @@ class TaskContext:
             if committed is not None:
                 committed(rows)
             self.progress.batches += 1
-            if len(rows) < size:
+            if changed(rows) < size:
                 return
             reason = self.stop_reason()
             if reason is not None:
@@ -221,6 +227,17 @@ class TaskContext:
                     high=self.batch_max,
                 )
             self._pause(elapsed * self.batch_pause)
+
+
+def _tallies(rows: Sequence[Any]) -> bool:
+    """Rows that count jobs (a column ``n``) rather than stand for one each. Asked of the
+    first row's fields: a missing attribute of a SQLAlchemy row costs an exception."""
+    return bool(rows) and "n" in getattr(rows[0], "_fields", ())
+
+
+def changed(rows: Sequence[Any]) -> int:
+    """How many jobs a batch's rows stand for: one each, or each tally row's ``n``."""
+    return sum(row.n for row in rows) if _tallies(rows) else len(rows)
 
 
 def next_batch_size(

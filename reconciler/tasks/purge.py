@@ -81,9 +81,10 @@ def execute(ctx: TaskContext) -> None:
 
 
 def _after_last(rows: Sequence[Any]) -> dict[str, Any]:
-    """The keyset of the next batch: after the last (finished_at, id) this one deleted."""
-    last = max(rows, key=lambda row: (row.finished_at, row.id))
-    return {"after_finished": last.finished_at, "after_id": last.id}
+    """The keyset of the next batch: after the last (finished_at, id) this one deleted
+    (every row of a batch, one per status, carries the batch's last)."""
+    last = max(rows, key=lambda row: (row.last_finished, row.last_id))
+    return {"after_finished": last.last_finished, "after_id": last.last_id}
 
 
 TASK = Task(

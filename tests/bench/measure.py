@@ -186,7 +186,10 @@ def _once(db: Database, work: list[tuple[str, dict[str, Any]]]) -> Timed:
     with db.transaction(statement_timeout=_BASELINE_TIMEOUT, rollback=True) as conn:
         begun = time.perf_counter()
         for sql, params in work:
-            rows += conn.execute(text(sql), params).rowcount
+            result = conn.execute(text(sql), params)
+            # A tally statement (purge's) returns a row per transition with its count ``n``.
+            tally = result.returns_rows and "n" in list(result.keys())
+            rows += sum(row.n for row in result) if tally else result.rowcount
         seconds = time.perf_counter() - begun
     vacuum_analyze(db)
     _checkpoint(db)

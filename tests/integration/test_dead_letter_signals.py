@@ -130,4 +130,3 @@ def test_every_batch_s_jobs_get_their_lines(
     lines = events(log_lines, "job.dead_lettered")
     assert sorted(line["job_id"] for line in lines) == ids
     assert {line["run_id"] for line in lines} == {result.run_id}
-
