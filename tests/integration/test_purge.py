@@ -193,3 +193,24 @@ def test_batches_walk_on_from_where_the_last_one_ended(
         left = conn.execute(text("SELECT id FROM jobs")).scalars().all()
     assert left == [young]
     assert not set(left) & set(tied + later)
+
+
+def test_batches_report_every_job_they_deleted_though_they_return_tallies(
+    db: Database, settings: Settings, db_now: datetime
+) -> None:
+    """A purge batch returns one row per status with its count, not a row per job: 25
+    succeeded and 5 cancelled jobs in batches of 10 are counted whole, each batch starting
+    after the last one's keyset (finished times shared, so the id decides), samples real."""
+    at = db_now - timedelta(days=40)
+    succeeded = [_finished(db, "succeeded", at + (n % 3) * MINUTE) for n in range(25)]
+    cancelled = [_finished(db, "cancelled", at) for _ in range(5)]
+
+    preview = run_task(db, settings, "purge", now=db_now, dry_run=True)
+    result = run_task(db, settings, "purge", now=db_now, batch_size=10)
+
+    expected = {"succeeded->purged": 25, "cancelled->purged": 5}
+    assert preview.transitions == result.transitions == expected
+    assert result.batches == 3 + 1 + 1  # 10, 10, 5 succeeded; 5 cancelled; none dead
+    assert len(result.sample_ids) == 10
+    assert set(result.sample_ids) <= set(succeeded)
+    assert _existing(db, succeeded + cancelled) == set()
