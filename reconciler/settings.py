@@ -149,13 +149,14 @@ class Settings(BaseSettings):
         description="The largest batch the sizing toward RECONCILER_BATCH_TARGET may reach.",
     )
     batch_pause: float = Field(
-        default=0.5,
+        default=4,
         ge=0,
         le=10,
         description="After each batch a task pauses this many times the batch's own duration "
-        "(0.5: a batch of 100 ms, then 50 ms of rest), so maintenance on a huge backlog takes a "
-        "bounded share of the database and workers keep their throughput; 0 never pauses. See "
-        "the benchmark's interference figures.",
+        "(4: a batch of 100 ms, then 400 ms of rest, a fifth of the time at work), so "
+        "maintenance on a huge backlog takes a bounded share of the database and workers keep "
+        "their throughput; 0 never pauses. A backlog of one batch or less never waits. See the "
+        "benchmark's interference figures.",
     )
     run_time_budget: Duration = Field(
         default=timedelta(seconds=20),

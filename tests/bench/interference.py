@@ -245,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--seconds", type=float, default=10.0, help="the workers alone before each task (10)"
     )
     parser.add_argument(
-        "--pauses", default="0,0.5,1,2,4", help="RECONCILER_BATCH_PAUSE values (0,0.5,1,2,4)"
+        "--pauses", default="0,0.5,2,4,9", help="RECONCILER_BATCH_PAUSE values (0,0.5,2,4,9)"
     )
     parser.add_argument(
         "--tasks", default="purge,mark-stale", help="tasks to run beside the workers"

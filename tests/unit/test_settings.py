@@ -48,7 +48,7 @@ def test_every_default_is_pinned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         "batch_target": timedelta(milliseconds=100),
         "batch_min": 100,
         "batch_max": 10_000,
-        "batch_pause": 0.5,
+        "batch_pause": 4.0,
         "run_time_budget": timedelta(seconds=20),
         "lock_timeout": timedelta(seconds=1),
         "migrate_lock_timeout": timedelta(seconds=1),
