@@ -8,7 +8,9 @@ value of RECONCILER_BATCH_PAUSE: purge deleting ``--expired`` expired jobs (with
 their events), and mark-stale marking ``--stale`` jobs of a crashed fleet. For
 each: the workers' claim+complete pairs per second (and their ratio to alone),
 their p99 latency, the task's rows/s and its longest transaction. The figures
-chose the pauses' defaults (README, Performance).
+chose the pauses' defaults (README, Performance). The workers' windows alone vary
+by about 10 % from one to the next; ``--rounds N`` measures every line N times,
+interleaved, and adds each line's median ratio and its range.
 
 Then the peers' retention loops, replayed on the same data and server with the
 same workers running (``--peers``):
@@ -259,6 +261,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--oban-ticks", type=int, default=2, help="pruner ticks to run, 30 s apart (2)"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every line this many times, the rounds interleaved, and add each "
+        "line's median and range (1)",
+    )
     args = parser.parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if unknown := set(tasks) - {"purge", "mark-stale"}:
@@ -319,7 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     lambda: _oban(dsn, args.oban_ticks),
                 )
             )
-        for label, fill, rows, maintenance in loops:
+        ratios: dict[str, list[tuple[float, float]]] = {}
+        for label, fill, rows, maintenance in [each for _ in range(args.rounds) for each in loops]:
             top_up()
             with db.transaction(statement_timeout=timedelta(minutes=30)) as conn:
                 conn.execute(text(fill), {"n": rows})
@@ -336,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 maintenance, dsn, args.clients
             )
             rate, with_p99 = pairs / seconds, _p99(latencies)
+            ratios.setdefault(label, []).append((rate / alone, with_p99 / alone_p99))
             lines.append(
                 f"{label:<24} {alone:>8,.0f} {alone_p99:>7.1f} {rate:>8,.0f} {with_p99:>7.1f}"
                 f" {rate / alone:>8.2f} {with_p99 / alone_p99:>7.2f}"
@@ -374,7 +385,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(f"{header[0][0]:<24} " + " ".join(f"{h:>{w}}" for h, w in header[1:]))
     print("\n".join(lines))
+    if args.rounds > 1:
+        print(f"\nover {args.rounds} rounds: median (lowest-highest)")
+        print(f"{'maintenance':<24} {'tps x':>18} {'p99 x':>18}")
+        for label, pairs_of in ratios.items():
+            tps, p99 = ([pair[i] for pair in pairs_of] for i in (0, 1))
+            print(f"{label:<24} {_spread(tps):>18} {_spread(p99):>18}")
     return 0
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 if __name__ == "__main__":
