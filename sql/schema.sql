@@ -62,21 +62,87 @@ INSERT INTO retry_policies (priority, max_attempts, initial_delay, max_delay, mu
     (3, 3, interval '1 second',         interval '5 minutes',  2.0),  -- low
     (4, 1, interval '1 second',         interval '5 minutes',  2.0);  -- bulk: never retried
 
+-- The rules every row of jobs keeps, whoever writes it, as one function that a
+-- single CHECK constraint calls (jobs_row_valid). Not seven CHECKs: PostgreSQL
+-- reads each CHECK's stored expression back from its text on every UPDATE
+-- statement, and on the workers' path, where every statement changes one row,
+-- that parsing was about a tenth of a claim + complete (migration
+-- 202612041000). A broken rule raises check_violation with one line naming the
+-- job and the rule.
+CREATE FUNCTION jobs_row_valid(
+    p_id bigint, p_status text, p_priority smallint, p_attempt integer, p_attempt_base integer,
+    p_max_attempts integer, p_locked_by text, p_run_at timestamptz, p_created_at timestamptz,
+    p_updated_at timestamptz, p_locked_at timestamptz, p_heartbeat_at timestamptz,
+    p_started_at timestamptz, p_finished_at timestamptz
+) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE SET search_path FROM CURRENT AS $$
+DECLARE
+    times timestamptz[];
+    names text[];
+BEGIN
+    IF p_status NOT IN ('queued', 'running', 'succeeded', 'failed', 'stale', 'dead', 'cancelled') THEN
+        RAISE EXCEPTION 'job %: status % is not a job status', p_id, p_status
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_row_valid', TABLE = 'jobs',
+                  HINT = 'use queued, running, succeeded, failed, stale, dead or cancelled';
+    END IF;
+    IF p_priority NOT BETWEEN 0 AND 4 THEN
+        RAISE EXCEPTION 'job %: priority % is out of range', p_id, p_priority
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_row_valid', TABLE = 'jobs',
+                  HINT = 'use 0 (critical), 1 (high), 2 (default), 3 (low) or 4 (bulk)';
+    END IF;
+    IF p_attempt < 0 OR p_attempt_base NOT BETWEEN 0 AND p_attempt THEN
+        RAISE EXCEPTION 'job %: attempt % and attempt_base % are not 0 <= attempt_base <= attempt',
+                        p_id, p_attempt, p_attempt_base
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_row_valid', TABLE = 'jobs',
+                  HINT = 'to give a job a fresh retry budget, set attempt_base = attempt';
+    END IF;
+    IF p_max_attempts NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'job %: max_attempts % is out of range', p_id, p_max_attempts
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_row_valid', TABLE = 'jobs',
+                  HINT = 'use 1 (never retried) to 1000';
+    END IF;
+    IF (p_status = 'running') <> (p_locked_by IS NOT NULL) THEN
+        RAISE EXCEPTION 'job %: a % job % locked_by', p_id, p_status,
+                        CASE WHEN p_status = 'running' THEN 'needs' ELSE 'cannot have' END
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_row_valid', TABLE = 'jobs',
+                  HINT = 'a running job has an owner (locked_by); a job that is not running has none';
+    END IF;
+    -- Infinity is a valid timestamptz but no moment: it would never come due, or
+    -- always be due, and breaks every tool that reads it. (NULL passes, as in a CHECK.)
+    IF NOT (isfinite(p_run_at) AND isfinite(p_created_at) AND isfinite(p_updated_at)
+            AND isfinite(p_locked_at) AND isfinite(p_heartbeat_at)
+            AND isfinite(p_started_at) AND isfinite(p_finished_at)) THEN
+        times := ARRAY[p_run_at, p_created_at, p_updated_at, p_locked_at, p_heartbeat_at,
+                       p_started_at, p_finished_at];
+        names := ARRAY['run_at', 'created_at', 'updated_at', 'locked_at', 'heartbeat_at',
+                       'started_at', 'finished_at'];
+        FOR i IN 1 .. 7 LOOP
+            IF NOT isfinite(times[i]) THEN
+                RAISE EXCEPTION 'job %: % % is not a moment in time', p_id, names[i], times[i]
+                    USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_row_valid',
+                          TABLE = 'jobs', HINT = 'write a finite timestamp';
+            END IF;
+        END LOOP;
+    END IF;
+    RETURN true;
+END
+$$;
+
 CREATE TABLE jobs (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     queue           text        NOT NULL DEFAULT 'default',
     kind            text        NOT NULL,
     tenant_id       text,
-    priority        smallint    NOT NULL DEFAULT 2 CHECK (priority BETWEEN 0 AND 4),
+    priority        smallint    NOT NULL DEFAULT 2,             -- 0 (critical) .. 4 (bulk)
     payload         jsonb       NOT NULL DEFAULT '{}',
-    status          text        NOT NULL DEFAULT 'queued' CHECK (status IN
-                        ('queued', 'running', 'succeeded', 'failed', 'stale', 'dead', 'cancelled')),
+    -- queued, running, succeeded, failed, stale, dead or cancelled (jobs_row_valid)
+    status          text        NOT NULL DEFAULT 'queued',
     -- Claims over the job's whole life: never lowered, so (job, attempt) never repeats.
-    attempt         integer     NOT NULL DEFAULT 0 CHECK (attempt >= 0),
+    attempt         integer     NOT NULL DEFAULT 0,
     -- The attempt count when an operator last gave the job a fresh retry budget
     -- (jobs requeue, dead-letter replay): attempts used = attempt - attempt_base.
-    attempt_base    integer     NOT NULL DEFAULT 0 CHECK (attempt_base BETWEEN 0 AND attempt),
-    max_attempts    integer     NOT NULL CHECK (max_attempts BETWEEN 1 AND 1000),
+    attempt_base    integer     NOT NULL DEFAULT 0,             -- 0 .. attempt
+    max_attempts    integer     NOT NULL,                       -- 1 .. 1000
     run_at          timestamptz NOT NULL DEFAULT now(),
     locked_by       text,
     locked_at       timestamptz,
@@ -95,13 +161,12 @@ CREATE TABLE jobs (
     -- attempt ended), decided as it enters that state (trigger jobs_retry_at);
     -- NULL in every other status. The requeue task compares it with its now.
     retry_at        timestamptz,
-    -- A job that is running has an owner; one that is not has none.
-    CHECK ((status = 'running') = (locked_by IS NOT NULL)),
-    -- Infinity is a valid timestamptz but no moment: it would never come due, or
-    -- always be due, and breaks every tool that reads it.
-    CHECK (isfinite(run_at) AND isfinite(created_at) AND isfinite(updated_at)
-           AND isfinite(locked_at) AND isfinite(heartbeat_at)
-           AND isfinite(started_at) AND isfinite(finished_at))
+    -- Every rule of a row (jobs_row_valid above): a known status and priority,
+    -- 0 <= attempt_base <= attempt, 1 <= max_attempts <= 1000, an owner exactly
+    -- while running, finite times.
+    CONSTRAINT jobs_row_valid CHECK (jobs_row_valid(
+        id, status, priority, attempt, attempt_base, max_attempts, locked_by, run_at, created_at,
+        updated_at, locked_at, heartbeat_at, started_at, finished_at))
 )
 -- Room on each page for the new version of a row a heartbeat writes, so that
 -- heartbeats are HOT updates (no index touched) rather than a new tuple on
@@ -295,20 +360,31 @@ BEGIN
 END
 $$;
 
+-- Whether an UPDATE of a job needs the guard: not where it would change nothing,
+-- that is for a writer that sets updated_at to now() itself, lowers no attempt,
+-- leaves no token on a job that is not running, and makes no status change but
+-- a claim (queued -> running), a completion or a failure (running -> succeeded,
+-- failed), all three in transitions (a test pins it). The workers' functions
+-- are such writers; any other change is checked against the table. A function,
+-- not the expression itself in WHEN, for the reason given at jobs_row_valid.
+CREATE FUNCTION jobs_guard_wanted(
+    p_old_status text, p_new_status text, p_old_attempt integer, p_new_attempt integer,
+    p_new_updated_at timestamptz, p_new_token bytea
+) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path FROM CURRENT AS $$
+BEGIN
+    RETURN p_new_updated_at IS DISTINCT FROM now()
+        OR p_new_attempt < p_old_attempt
+        OR (p_new_status <> 'running' AND p_new_token IS NOT NULL)
+        OR (p_new_status IS DISTINCT FROM p_old_status
+            AND NOT (p_old_status = 'queued' AND p_new_status = 'running')
+            AND NOT (p_old_status = 'running' AND p_new_status IN ('succeeded', 'failed')));
+END
+$$;
+
 CREATE TRIGGER jobs_before_update BEFORE UPDATE ON jobs
-    -- Not called where it would change nothing: a writer that sets updated_at to
-    -- now() itself, lowers no attempt, leaves no token on a job that is not running,
-    -- and makes no status change but a claim (queued -> running), a completion or
-    -- a failure (running -> succeeded, failed), all three in transitions (a test
-    -- pins it). The workers' functions are such writers; any other change is
-    -- checked against the table as before.
-    FOR EACH ROW WHEN (
-        NEW.updated_at IS DISTINCT FROM now()
-        OR NEW.attempt < OLD.attempt
-        OR (NEW.status <> 'running' AND NEW.claim_token_hash IS NOT NULL)
-        OR (NEW.status IS DISTINCT FROM OLD.status
-            AND NOT (OLD.status = 'queued' AND NEW.status = 'running')
-            AND NOT (OLD.status = 'running' AND NEW.status IN ('succeeded', 'failed'))))
+    FOR EACH ROW WHEN (jobs_guard_wanted(OLD.status, NEW.status, OLD.attempt, NEW.attempt,
+                                         NEW.updated_at, NEW.claim_token_hash))
     EXECUTE FUNCTION jobs_before_update();
 
 -- The retry policy that applies to a job: its kind's row, else its priority's.

@@ -325,7 +325,8 @@ def test_no_statement_can_store_an_infinite_time_in_jobs(db: Database) -> None:
     """Even SQL that bypasses the API cannot write infinity into a job's timestamps."""
     job_id = insert_job(db, status="queued")
     for column in ("run_at", "finished_at", "heartbeat_at"):
-        with pytest.raises(IntegrityError, match="check"), db.transaction() as conn:
+        refused = f"job {job_id}: {column} -infinity is not a moment in time"
+        with pytest.raises(IntegrityError, match=refused), db.transaction() as conn:
             conn.execute(
                 text(f"UPDATE jobs SET {column} = '-infinity' WHERE id = :id"), {"id": job_id}
             )
