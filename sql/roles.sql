@@ -133,6 +133,19 @@ GRANT SELECT ON {schema}.transitions, {schema}.retry_policies, {schema}.paused_q
     {schema}.schema_migrations TO {daemon};
 -- The daemon's task leases: replicas take, renew and release a task's lease there.
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.task_leases TO {daemon};
+-- What a write to jobs calls, as the writer: the row rules (its CHECK), the
+-- guard's WHEN, and the retry time the triggers decide. PUBLIC may run them
+-- unless the database's default privileges say otherwise; granted here so the
+-- daemon's writes work either way.
+GRANT EXECUTE ON FUNCTION
+    {schema}.jobs_row_valid(bigint, text, smallint, integer, integer, integer, text,
+                            timestamptz, timestamptz, timestamptz, timestamptz, timestamptz,
+                            timestamptz, timestamptz),
+    {schema}.jobs_guard_wanted(text, text, integer, integer, timestamptz, bytea),
+    {schema}.retry_time(text, smallint, integer, bigint, timestamptz),
+    {schema}.backoff(integer, interval, interval, double precision, double precision, bigint),
+    {schema}.policy_for(text, smallint)
+    TO {daemon};
 
 -- Workers: the worker API and nothing else. The functions run with their
 -- owner's rights, so workers need no grant on any table and cannot write a
