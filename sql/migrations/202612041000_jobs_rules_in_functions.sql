@@ -21,11 +21,33 @@ CREATE FUNCTION jobs_row_valid(
     p_updated_at timestamptz, p_locked_at timestamptz, p_heartbeat_at timestamptz,
     p_started_at timestamptz, p_finished_at timestamptz
 ) RETURNS boolean
-LANGUAGE plpgsql IMMUTABLE SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     times timestamptz[];
     names text[];
 BEGIN
+    -- The decision, in one expression (NULL passes, as in a CHECK: only a rule that
+    -- is false refuses the row). Its operators and functions are pg_catalog's by
+    -- name, so no search_path can change what it decides; and so the function
+    -- needs no SET search_path, whose save and restore on every call made a bulk
+    -- UPDATE of jobs 10-25 % slower.
+    IF (p_status OPERATOR(pg_catalog.=) ANY (ARRAY['queued', 'running', 'succeeded', 'failed',
+                                                    'stale', 'dead', 'cancelled'])
+        AND p_priority OPERATOR(pg_catalog.>=) 0 AND p_priority OPERATOR(pg_catalog.<=) 4
+        AND p_attempt OPERATOR(pg_catalog.>=) 0
+        AND p_attempt_base OPERATOR(pg_catalog.>=) 0
+        AND p_attempt_base OPERATOR(pg_catalog.<=) p_attempt
+        AND p_max_attempts OPERATOR(pg_catalog.>=) 1
+        AND p_max_attempts OPERATOR(pg_catalog.<=) 1000
+        AND (p_status OPERATOR(pg_catalog.=) 'running')
+            OPERATOR(pg_catalog.=) (p_locked_by IS NOT NULL)
+        AND pg_catalog.isfinite(p_run_at) AND pg_catalog.isfinite(p_created_at)
+        AND pg_catalog.isfinite(p_updated_at) AND pg_catalog.isfinite(p_locked_at)
+        AND pg_catalog.isfinite(p_heartbeat_at) AND pg_catalog.isfinite(p_started_at)
+        AND pg_catalog.isfinite(p_finished_at)) IS NOT FALSE THEN
+        RETURN true;
+    END IF;
+    -- A row that breaks a rule: which one, for the message.
     IF p_status NOT IN ('queued', 'running', 'succeeded', 'failed', 'stale', 'dead', 'cancelled') THEN
         RAISE EXCEPTION 'job %: status % is not a job status', p_id, p_status
             USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_row_valid', TABLE = 'jobs',
@@ -70,7 +92,7 @@ BEGIN
             END IF;
         END LOOP;
     END IF;
-    RETURN true;
+    RETURN false;  -- refused by the decision above, whatever the messages found
 END
 $$;
 
@@ -90,14 +112,19 @@ CREATE FUNCTION jobs_guard_wanted(
     p_old_status text, p_new_status text, p_old_attempt integer, p_new_attempt integer,
     p_new_updated_at timestamptz, p_new_token bytea
 ) RETURNS boolean
-LANGUAGE plpgsql STABLE SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    RETURN p_new_updated_at IS DISTINCT FROM now()
-        OR p_new_attempt < p_old_attempt
-        OR (p_new_status <> 'running' AND p_new_token IS NOT NULL)
-        OR (p_new_status IS DISTINCT FROM p_old_status
-            AND NOT (p_old_status = 'queued' AND p_new_status = 'running')
-            AND NOT (p_old_status = 'running' AND p_new_status IN ('succeeded', 'failed')));
+    -- pg_catalog's operators by name, and no SET search_path: as in jobs_row_valid.
+    -- (x = y) IS NOT TRUE is x IS DISTINCT FROM y for the columns here, never NULL
+    -- in a row that is kept; where one is NULL it only calls the guard.
+    RETURN (p_new_updated_at OPERATOR(pg_catalog.=) pg_catalog.now()) IS NOT TRUE
+        OR p_new_attempt OPERATOR(pg_catalog.<) p_old_attempt
+        OR (p_new_status OPERATOR(pg_catalog.<>) 'running' AND p_new_token IS NOT NULL)
+        OR ((p_new_status OPERATOR(pg_catalog.=) p_old_status) IS NOT TRUE
+            AND NOT (p_old_status OPERATOR(pg_catalog.=) 'queued'
+                     AND p_new_status OPERATOR(pg_catalog.=) 'running')
+            AND NOT (p_old_status OPERATOR(pg_catalog.=) 'running'
+                     AND p_new_status OPERATOR(pg_catalog.=) ANY (ARRAY['succeeded', 'failed'])));
 END
 $$;
 

@@ -4,7 +4,9 @@ job and the rule, whoever writes; and the migration to it keeps existing rows.""
 
 from __future__ import annotations
 
+import psycopg
 import pytest
+from psycopg import sql
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
@@ -156,3 +158,43 @@ def test_rows_from_before_the_migration_are_kept_and_checked(
             conn.execute(text("UPDATE jobs SET priority = 9 WHERE id = :id"), {"id": job_id})
     finally:
         db.dispose()
+
+
+def test_a_hostile_search_path_decides_nothing(db: Database, pg_url: str) -> None:
+    """The row rules and the guard's WHEN take no SET search_path: a writer whose path puts
+    a schema with a <> (text) and a < (integer) that always say false before pg_catalog
+    still has a bad status refused and a lowered attempt sent to the guard. (Written with
+    plain operators, both functions let both through: the status stored, the attempt
+    lowered.)"""
+    evil = f"{db.schema}_evil"
+    job_id = insert_job(db, status="queued", attempt=3)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(evil)))
+        try:
+            conn.execute(
+                sql.SQL("SET search_path = {}, pg_catalog, {}").format(
+                    sql.Identifier(evil), sql.Identifier(db.schema)
+                )
+            )
+            conn.execute(
+                "CREATE FUNCTION never(text, text) RETURNS boolean LANGUAGE sql"
+                " IMMUTABLE AS 'SELECT false';"
+                " CREATE OPERATOR <> (LEFTARG = text, RIGHTARG = text, FUNCTION = never);"
+                " CREATE FUNCTION never(integer, integer) RETURNS boolean LANGUAGE sql"
+                " IMMUTABLE AS 'SELECT false';"
+                " CREATE OPERATOR < (LEFTARG = integer, RIGHTARG = integer, FUNCTION = never)"
+            )
+            assert conn.execute("SELECT 'a' <> 'b', 2 < 3").fetchone() == (False, False)
+            with pytest.raises(psycopg.errors.CheckViolation, match="jobs_row_valid"):
+                conn.execute(
+                    "INSERT INTO jobs (kind, status, max_attempts) VALUES ('k', 'bogus', 3)"
+                )
+            with pytest.raises(psycopg.errors.CheckViolation, match="cannot go down"):
+                conn.execute(
+                    "UPDATE jobs SET attempt = 1, updated_at = now() WHERE id = %s", [job_id]
+                )
+        finally:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(evil)))
+    assert job(db, job_id)["attempt"] == 3
+    with db.transaction() as conn:
+        assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 1
