@@ -66,7 +66,7 @@ INSERT INTO retry_policies (priority, max_attempts, initial_delay, max_delay, mu
 -- single CHECK constraint calls (jobs_row_valid). Not seven CHECKs: PostgreSQL
 -- reads each CHECK's stored expression back from its text on every UPDATE
 -- statement, and on the workers' path, where every statement changes one row,
--- that parsing was about a tenth of a claim + complete (migration
+-- that parsing was about a seventh of a claim + complete (migration
 -- 202612041000). A broken rule raises check_violation with one line naming the
 -- job and the rule.
 CREATE FUNCTION jobs_row_valid(
