@@ -107,7 +107,8 @@ ALTER TABLE jobs ADD CONSTRAINT jobs_row_valid CHECK (jobs_row_valid(
     DROP CONSTRAINT jobs_check1,
     DROP CONSTRAINT jobs_check2;
 
--- Whether an UPDATE of a job needs the guard: the WHEN of 202612040200, unchanged.
+-- Whether an UPDATE of a job needs the guard: what the WHEN of 202612040200 decided,
+-- with pg_catalog's operators by name (see the comment inside).
 CREATE FUNCTION jobs_guard_wanted(
     p_old_status text, p_new_status text, p_old_attempt integer, p_new_attempt integer,
     p_new_updated_at timestamptz, p_new_token bytea
