@@ -21,12 +21,10 @@ from typing import Any
 
 import sentry_sdk
 
-from reconciler.logs import get_logger
+from reconciler.logs import log_many
 from reconciler.settings import Settings
 
 __all__ = ["WINDOW_S", "DeadLetterSignals", "dead_lettered", "reset"]
-
-log = get_logger("reconciler.signals")
 
 WINDOW_S = 600.0  # the rate limit's window: 10 minutes
 
@@ -66,21 +64,27 @@ class DeadLetterSignals:
     def jobs(self, rows: Sequence[Any]) -> None:
         """One committed batch's dead jobs: a log line each, and an event each while the
         window has room."""
-        sentry = sentry_sdk.get_client().is_active()
+        log_many(
+            "reconciler.signals",
+            "warning",
+            "job.dead_lettered",
+            (
+                {
+                    "job_id": row.id,
+                    "queue": row.queue,
+                    "kind": row.kind,
+                    "tenant": row.tenant_id,
+                    "attempt": row.attempt,
+                    "from_status": row.from_status,
+                    "error": row.error,
+                    "run_id": self.run_id,
+                }
+                for row in rows
+            ),
+        )
+        if not sentry_sdk.get_client().is_active():
+            return
         for row in rows:
-            log.warning(
-                "job.dead_lettered",
-                job_id=row.id,
-                queue=row.queue,
-                kind=row.kind,
-                tenant=row.tenant_id,
-                attempt=row.attempt,
-                from_status=row.from_status,
-                error=row.error,
-                run_id=self.run_id,
-            )
-            if not sentry:
-                continue
             if _take(self.limit, self.clock):
                 self._event(row)
             else:

@@ -3,9 +3,11 @@
 The dead-letter task writes one ``job.dead_lettered`` line per job it moves (logs are
 the record and never limited), so a batch of 1,000 dead jobs pays for 1,000 lines
 inside its run. This times that very line through the daemon's logging set-up
-(:func:`reconciler.logs.configure_logging`, JSON to a file, a registered secret), and
-beside it, in the same run, the floor any JSON-lines logger pays: ``json.dumps`` of
-the same fields and a write to the same file. A measurement, not a test.
+(:func:`reconciler.logs.configure_logging`, JSON to a file, a registered secret): one
+call of the logger per line, as every other line is written, and a batch's lines
+through :func:`reconciler.logs.log_many`, as the task writes them; beside them, in the
+same run, the floor any JSON-lines logger pays: ``json.dumps`` of the same fields and a
+write to the same file. A measurement, not a test.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from reconciler.logs import configure_logging, get_logger
+from reconciler.logs import configure_logging, get_logger, log_many
 
 FIELDS = {
     "job_id": 123_456_789,
@@ -30,6 +32,9 @@ FIELDS = {
     "error": "TimeoutError: smtp.example.com did not answer within 30 s",
     "run_id": 1_234,
 }
+
+
+BATCH = 1_000
 
 
 def _time(lines: int, write: Callable[[int], None]) -> float:
@@ -65,14 +70,27 @@ def main(argv: list[str] | None = None) -> None:
             sink.write(json.dumps(event) + "\n")
             sink.flush()
 
+        def batch(i: int) -> None:
+            if i % BATCH == 0:  # the task's batch: its lines written at once
+                log_many(
+                    "reconciler.signals",
+                    "warning",
+                    "job.dead_lettered",
+                    ({**FIELDS, "job_id": i + n} for n in range(BATCH)),
+                )
+
         rows = []
-        for name, write in (("json.dumps + write", floor), ("job.dead_lettered", ours)):
+        for name, write in (
+            ("json.dumps + write", floor),
+            ("one logger call", ours),
+            ("log_many, 1,000", batch),
+        ):
             write(0)  # warm up
             per_line = statistics.median(_time(args.lines, write) for _ in range(args.rounds))
             rows.append((name, per_line))
     base = rows[0][1]
     print(f"log line cost, median of {args.rounds} passes of {args.lines:,} lines")
-    print(f"{'line':<22}{'us/line':>9}{'x floor':>9}{'per 1,000 jobs':>16}")
+    print(f"{'job.dead_lettered':<22}{'us/line':>9}{'x floor':>9}{'per 1,000 jobs':>16}")
     for name, per_line in rows:
         print(f"{name:<22}{per_line:>9.1f}{per_line / base:>9.1f}{per_line:>13.0f} ms")
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import text
 
 from reconciler.db import Database
 from reconciler.runner import run_task
+from reconciler.sqlfiles import query
 from reconciler.tasks.base import TaskContext
 from tests.conftest import connect, make_settings
 from tests.helpers import insert_job, job
@@ -131,3 +135,33 @@ def test_a_runs_own_batch_pause_overrides_the_setting(
     result = run_task(db, settings, "mark-stale", now=db_now, batch_size=10, batch_pause=1)
     assert (result.changed, result.batches) == (30, 4)
     assert result.details["paused_ms"] > 0
+
+
+def test_the_rest_counts_from_the_commit(db: Database, pg_url: str, db_now: datetime) -> None:
+    """The time a task spends after a batch's commit saying what it changed (log lines,
+    Sentry events) is rest for the database: a pause shorter than that adds none."""
+    for _ in range(30):
+        insert_job(
+            db, status="failed", attempt=3, max_attempts=3, finished_at=db_now - timedelta(hours=1)
+        )
+    said: list[int] = []
+
+    def slow_to_say(rows: Sequence[Any]) -> None:
+        said.append(len(rows))
+        # Far longer than the pause owed for a 10-row batch (its own duration, once).
+        time.sleep(2)
+
+    ctx = TaskContext(
+        db=db,
+        settings=make_settings(pg_url, db.schema),
+        now=db_now,
+        dry_run=False,
+        batch_size=10,
+        time_budget=timedelta(hours=1),
+        actor="test",
+        run_id=None,
+        batch_pause=1,
+    )
+    ctx.run_batches(query("tasks/dead_letter", "apply"), {}, committed=slow_to_say)
+    assert said == [10, 10, 10, 0]
+    assert "paused_ms" not in ctx.progress.details

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import threading
 from collections.abc import Iterator
 
 import pytest
+from structlog.stdlib import ProcessorFormatter
 
-from reconciler.logs import configure_logging, get_logger
+from reconciler.logs import configure_logging, get_logger, log_many
 
 PASSWORD = "Hunter2-Sup3rSecret"
 DSN = "https://0f1e2d3c4b5a69788796a5b4c3d2e1f0@o1.ingest.example.invalid/42"
@@ -81,3 +84,151 @@ def test_apscheduler_busy_warnings_are_dropped(buffer: io.StringIO) -> None:
     assert [json.loads(line)["event"] for line in buffer.getvalue().splitlines()] == [
         "something else"
     ]
+
+
+@contextlib.contextmanager
+def _ours_only() -> Iterator[None]:
+    """Only the handler configure_logging installed, as in the daemon. pytest adds its
+    own capturing handlers to the root as each test starts, which sends log_many the
+    ordinary way (test_log_many_goes_the_ordinary_way_where_logging_was_changed)."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers[:] = [h for h in saved if isinstance(h.formatter, ProcessorFormatter)]
+    assert len(root.handlers) == 1
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved
+
+
+def _without_time(line: str) -> dict[str, object]:
+    fields: dict[str, object] = json.loads(line)
+    fields.pop("timestamp")
+    return fields
+
+
+def test_log_many_writes_each_line_as_the_logger_would(buffer: io.StringIO) -> None:
+    """Same fields, same order, same masking: one line per item, in the items' order."""
+    item = {"job_id": 7, "error": f"auth failed for postgresql://app:{PASSWORD}@db/q", "x": None}
+    with _ours_only():
+        get_logger("reconciler.signals").warning("job.dead_lettered", **item, api_token="t0k3n")
+        log_many(
+            "reconciler.signals",
+            "warning",
+            "job.dead_lettered",
+            [{**item, "api_token": "t0k3n"}, {"job_id": 8}, {"job_id": 9}],
+        )
+    one, *many = buffer.getvalue().splitlines()
+    assert PASSWORD not in buffer.getvalue() and "t0k3n" not in buffer.getvalue()
+    assert list(json.loads(one)) == list(json.loads(many[0]))  # the keys' order too
+    assert _without_time(one) == _without_time(many[0])
+    assert [json.loads(line)["job_id"] for line in many] == [7, 8, 9]
+    assert {json.loads(line)["level"] for line in many} == {"warning"}
+
+
+def test_log_many_on_a_console_matches_the_logger_too() -> None:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    configure_logging("console", "info", stream=stream)
+    root.handlers[:] = root.handlers[-1:]  # ours only (see ours_only)
+    try:
+        get_logger("reconciler.signals").warning("job.dead_lettered", job_id=7)
+        log_many("reconciler.signals", "warning", "job.dead_lettered", [{"job_id": 7}])
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    one, two = stream.getvalue().splitlines()
+    assert one.split(" ", 1)[1] == two.split(" ", 1)[1]  # all but the timestamp
+
+
+def test_log_many_honours_the_level(buffer: io.StringIO) -> None:
+    logging.getLogger("reconciler.signals").setLevel(logging.ERROR)
+    try:
+        log_many("reconciler.signals", "warning", "job.dead_lettered", [{"job_id": 1}])
+    finally:
+        logging.getLogger("reconciler.signals").setLevel(logging.NOTSET)
+    assert buffer.getvalue() == ""
+
+
+def test_log_many_goes_the_ordinary_way_where_logging_was_changed(buffer: io.StringIO) -> None:
+    """A handler or filter added after configure_logging sees every line, exactly once."""
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    logger = logging.getLogger("reconciler.signals")
+    logger.addHandler(keep := Keep())
+    try:
+        log_many("reconciler.signals", "warning", "job.dead_lettered", [{"job_id": 1}, {"n": 2}])
+    finally:
+        logger.removeHandler(keep)
+    assert len(seen) == 2
+    assert [json.loads(line)["event"] for line in buffer.getvalue().splitlines()] == [
+        "job.dead_lettered",
+        "job.dead_lettered",
+    ]
+
+
+def test_log_many_lines_never_interleave_with_other_threads(buffer: io.StringIO) -> None:
+    """A batch's lines go out in one write under the handler's lock: lines logged by
+    other threads meanwhile come before or after them, never inside one."""
+    stop = threading.Event()
+
+    def chatter() -> None:
+        log = get_logger("reconciler.other")
+        while not stop.is_set():
+            log.info("tick", note="x" * 200)
+
+    threads = [threading.Thread(target=chatter) for _ in range(2)]
+    try:
+        with _ours_only():
+            for thread in threads:
+                thread.start()
+            for batch in range(20):
+                log_many(
+                    "reconciler.signals",
+                    "warning",
+                    "job.dead_lettered",
+                    ({"job_id": batch * 1000 + n} for n in range(1000)),
+                )
+            stop.set()
+            for thread in threads:
+                thread.join()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert any(line["event"] == "tick" for line in lines)
+    jobs = [line["job_id"] for line in lines if line["event"] == "job.dead_lettered"]
+    assert jobs == list(range(20_000))
+    for batch in range(20):  # each batch's 1,000 lines are contiguous
+        first = next(i for i, line in enumerate(lines) if line.get("job_id") == batch * 1000)
+        assert [line.get("job_id") for line in lines[first : first + 1000]] == list(
+            range(batch * 1000, batch * 1000 + 1000)
+        )
+
+
+def test_log_many_never_fails_its_caller_on_a_broken_stream(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A stderr that cannot be written (closed, full) is reported as any handler reports
+    it, and the task whose batch has committed carries on."""
+
+    class Broken(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError(28, "No space left on device")
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    configure_logging("json", "info", stream=Broken())
+    root.handlers[:] = root.handlers[-1:]  # ours only (see _ours_only)
+    try:
+        log_many("reconciler.signals", "warning", "job.dead_lettered", [{"job_id": 1}])
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    assert "No space left on device" in capsys.readouterr().err
