@@ -136,18 +136,20 @@ def _setup_reconciler(url: str, jobs: int) -> None:
         conn.execute("VACUUM ANALYZE jobs")
 
 
-def _setup_procrastinate(url: str, jobs: int, clients: int) -> int:
+def _setup_procrastinate(
+    url: str, jobs: int, clients: int, schema: str = PROCRASTINATE_SCHEMA
+) -> int:
     """Procrastinate's schema by its own SchemaManager, ``jobs`` jobs, a worker per client;
     the id of the first worker."""
     import procrastinate
 
-    _fresh_schema(url, PROCRASTINATE_SCHEMA)
+    _fresh_schema(url, schema)
     app = procrastinate.App(
-        connector=procrastinate.SyncPsycopgConnector(conninfo=_in_schema(url, PROCRASTINATE_SCHEMA))
+        connector=procrastinate.SyncPsycopgConnector(conninfo=_in_schema(url, schema))
     )
     with app.open():
         app.schema_manager.apply_schema()
-    with psycopg.connect(_in_schema(url, PROCRASTINATE_SCHEMA), autocommit=True) as conn:
+    with psycopg.connect(_in_schema(url, schema), autocommit=True) as conn:
         conn.execute(
             "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status)"
             " SELECT %s, 'bench', '{}', 'todo' FROM generate_series(1, %s)",
