@@ -20,8 +20,9 @@ its own ``SchemaManager``):
   it still prepares.
 
 Every copy is vacuumed before each of its loops (so no loop walks the dead index entries
-of the last), the loops are interleaved round by round, and each figure is the median
-over the rounds, with the WAL written per pair. A measurement, not a test: the copies
+of the last) and a checkpoint precedes each loop (so each writes the same full-page
+images); the loops are interleaved round by round, and each figure is the median over
+the rounds, with the WAL written per pair. A measurement, not a test: the copies
 without a guarantee are for measuring it, never shipped. Each lives in a schema of its
 own, dropped at the end.
 """
@@ -43,7 +44,7 @@ from reconciler.db import normalise_url, redact
 from reconciler.migrate import migrate
 from reconciler.settings import Settings
 from tests.bench.__main__ import LOCAL_URL, TEST_URL_ENV, _connect, _drop
-from tests.bench.peers import QUEUE, _drop_schema, _in_schema, _setup_procrastinate
+from tests.bench.peers import QUEUE, _checkpoint, _drop_schema, _in_schema, _setup_procrastinate
 
 PREFIX = "reconciler_bench_hot_"
 PROCRASTINATE = PREFIX + "procrastinate"
@@ -153,9 +154,13 @@ def _setup_variant(url: str, variant: Variant, jobs: int) -> None:
 
 
 def _measure(url: str, schema: str, loop: str, table: str) -> tuple[float, float]:
-    """Microseconds and WAL bytes per pair of one loop, the table vacuumed first."""
+    """Seconds and WAL bytes of one loop, the table vacuumed and a checkpoint made first
+    (so that every loop writes the same full-page images: the first change to each page
+    after a checkpoint)."""
     with psycopg.connect(_in_schema(url, schema), autocommit=True) as conn:
         conn.execute(f"VACUUM {table}")
+    _checkpoint(url)
+    with psycopg.connect(_in_schema(url, schema), autocommit=True) as conn:
         conn.execute("SET synchronous_commit = off")
         wal_before = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
         begun = time.perf_counter()
