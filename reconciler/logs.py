@@ -70,7 +70,16 @@ class Redactor:
         return value
 
     def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
-        return {key: self.scrub(value) for key, value in event.items()}
+        # Numbers and None (a job's id, attempt, run id) hold no secret: most of a dead
+        # job's line, which the dead-letter task writes thousands of.
+        scrub = self.scrub
+        return {
+            key: value if type(value) in _CANNOT_HOLD_A_SECRET else scrub(value)
+            for key, value in event.items()
+        }
+
+
+_CANNOT_HOLD_A_SECRET = frozenset({int, float, bool, type(None)})
 
 
 class _DropBusyJobWarnings(logging.Filter):

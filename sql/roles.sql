@@ -99,7 +99,13 @@ BEGIN
         RETURN;
     END IF;
     FOREACH stmt IN ARRAY {grants} LOOP
-        EXECUTE stmt;
+        BEGIN
+            EXECUTE stmt;
+        EXCEPTION WHEN undefined_function THEN
+            -- A schema at an older version than this script: the rest is granted.
+            RAISE NOTICE 'skipped, not in schema % yet (run reconciler migrate, then this script again): %',
+                {schema_name}, stmt;
+        END;
     END LOOP;
     IF current_setting('server_version_num')::int >= 170000 THEN
         FOREACH stmt IN ARRAY {maintain} LOOP
@@ -134,18 +140,25 @@ GRANT SELECT ON {schema}.transitions, {schema}.retry_policies, {schema}.paused_q
 -- The daemon's task leases: replicas take, renew and release a task's lease there.
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.task_leases TO {daemon};
 -- What a write to jobs calls, as the writer: the row rules (its CHECK), the
--- guard's WHEN, and the retry time the triggers decide. PUBLIC may run them
--- unless the database's default privileges say otherwise; granted here so the
--- daemon's writes work either way.
+-- WHEN of its update trigger, and the retry time the triggers decide. PUBLIC
+-- may run them unless the database's default privileges say otherwise; granted
+-- here so the daemon's writes work either way. One statement each: on a schema
+-- at an older version, one not created yet is skipped with a NOTICE (the apply
+-- block above) and the others are granted.
 GRANT EXECUTE ON FUNCTION
     {schema}.jobs_row_valid(bigint, text, smallint, integer, integer, integer, text,
                             timestamptz, timestamptz, timestamptz, timestamptz, timestamptz,
-                            timestamptz, timestamptz),
-    {schema}.jobs_guard_wanted(text, text, integer, integer, timestamptz, bytea),
-    {schema}.retry_time(text, smallint, integer, bigint, timestamptz),
-    {schema}.backoff(integer, interval, interval, double precision, double precision, bigint),
-    {schema}.policy_for(text, smallint)
+                            timestamptz, timestamptz)
     TO {daemon};
+GRANT EXECUTE ON FUNCTION
+    {schema}.jobs_update_wanted(text, text, integer, integer, timestamptz, bytea, timestamptz)
+    TO {daemon};
+GRANT EXECUTE ON FUNCTION
+    {schema}.retry_time(text, smallint, integer, bigint, timestamptz) TO {daemon};
+GRANT EXECUTE ON FUNCTION
+    {schema}.backoff(integer, interval, interval, double precision, double precision, bigint)
+    TO {daemon};
+GRANT EXECUTE ON FUNCTION {schema}.policy_for(text, smallint) TO {daemon};
 
 -- Workers: the worker API and nothing else. The functions run with their
 -- owner's rights, so workers need no grant on any table and cannot write a

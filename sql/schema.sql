@@ -180,7 +180,7 @@ CREATE TABLE jobs (
     -- kept, so a role that can read this table cannot act as the worker.
     claim_token_hash bytea,
     -- When a failed or stale job may be retried (its policy's backoff after the
-    -- attempt ended), decided as it enters that state (trigger jobs_retry_at);
+    -- attempt ended), decided as it enters that state (jobs_before_update);
     -- NULL in every other status. The requeue task compares it with its now.
     retry_at        timestamptz,
     -- Every rule of a row (jobs_row_valid above): a known status and priority,
@@ -354,7 +354,16 @@ CREATE TABLE ops_exported_jobs (
 );
 
 -- Guard: every status change must be a listed transition, attempt never goes
--- down, a token hash only while running; updated_at follows.
+-- down, a token hash only while running; updated_at follows. Then the retry
+-- time: retry_at is decided when a job enters failed or stale, whoever puts it
+-- there (fail(), mark-stale, an operator, SQL typed into psql), and again when
+-- what it depends on changes (the attempt's end, the attempts used, the kind or
+-- priority that picks the policy), or when it is set to NULL; it is NULL in
+-- every other status. A value set explicitly with nothing else changed is kept
+-- (`reconciler policies set` recomputes waiting jobs that way). The requeue
+-- task only compares it with its now, through jobs_retry_due_idx. One trigger
+-- for both, not two: each trigger's WHEN is read back from its text and
+-- prepared for every UPDATE statement (migration 202612041100).
 CREATE FUNCTION jobs_before_update() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
@@ -378,26 +387,40 @@ BEGIN
         NEW.claim_token_hash := NULL;
     END IF;
     NEW.updated_at := now();
+    IF NEW.status NOT IN ('failed', 'stale') THEN
+        NEW.retry_at := NULL;
+    ELSIF NEW.retry_at IS NULL
+          OR NEW.status IS DISTINCT FROM OLD.status
+          OR NEW.finished_at IS DISTINCT FROM OLD.finished_at
+          OR NEW.attempt IS DISTINCT FROM OLD.attempt
+          OR NEW.attempt_base IS DISTINCT FROM OLD.attempt_base
+          OR NEW.kind IS DISTINCT FROM OLD.kind
+          OR NEW.priority IS DISTINCT FROM OLD.priority THEN
+        NEW.retry_at := retry_time(NEW.kind, NEW.priority, NEW.attempt - NEW.attempt_base,
+                                   NEW.id, coalesce(NEW.finished_at, NEW.updated_at, now()));
+    END IF;
     RETURN NEW;
 END
 $$;
 
--- Whether an UPDATE of a job needs the guard: not where it would change nothing,
--- that is for a writer that sets updated_at to now() itself, lowers no attempt,
--- leaves no token on a job that is not running, and makes no status change but
--- a claim (queued -> running), a completion or a failure (running -> succeeded,
--- failed), all three in transitions (a test pins it). The workers' functions
--- are such writers; any other change is checked against the table. A function,
--- not the expression itself in WHEN, for the reason given at jobs_row_valid.
-CREATE FUNCTION jobs_guard_wanted(
+-- Whether an UPDATE of a job needs jobs_before_update(): not where it would
+-- change nothing, that is for a writer that sets updated_at to now() itself,
+-- lowers no attempt, leaves no token on a job that is not running, makes no
+-- status change but a claim (queued -> running) or a completion (running ->
+-- succeeded), both in transitions (a test pins it), and leaves a job neither
+-- failed nor stale nor with a retry time to clear. The workers' claim(),
+-- heartbeat() and complete() are such writers; any other change is checked
+-- against the table, and a failure gets its retry time. A function, not the
+-- expression itself in WHEN, for the reason given at jobs_row_valid.
+CREATE FUNCTION jobs_update_wanted(
     p_old_status text, p_new_status text, p_old_attempt integer, p_new_attempt integer,
-    p_new_updated_at timestamptz, p_new_token bytea
+    p_new_updated_at timestamptz, p_new_token bytea, p_old_retry_at timestamptz
 ) RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     -- pg_catalog's operators by name, and no SET search_path: as in jobs_row_valid.
     -- (x = y) IS NOT TRUE is x IS DISTINCT FROM y for the columns here, never NULL
-    -- in a row that is kept; where one is NULL it only calls the guard.
+    -- in a row that is kept; where one is NULL it only calls the trigger.
     RETURN (p_new_updated_at OPERATOR(pg_catalog.=) pg_catalog.now()) IS NOT TRUE
         OR p_new_attempt OPERATOR(pg_catalog.<) p_old_attempt
         OR (p_new_status OPERATOR(pg_catalog.<>) 'running' AND p_new_token IS NOT NULL)
@@ -405,13 +428,15 @@ BEGIN
             AND NOT (p_old_status OPERATOR(pg_catalog.=) 'queued'
                      AND p_new_status OPERATOR(pg_catalog.=) 'running')
             AND NOT (p_old_status OPERATOR(pg_catalog.=) 'running'
-                     AND p_new_status OPERATOR(pg_catalog.=) ANY (ARRAY['succeeded', 'failed'])));
+                     AND p_new_status OPERATOR(pg_catalog.=) 'succeeded'))
+        OR p_new_status OPERATOR(pg_catalog.=) ANY (ARRAY['failed', 'stale'])
+        OR p_old_retry_at IS NOT NULL;
 END
 $$;
 
 CREATE TRIGGER jobs_before_update BEFORE UPDATE ON jobs
-    FOR EACH ROW WHEN (jobs_guard_wanted(OLD.status, NEW.status, OLD.attempt, NEW.attempt,
-                                         NEW.updated_at, NEW.claim_token_hash))
+    FOR EACH ROW WHEN (jobs_update_wanted(OLD.status, NEW.status, OLD.attempt, NEW.attempt,
+                                          NEW.updated_at, NEW.claim_token_hash, OLD.retry_at))
     EXECUTE FUNCTION jobs_before_update();
 
 -- The retry policy that applies to a job: its kind's row, else its priority's.
@@ -474,28 +499,13 @@ BEGIN
 END
 $$;
 
--- retry_at is decided when a job enters failed or stale, whoever puts it
--- there (fail(), mark-stale, an operator, SQL typed into psql), and again when
--- what it depends on changes (the attempt's end, the attempts used, the kind or
--- priority that picks the policy), or when it is set to NULL; it is NULL in
--- every other status. A value set explicitly with nothing else changed is kept
--- (`reconciler policies set` recomputes waiting jobs that way). The requeue
--- task only compares it with its now, through jobs_retry_due_idx.
+-- A job written failed or stale gets its retry time from its policy (on an
+-- update, jobs_before_update() decides it), unless the row is written whole with
+-- one (a restore), which it keeps.
 CREATE FUNCTION jobs_retry_at() RETURNS trigger
 LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
-    IF NEW.status NOT IN ('failed', 'stale') THEN
-        NEW.retry_at := NULL;
-    ELSIF TG_OP = 'INSERT' OR NEW.retry_at IS NULL
-          OR NEW.status IS DISTINCT FROM OLD.status
-          OR NEW.finished_at IS DISTINCT FROM OLD.finished_at
-          OR NEW.attempt IS DISTINCT FROM OLD.attempt
-          OR NEW.attempt_base IS DISTINCT FROM OLD.attempt_base
-          OR NEW.kind IS DISTINCT FROM OLD.kind
-          OR NEW.priority IS DISTINCT FROM OLD.priority THEN
-        IF TG_OP = 'INSERT' AND NEW.retry_at IS NOT NULL THEN
-            RETURN NEW;  -- a row written whole (a restore) keeps its retry time
-        END IF;
+    IF NEW.retry_at IS NULL THEN
         NEW.retry_at := retry_time(NEW.kind, NEW.priority, NEW.attempt - NEW.attempt_base,
                                    NEW.id, coalesce(NEW.finished_at, NEW.updated_at, now()));
     END IF;
@@ -503,14 +513,8 @@ BEGIN
 END
 $$;
 
--- Only rows that are, or were, waiting for a retry call the function: a
--- claim, a heartbeat or a completion never does.
 CREATE TRIGGER jobs_retry_at_insert BEFORE INSERT ON jobs
     FOR EACH ROW WHEN (NEW.status IN ('failed', 'stale'))
-    EXECUTE FUNCTION jobs_retry_at();
-CREATE TRIGGER jobs_retry_at_update
-    BEFORE UPDATE OF status, finished_at, attempt, attempt_base, kind, priority, retry_at ON jobs
-    FOR EACH ROW WHEN (NEW.status IN ('failed', 'stale') OR OLD.retry_at IS NOT NULL)
     EXECUTE FUNCTION jobs_retry_at();
 
 -- enqueue(): add a job and return its id. A repeated idempotency key (for the

@@ -9,11 +9,12 @@ by ``migrate`` and then with one mechanism taken away, and on Procrastinate's
 its own ``SchemaManager``):
 
 - as shipped;
+- as before migration 202612041100 (two ``BEFORE UPDATE`` triggers, the transition
+  guard's and the retry time's, each with its own ``WHEN``);
 - without the row rules (the ``jobs_row_valid`` CHECK);
-- without the retry trigger (``jobs_retry_at_update``, whose ``WHEN`` every update
-  prepares and evaluates);
-- without both ``BEFORE UPDATE`` triggers (also the transition guard, whose presence
-  makes every update lock its row first);
+- without the ``BEFORE UPDATE`` trigger (``jobs_before_update``: the transition guard
+  and the retry time; every update prepares and evaluates its ``WHEN``, and its mere
+  presence makes every update lock its row first);
 - without the four indexes of ``jobs`` that no claim or completion writes to
   (``jobs_claim_idx``, ``jobs_requeue_idx``, ``jobs_dead_letter_idx``,
   ``jobs_idempotency_key_idx``), which every update still opens and whose predicates
@@ -43,6 +44,7 @@ from pydantic import SecretStr
 from reconciler.db import normalise_url, redact
 from reconciler.migrate import migrate
 from reconciler.settings import Settings
+from reconciler.sqlfiles import migration_files
 from tests.bench.__main__ import LOCAL_URL, TEST_URL_ENV, _connect, _drop
 from tests.bench.peers import QUEUE, _checkpoint, _drop_schema, _in_schema, _setup_procrastinate
 
@@ -55,7 +57,7 @@ class Variant:
     name: str
     schema: str
     changes: tuple[str, ...]  # run after migrate, in the variant's schema
-    loop: str = "reconciler"
+    before: int | None = None  # migrate only the files older than this version
 
 
 @dataclass
@@ -66,20 +68,16 @@ class Figures:
 
 VARIANTS = (
     Variant("as shipped", PREFIX + "shipped", ()),
+    Variant("before 202612041100", PREFIX + "two_triggers", (), before=202612041100),
     Variant(
         "without the row rules",
         PREFIX + "no_rules",
         ("ALTER TABLE jobs DROP CONSTRAINT jobs_row_valid",),
     ),
     Variant(
-        "without the retry trigger",
-        PREFIX + "no_retry_trigger",
-        ("DROP TRIGGER jobs_retry_at_update ON jobs",),
-    ),
-    Variant(
-        "without both triggers",
-        PREFIX + "no_triggers",
-        ("DROP TRIGGER jobs_retry_at_update ON jobs", "DROP TRIGGER jobs_before_update ON jobs"),
+        "without the update trigger",
+        PREFIX + "no_update_trigger",
+        ("DROP TRIGGER jobs_before_update ON jobs",),
     ),
     Variant(
         "without 4 idle indexes",
@@ -138,7 +136,8 @@ def _setup_variant(url: str, variant: Variant, jobs: int) -> None:
     db = _connect(normalise_url(url), variant.schema, settings)
     try:
         _drop(db)
-        migrate(db)
+        files = [f for f in migration_files() if variant.before is None or f[0] < variant.before]
+        migrate(db, files=files)
     finally:
         db.dispose()
     with psycopg.connect(_in_schema(url, variant.schema), autocommit=True) as conn:

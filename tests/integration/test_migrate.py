@@ -352,7 +352,7 @@ def test_functions_ignore_the_callers_search_path(pg_url: str, db: Database, whe
 # a SET clause's save and restore cost 10-25 %: they name pg_catalog's operators and
 # functions instead, so no search_path changes what they decide
 # (tests/integration/test_row_rules.py tries a hostile one).
-UNPINNED = {"jobs_row_valid", "jobs_guard_wanted"}
+UNPINNED = {"jobs_row_valid", "jobs_update_wanted"}
 
 
 def test_every_function_pins_its_search_path(db: Database) -> None:

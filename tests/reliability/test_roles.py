@@ -22,6 +22,7 @@ from reconciler.partitions import partition_events
 from reconciler.roles import main as roles_main
 from reconciler.roles import render
 from reconciler.runner import run_task
+from reconciler.sqlfiles import migration_files
 from tests.conftest import connect, make_settings
 from tests.helpers import insert_job, wait_until
 from tests.reliability.daemon import DaemonReplicas
@@ -371,6 +372,86 @@ def test_migrate_as_the_owner_role_then_the_workers_run_with_its_rights(
             row = conn.execute("SELECT id, claim_token FROM claim(worker => 'w')").fetchone()
             assert row is not None
             assert conn.execute("SELECT complete(%s, %s)", row).fetchone() == (True,)
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        _drop_roles(pg_url, names.values())
+
+
+def test_a_migration_replacing_a_function_the_daemon_calls_keeps_its_grant(
+    pg_url: str, schema: str
+) -> None:
+    """A hardened database (EXECUTE revoked from PUBLIC, by default privileges too),
+    migrated as the owner past 202612041100, which replaces the update trigger's WHEN
+    function: the daemon's writes and the workers' failures work before the script is
+    run again, because the migration copies the old function's grants."""
+    t = uuid.uuid4().hex[:8]
+    names = {"owner": f"rel_o_{t}", "daemon": f"rel_d_{t}", "worker": f"rel_w_{t}"}
+    names["readonly"] = f"rel_r_{t}"
+    base = make_url(pg_url)
+    url = {k: base.set(username=v).render_as_string(hide_password=False) for k, v in names.items()}
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(render(schema, **names).encode())
+            for role in names.values():
+                conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(role)))
+            conn.execute(
+                sql.SQL(
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE {} REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC"
+                ).format(sql.Identifier(names["owner"]))
+            )
+        as_owner = connect(url["owner"], schema)
+        try:
+            migrate(as_owner, files=[f for f in migration_files() if f[0] < 202612041100])
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                # This script on that version grants what exists and skips the function
+                # it does not have yet; that version's script granted the old one.
+                notices: list[str] = []
+                conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+                conn.execute(render(schema, **names).encode())
+                assert any("jobs_update_wanted" in n and "skipped" in n for n in notices)
+                conn.execute(
+                    sql.SQL(
+                        "GRANT EXECUTE ON FUNCTION {}.jobs_guard_wanted(text, text, integer,"
+                        " integer, timestamptz, bytea) TO {}"
+                    ).format(sql.Identifier(schema), sql.Identifier(names["daemon"]))
+                )
+            applied = migrate(as_owner).applied
+            assert applied[0].startswith("202612041100")
+        finally:
+            as_owner.dispose()
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            public = conn.execute(
+                "SELECT has_function_privilege('public', p.oid, 'EXECUTE') FROM pg_proc p"
+                " JOIN pg_namespace n ON n.oid = p.pronamespace"
+                " WHERE n.nspname = %s AND p.proname = 'jobs_update_wanted'",
+                [schema],
+            ).fetchone()
+            assert public == (False,)  # hardened: only the grants copied let anyone call it
+        db = connect(pg_url, schema)
+        try:
+            db_now = db.now()
+            old = db_now - timedelta(days=1)
+            insert_job(db, status="running", attempt=1, heartbeat_at=old, locked_at=old)
+            insert_job(db, status="failed", attempt=3, finished_at=old)
+            insert_job(db, status="failed", attempt=1, finished_at=old)
+            with psycopg.connect(url["worker"], autocommit=True) as conn:
+                conn.execute(sql.SQL("SET search_path = {}").format(sql.Identifier(schema)))
+                conn.execute("SELECT enqueue(kind => 'k')")
+                row = conn.execute("SELECT id, claim_token FROM claim(worker => 'w')").fetchone()
+                assert row is not None
+                assert conn.execute("SELECT fail(%s, %s)", row).fetchone() == (True,)
+            settings = make_settings(url["daemon"], schema)
+            daemon = connect(url["daemon"], schema, settings)
+            try:
+                for task in ("mark-stale", "dead-letter", "requeue"):
+                    result = run_task(daemon, settings, task, now=db_now)
+                    assert result.status == "ok", f"{task}: {result.error}"
+                    assert result.changed > 0, task
+            finally:
+                daemon.dispose()
+        finally:
+            db.dispose()
     finally:
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
