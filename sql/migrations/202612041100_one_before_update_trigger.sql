@@ -50,14 +50,17 @@ DO $copy$
 DECLARE
     g record;
 BEGIN
-    -- Every role that may EXECUTE the old function (PUBLIC as 0; no ACL at all means
-    -- the default one: its owner and PUBLIC). regrole's text is a quoted identifier.
+    -- Every role granted EXECUTE on the old function (PUBLIC as 0), but its owner,
+    -- who may anyway. An old function with no ACL had the default privileges, and
+    -- the new one gets the database's default privileges of now: the same, unless
+    -- someone changed them since (a hardening meant to apply is not undone here;
+    -- sql/roles.sql grants the daemon by name). regrole's text is a quoted identifier.
     FOR g IN
         SELECT DISTINCT a.grantee
-        FROM pg_proc p,
-             aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+        FROM pg_proc p, aclexplode(p.proacl) a
         WHERE p.oid = 'jobs_guard_wanted(text, text, integer, integer, timestamptz, bytea)'::regprocedure
           AND a.privilege_type = 'EXECUTE'
+          AND a.grantee <> p.proowner
     LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION jobs_update_wanted(text, text, integer, '
                        'integer, timestamptz, bytea, timestamptz) TO %s',
