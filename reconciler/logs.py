@@ -16,7 +16,6 @@ import functools
 import logging
 import re
 import sys
-import threading
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -206,27 +205,29 @@ def log_many(name: str, level: str, event: str, items: Iterable[Mapping[str, Any
             method(event, **item)
         return
     method_name = level.lower()
+    # The caller's items are read out here: an error in making them is the caller's,
+    # raised as from a logger call; one in rendering or writing is the handler's.
+    events = [{**item, "event": event} for item in items]
+    if not events:
+        return
     try:
         rendered: list[str] = []
-        for item in items:
-            line: Any = {**item, "event": event}
+        for line in events:
             for processor in pipeline.processors:
                 line = processor(logger, method_name, line)
-            rendered.append(line)
-        if not rendered:
-            return
-        with pipeline.handler.lock or _NO_LOCK:
+            rendered.append(line)  # type: ignore[arg-type]  # the renderer's text
+        pipeline.handler.acquire()
+        try:
             pipeline.stream.write("\n".join(rendered) + "\n")
             pipeline.stream.flush()
+        finally:
+            pipeline.handler.release()
     except Exception:
         # As a handler does with a line it cannot write (a closed or full stderr): say
         # so on stderr, never fail the caller, whose batch has committed.
         pipeline.handler.handleError(
             logging.makeLogRecord({"name": name, "levelno": levelno, "msg": event})
         )
-
-
-_NO_LOCK = threading.Lock()
 
 
 def _reaches_root_only(logger: logging.Logger) -> bool:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import text
+from structlog.stdlib import ProcessorFormatter
 
 from reconciler.db import Database
 
@@ -107,3 +110,18 @@ def wait_until(
         if time.monotonic() > deadline:
             pytest.fail(f"gave up after {timeout:g} s waiting until {what}")
         time.sleep(poll)
+
+
+@contextlib.contextmanager
+def only_the_daemons_log_handler() -> Iterator[None]:
+    """The root logger with the handler configure_logging installed and no other, as in
+    a real process. pytest adds capturing handlers of its own to the root as each test
+    starts, which sends reconciler.logs.log_many the ordinary way, one record a line."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers[:] = [h for h in saved if isinstance(h.formatter, ProcessorFormatter)]
+    assert len(root.handlers) == 1, "configure_logging has not installed its handler"
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved

@@ -39,14 +39,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import psycopg
-from pydantic import SecretStr
 
 from reconciler.db import normalise_url, redact
-from reconciler.migrate import migrate
-from reconciler.settings import Settings
-from reconciler.sqlfiles import migration_files
-from tests.bench.__main__ import LOCAL_URL, TEST_URL_ENV, _connect, _drop
-from tests.bench.peers import QUEUE, _checkpoint, _drop_schema, _in_schema, _setup_procrastinate
+from tests.bench.__main__ import LOCAL_URL, TEST_URL_ENV
+from tests.bench.peers import (
+    QUEUE,
+    _checkpoint,
+    _drop_schema,
+    _in_schema,
+    _setup_procrastinate,
+    due_jobs_schema,
+)
 
 PREFIX = "reconciler_bench_hot_"
 PROCRASTINATE = PREFIX + "procrastinate"
@@ -127,31 +130,6 @@ def _say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _setup_variant(url: str, variant: Variant, jobs: int) -> None:
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        database_url=SecretStr(url),
-        schema_name=variant.schema,
-    )
-    db = _connect(normalise_url(url), variant.schema, settings)
-    try:
-        _drop(db)
-        files = [f for f in migration_files() if variant.before is None or f[0] < variant.before]
-        migrate(db, files=files)
-    finally:
-        db.dispose()
-    with psycopg.connect(_in_schema(url, variant.schema), autocommit=True) as conn:
-        for change in variant.changes:
-            conn.execute(change)
-        conn.execute(
-            "INSERT INTO jobs (kind, queue, max_attempts, run_at)"
-            " SELECT 'bench', %s, 3, now() - interval '1 minute' FROM generate_series(1, %s)",
-            [QUEUE, jobs],
-        )
-        conn.execute("VACUUM ANALYZE jobs")
-        conn.execute("VACUUM ANALYZE job_events")
-
-
 def _measure(url: str, schema: str, loop: str, table: str) -> tuple[float, float]:
     """Seconds and WAL bytes of one loop, the table vacuumed and a checkpoint made first
     (so that every loop writes the same full-page images: the first change to each page
@@ -196,7 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _say(f"{redact(normalise_url(args.url))}: {jobs:,} due jobs per system")
         for variant in VARIANTS:
-            _setup_variant(url, variant, jobs)
+            due_jobs_schema(
+                url, variant.schema, jobs, before=variant.before, changes=variant.changes
+            )
         worker = _setup_procrastinate(url, jobs, 1, schema=PROCRASTINATE)
         loops = [
             (v.name, v.schema, RECONCILER_LOOP.format(pairs=args.pairs, queue=QUEUE), "jobs")

@@ -50,7 +50,7 @@ from pydantic import SecretStr
 from reconciler.db import normalise_url, redact
 from reconciler.migrate import migrate
 from reconciler.settings import Settings
-from reconciler.sqlfiles import data_dir
+from reconciler.sqlfiles import data_dir, migration_files
 from tests.bench.__main__ import LOCAL_URL, TEST_URL_ENV, _connect, _drop
 
 RECONCILER_SCHEMA = "reconciler_bench_peers"
@@ -113,27 +113,51 @@ def _function(migration: str, name: str, new_name: str) -> str:
     return re.sub(rf"FUNCTION {name}\(", f"FUNCTION {new_name}(", body, count=1)
 
 
-def _setup_reconciler(url: str, jobs: int) -> None:
+def due_jobs_schema(
+    url: str,
+    schema: str,
+    jobs: int,
+    *,
+    before: int | None = None,
+    changes: Sequence[str] = (),
+) -> None:
+    """``schema`` built afresh by ``migrate`` (only the files older than ``before``, if
+    given), ``changes`` run in it, then ``jobs`` due jobs of QUEUE, vacuumed."""
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
         database_url=SecretStr(url),
-        schema_name=RECONCILER_SCHEMA,
+        schema_name=schema,
     )
-    db = _connect(normalise_url(url), RECONCILER_SCHEMA, settings)
+    db = _connect(normalise_url(url), schema, settings)
     try:
         _drop(db)
-        migrate(db)
+        migrate(db, files=[f for f in migration_files() if before is None or f[0] < before])
     finally:
         db.dispose()
-    with psycopg.connect(_in_schema(url, RECONCILER_SCHEMA), autocommit=True) as conn:
-        conn.execute(_function("202612031011_claim_lanes.sql", "claim", "claim_before"))
-        conn.execute(_function("202612021900_initial.sql", "complete", "complete_before"))
+    with psycopg.connect(_in_schema(url, schema), autocommit=True) as conn:
+        for change in changes:
+            conn.execute(change)
         conn.execute(
             "INSERT INTO jobs (kind, queue, max_attempts, run_at)"
             " SELECT 'bench', %s, 3, now() - interval '1 minute' FROM generate_series(1, %s)",
             [QUEUE, jobs],
         )
         conn.execute("VACUUM ANALYZE jobs")
+        conn.execute("VACUUM ANALYZE job_events")
+
+
+def _setup_reconciler(url: str, jobs: int) -> None:
+    """This build, and beside it claim() and complete() as they were before migration
+    202612031500 (claim_before, complete_before), on the same table."""
+    due_jobs_schema(
+        url,
+        RECONCILER_SCHEMA,
+        jobs,
+        changes=(
+            _function("202612031011_claim_lanes.sql", "claim", "claim_before"),
+            _function("202612021900_initial.sql", "complete", "complete_before"),
+        ),
+    )
 
 
 def _setup_procrastinate(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,7 +15,7 @@ from reconciler import signals
 from reconciler.db import Database
 from reconciler.runner import run_task
 from reconciler.settings import Settings
-from tests.helpers import insert_job
+from tests.helpers import insert_job, only_the_daemons_log_handler
 from tests.integration.conftest import Recorder, events
 
 
@@ -126,16 +125,8 @@ def test_every_batch_s_jobs_get_their_lines(
 ) -> None:
     """35 dead jobs in batches of 10 are 35 lines, one per job, with the run's id."""
     ids = [_exhausted(db, db_now, "k", f"boom {n}") for n in range(35)]
-    root = logging.getLogger()
-    saved = root.handlers[:]
-    # The daemon's handler alone, as in a real process, so the lines take log_many's
-    # direct way (pytest adds a capturing handler of its own to every test, which
-    # sends them through the standard library instead).
-    root.handlers[:] = [h for h in saved if getattr(h, "stream", None) is log_lines]
-    try:
+    with only_the_daemons_log_handler():  # so the lines take log_many's direct way
         result = run_task(db, settings, "dead-letter", now=db_now, batch_size=10)
-    finally:
-        root.handlers[:] = saved
     assert result.batches == 4 and result.changed == 35
     lines = events(log_lines, "job.dead_lettered")
     assert sorted(line["job_id"] for line in lines) == ids

@@ -10,9 +10,9 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from structlog.stdlib import ProcessorFormatter
 
 from reconciler.logs import configure_logging, get_logger, log_many
+from tests.helpers import only_the_daemons_log_handler
 
 PASSWORD = "Hunter2-Sup3rSecret"
 DSN = "https://0f1e2d3c4b5a69788796a5b4c3d2e1f0@o1.ingest.example.invalid/42"
@@ -87,18 +87,17 @@ def test_apscheduler_busy_warnings_are_dropped(buffer: io.StringIO) -> None:
 
 
 @contextlib.contextmanager
-def _ours_only() -> Iterator[None]:
-    """Only the handler configure_logging installed, as in the daemon. pytest adds its
-    own capturing handlers to the root as each test starts, which sends log_many the
-    ordinary way (test_log_many_goes_the_ordinary_way_where_logging_was_changed)."""
+def _configured(fmt: str, stream: io.StringIO) -> Iterator[None]:
+    """configure_logging on ``stream`` for one block (it replaces the root's handlers,
+    pytest's included, as the daemon's start does), the test runner's set-up restored."""
     root = logging.getLogger()
-    saved = root.handlers[:]
-    root.handlers[:] = [h for h in saved if isinstance(h.formatter, ProcessorFormatter)]
-    assert len(root.handlers) == 1
+    saved = root.handlers[:], root.level
+    configure_logging(fmt, "info", stream=stream)
     try:
         yield
     finally:
-        root.handlers[:] = saved
+        root.handlers[:], level = saved
+        root.setLevel(level)
 
 
 def _without_time(line: str) -> dict[str, object]:
@@ -110,7 +109,7 @@ def _without_time(line: str) -> dict[str, object]:
 def test_log_many_writes_each_line_as_the_logger_would(buffer: io.StringIO) -> None:
     """Same fields, same order, same masking: one line per item, in the items' order."""
     item = {"job_id": 7, "error": f"auth failed for postgresql://app:{PASSWORD}@db/q", "x": None}
-    with _ours_only():
+    with only_the_daemons_log_handler():
         get_logger("reconciler.signals").warning("job.dead_lettered", **item, api_token="t0k3n")
         log_many(
             "reconciler.signals",
@@ -128,16 +127,9 @@ def test_log_many_writes_each_line_as_the_logger_would(buffer: io.StringIO) -> N
 
 def test_log_many_on_a_console_matches_the_logger_too() -> None:
     stream = io.StringIO()
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    configure_logging("console", "info", stream=stream)
-    root.handlers[:] = root.handlers[-1:]  # ours only (see ours_only)
-    try:
+    with _configured("console", stream):
         get_logger("reconciler.signals").warning("job.dead_lettered", job_id=7)
         log_many("reconciler.signals", "warning", "job.dead_lettered", [{"job_id": 7}])
-    finally:
-        root.handlers[:], level = saved
-        root.setLevel(level)
     one, two = stream.getvalue().splitlines()
     assert one.split(" ", 1)[1] == two.split(" ", 1)[1]  # all but the timestamp
 
@@ -184,7 +176,7 @@ def test_log_many_lines_never_interleave_with_other_threads(buffer: io.StringIO)
 
     threads = [threading.Thread(target=chatter) for _ in range(2)]
     try:
-        with _ours_only():
+        with only_the_daemons_log_handler():
             for thread in threads:
                 thread.start()
             for batch in range(20):
@@ -222,13 +214,19 @@ def test_log_many_never_fails_its_caller_on_a_broken_stream(
         def write(self, text: str) -> int:
             raise OSError(28, "No space left on device")
 
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    configure_logging("json", "info", stream=Broken())
-    root.handlers[:] = root.handlers[-1:]  # ours only (see _ours_only)
-    try:
+    with _configured("json", Broken()):
         log_many("reconciler.signals", "warning", "job.dead_lettered", [{"job_id": 1}])
-    finally:
-        root.handlers[:], level = saved
-        root.setLevel(level)
     assert "No space left on device" in capsys.readouterr().err
+
+
+def test_log_many_raises_what_its_items_raise(buffer: io.StringIO) -> None:
+    """A mistake in the caller's items (a row without the column) fails the caller, as the
+    arguments of a logger call would, on either way; nothing is written for the batch."""
+
+    def items() -> Iterator[dict[str, object]]:
+        yield {"job_id": 1}
+        raise AttributeError("row has no attribute tenant_id")
+
+    with only_the_daemons_log_handler(), pytest.raises(AttributeError, match="tenant_id"):
+        log_many("reconciler.signals", "warning", "job.dead_lettered", items())
+    assert buffer.getvalue() == ""
