@@ -119,6 +119,32 @@ def test_an_explicit_retry_time_is_kept_and_honoured(
     assert run_task(db, settings, "requeue", now=db_now).transitions == {"failed->queued": 1}
 
 
+def test_an_explicit_retry_time_survives_an_update_of_anything_else(
+    db: Database, db_now: datetime
+) -> None:
+    """Since one trigger decides the guard and the retry time (202612041100) it sees every
+    UPDATE of a waiting job, not only those naming the retry time's columns: an operator
+    who moved a retry, then edits the payload or the error, keeps the moved retry."""
+    job_id = insert_job(db, status="failed", attempt=1, finished_at=db_now)
+    moved = db_now + timedelta(hours=6)
+    with db.transaction() as conn:
+        conn.execute(
+            text("UPDATE jobs SET retry_at = CAST(:t AS timestamptz) WHERE id = :id"),
+            {"t": moved, "id": job_id},
+        )
+        conn.execute(
+            text(
+                "UPDATE jobs SET payload = '{\"fixed\": true}',"
+                ' last_error = \'{"message": "edited"}\' WHERE id = :id'
+            ),
+            {"id": job_id},
+        )
+    assert job(db, job_id)["retry_at"] == moved
+    with db.transaction() as conn:  # what it depends on changes: decided again
+        conn.execute(text("UPDATE jobs SET attempt_base = attempt WHERE id = :id"), {"id": job_id})
+    assert job(db, job_id)["retry_at"] == _expected(db, job_id)
+
+
 def test_policy_change_recomputes_the_jobs_already_waiting(
     cli: CliRun, db: Database, db_now: datetime
 ) -> None:
